@@ -1,0 +1,218 @@
+"""Camera trajectories for generation and evaluation.
+
+Every trajectory is ``c2w [T, 4, 4]`` float32 in OpenCV axes and starts at the identity camera. The paper's
+evaluation uses ``spiral, forward, backward, upward, downward`` (Sec. 4.2); ``orbit`` is a closed 360 degree
+loop for cycle-consistency checks; ``from_file`` reads a JSON camera list or a RealEstate10K camera file.
+
+``scene_scale`` (metres) is the distance from the first camera to the point it looks at, the "focus" at
+``(0, 0, scene_scale)``. Motions are proportional to it, so one set of defaults suits rooms and streets alike.
+Our choices where the paper gives no definition (documented, configurable through keyword arguments):
+
+- ``forward`` / ``backward``: dolly along +z / -z by ``travel * scene_scale``, orientation fixed.
+- ``upward`` / ``downward``: pedestal along -y / +y (up is -y in OpenCV axes) by ``travel * scene_scale``.
+- ``spiral``: the camera leaves the identity on an outward spiral (radius growing linearly to
+  ``spiral_radius * scene_scale`` over ``spiral_turns`` turns) while dollying in by
+  ``spiral_forward * scene_scale``, always looking at the focus.
+- ``orbit``: a full revolution about the vertical axis through the focus; the last pose equals the first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from d4s.geometry.cameras import check_c2w, check_intrinsics, look_at, relative_to_first, rigid_inverse
+from d4s.geometry.quaternion import quat_slerp, quat_to_rotmat, rotmat_to_quat
+from d4s.utils.checks import check_positive_int
+
+TRAJECTORY_NAMES = ("spiral", "forward", "backward", "upward", "downward", "orbit", "from_file")
+
+
+@dataclass(frozen=True)
+class CameraPath:
+    """Cameras read from a file, in the file's own world frame.
+
+    Attributes:
+        c2w: ``[T, 4, 4]`` camera-to-world poses.
+        K: ``[T, 3, 3]`` intrinsics in pixels of an ``image_size`` image, or ``None`` if the file has none.
+            RealEstate10K stores normalised intrinsics; they are returned as the intrinsics of a 1x1 image
+            (``image_size == (1, 1)``), so ``resize_intrinsics(K, (1, 1), (H, W))`` gives pixels.
+        image_size: ``(height, width)`` that ``K`` refers to, or ``None`` when unknown.
+    """
+
+    c2w: Tensor
+    K: Tensor | None
+    image_size: tuple[int, int] | None
+
+
+def _translation_path(num_frames: int, direction: tuple[float, float, float], distance: float) -> Tensor:
+    s = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(num_frames, 1, 1)
+    c2w[:, :3, 3] = s[:, None] * distance * torch.tensor(direction, dtype=torch.float64)
+    return c2w
+
+
+def _spiral(num_frames: int, scene_scale: float, spiral_radius: float, spiral_turns: float, spiral_forward: float) -> Tensor:
+    s = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
+    theta = 2.0 * math.pi * spiral_turns * s
+    radius = spiral_radius * scene_scale * s
+    eye = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta), spiral_forward * scene_scale * s], dim=-1)
+    focus = torch.tensor([0.0, 0.0, scene_scale], dtype=torch.float64).expand_as(eye)
+    return look_at(eye, focus)
+
+
+def _orbit(num_frames: int, scene_scale: float) -> Tensor:
+    theta = torch.linspace(0.0, 2.0 * math.pi, num_frames, dtype=torch.float64)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(num_frames, 3, 3, dtype=torch.float64)
+    rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = cos, sin, 1.0, -sin, cos
+    focus = torch.tensor([0.0, 0.0, scene_scale], dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(num_frames, 1, 1)
+    c2w[:, :3, :3] = rot
+    c2w[:, :3, 3] = focus - rot @ focus  # rotate the camera centre (the origin) about the focus
+    if num_frames > 1:
+        c2w[-1] = c2w[0]  # exactly closed: cos(2 pi) and sin(2 pi) are not exact in floating point
+    return c2w
+
+
+def _read_json_path(path: Path) -> CameraPath:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    frames = data.get("frames") if isinstance(data, dict) else data
+    if not isinstance(frames, list) or not frames:
+        raise ValueError(f"{path}: expected a non-empty list of frames, each {{'c2w': 4x4, 'K': 3x3 (optional)}}")
+    try:
+        c2w = torch.tensor([frame["c2w"] for frame in frames], dtype=torch.float64)
+        has_K = ["K" in frame for frame in frames]
+        K = torch.tensor([frame["K"] for frame in frames], dtype=torch.float64) if all(has_K) else None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: every frame needs 'c2w' as a 4x4 list of numbers ({err!s})") from err
+    if any(has_K) and not all(has_K):
+        raise ValueError(f"{path}: 'K' is given for some frames but not all")
+    size = None
+    if isinstance(data, dict) and "width" in data and "height" in data:
+        size = (int(data["height"]), int(data["width"]))
+    return CameraPath(c2w=c2w, K=K, image_size=size)
+
+
+def _read_realestate10k_path(path: Path) -> CameraPath:
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines()[1:], start=2):  # line 1 is the video URL
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 19:
+            raise ValueError(f"{path}: line {line_no}: expected 19 numbers (RealEstate10K camera line), got {len(fields)}")
+        try:
+            rows.append([float(x) for x in fields])
+        except ValueError as err:
+            raise ValueError(f"{path}: line {line_no}: {err}") from err
+    if not rows:
+        raise ValueError(f"{path}: no camera lines (RealEstate10K files hold a URL line, then one line per frame)")
+    table = torch.tensor(rows, dtype=torch.float64)
+    fx, fy, cx, cy = table[:, 1], table[:, 2], table[:, 3], table[:, 4]
+    K = torch.zeros(len(rows), 3, 3, dtype=torch.float64)
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
+    w2c = torch.eye(4, dtype=torch.float64).repeat(len(rows), 1, 1)
+    w2c[:, :3, :] = table[:, 7:].reshape(-1, 3, 4)
+    if not torch.isfinite(w2c).all():
+        bad = int((~torch.isfinite(w2c).flatten(1)).any(1).nonzero()[0])
+        raise ValueError(f"{path}: frame {bad} has a non-finite pose")
+    return CameraPath(c2w=rigid_inverse(w2c), K=K, image_size=(1, 1))
+
+
+def load_camera_path(path: str | Path) -> CameraPath:
+    """Read cameras from a ``.json`` file or a RealEstate10K camera ``.txt`` file.
+
+    JSON: a list of frames ``{"c2w": 4x4, "K": 3x3}`` (``K`` optional, in pixels), or an object
+    ``{"width": W, "height": H, "frames": [...]}`` that also says which image size ``K`` refers to.
+    RealEstate10K: a URL line, then per frame ``timestamp fx fy cx cy 0 0`` and a row-major 3x4 world-to-camera
+    matrix, intrinsics normalised by the image size.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file and, where it helps,
+    the line or frame) for malformed content, non-finite numbers or poses that are not rigid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trajectory file not found: {path}")
+    camera_path = _read_json_path(path) if path.suffix.lower() == ".json" else _read_realestate10k_path(path)
+    check_c2w(camera_path.c2w, f"{path}: c2w")
+    if camera_path.K is not None:
+        check_intrinsics(camera_path.K, f"{path}: K")
+    return camera_path
+
+
+def resample_poses(c2w: Tensor, num_frames: int) -> Tensor:
+    """Resample a pose sequence ``[T, 4, 4]`` to ``num_frames`` poses evenly spaced in frame index.
+
+    Rotations are interpolated by slerp, translations linearly; the first and last poses are kept.
+    """
+    check_positive_int(num_frames, "num_frames")
+    if c2w.shape[0] == num_frames:
+        return c2w.clone()
+    position = torch.linspace(0.0, c2w.shape[0] - 1, num_frames, dtype=c2w.dtype)
+    lower = position.floor().long().clamp(max=c2w.shape[0] - 1)
+    upper = (lower + 1).clamp(max=c2w.shape[0] - 1)
+    frac = position - lower
+    quats = rotmat_to_quat(c2w[:, :3, :3])
+    out = torch.eye(4, dtype=c2w.dtype).repeat(num_frames, 1, 1)
+    out[:, :3, :3] = quat_to_rotmat(quat_slerp(quats[lower], quats[upper], frac))
+    out[:, :3, 3] = torch.lerp(c2w[lower, :3, 3], c2w[upper, :3, 3], frac[:, None])
+    return out
+
+
+def make_trajectory(
+    name: str,
+    num_frames: int,
+    scene_scale: float = 1.0,
+    *,
+    path: str | Path | None = None,
+    travel: float = 0.5,
+    spiral_radius: float = 0.15,
+    spiral_turns: float = 1.0,
+    spiral_forward: float = 0.2,
+) -> Tensor:
+    """Camera-to-world poses ``[num_frames, 4, 4]`` (float32) of a named trajectory; frame 0 is the identity.
+
+    Args:
+        name: one of ``TRAJECTORY_NAMES``.
+        num_frames: number of poses.
+        scene_scale: distance in metres from the first camera to its focus point; for ``from_file`` the factor
+            applied to the file's translations (after re-expressing them relative to the file's first camera).
+        path: the camera file, for ``from_file`` only.
+        travel: dolly/pedestal distance as a fraction of ``scene_scale``.
+        spiral_radius, spiral_turns, spiral_forward: the spiral's final radius (fraction of ``scene_scale``),
+            number of turns and forward dolly (fraction of ``scene_scale``).
+    """
+    check_positive_int(num_frames, "num_frames")
+    if not (math.isfinite(scene_scale) and scene_scale > 0):
+        raise ValueError(f"scene_scale: must be a positive number of metres, got {scene_scale}")
+    distance = travel * scene_scale
+    if name == "forward":
+        c2w = _translation_path(num_frames, (0.0, 0.0, 1.0), distance)
+    elif name == "backward":
+        c2w = _translation_path(num_frames, (0.0, 0.0, -1.0), distance)
+    elif name == "upward":
+        c2w = _translation_path(num_frames, (0.0, -1.0, 0.0), distance)
+    elif name == "downward":
+        c2w = _translation_path(num_frames, (0.0, 1.0, 0.0), distance)
+    elif name == "spiral":
+        c2w = _spiral(num_frames, scene_scale, spiral_radius, spiral_turns, spiral_forward)
+    elif name == "orbit":
+        c2w = _orbit(num_frames, scene_scale)
+    elif name == "from_file":
+        if path is None:
+            raise ValueError("path: the 'from_file' trajectory needs a camera file (.json or RealEstate10K .txt)")
+        c2w = relative_to_first(load_camera_path(path).c2w.double())
+        c2w[:, :3, 3] *= scene_scale
+        c2w = resample_poses(c2w, num_frames)
+    else:
+        raise ValueError(f"name: unknown trajectory {name!r}; choose one of {', '.join(TRAJECTORY_NAMES)}")
+    return c2w.float()

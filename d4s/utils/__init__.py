@@ -1,0 +1,1 @@
+"""Small shared helpers: argument checks, atomic file writes, video and colour-map output."""
