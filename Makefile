@@ -1,0 +1,42 @@
+# d4s: one-command setup, tests, demo and benchmarks. Everything runs inside a virtualenv this Makefile
+# creates from the pinned lock file; override its location with `make test VENV=/path/to/venv`.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.d4s-installed
+LOCK := requirements.lock
+PYTEST_ARGS ?=
+
+.PHONY: help install test demo bench lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): $(LOCK) pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --requirement $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+	touch $@
+
+install: $(STAMP)  ## create the virtualenv and install the pinned stack (runs once per lock change)
+
+test: $(STAMP)  ## run the test suite (CPU)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)  ## the main job; for now the renderer showcase: outputs/showcase/{rgb,depth}.mp4
+	$(BIN)/python -m d4s.showcase --out outputs/showcase
+
+bench: $(STAMP)  ## renderer benchmark: table on stdout, JSON in bench/results/
+	$(BIN)/python bench/render.py
+
+lock:  ## re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet ".[viewer,eval,dev]"
+	.lock-venv/bin/python -m pip freeze --all --exclude pip --exclude d4s > $(LOCK)
+	rm -rf .lock-venv
+
+clean:  ## remove the virtualenv, caches and outputs
+	rm -rf $(VENV) .pytest_cache outputs bench/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,75 @@
+"""Video and depth-map output: H.264 mp4 files through PyAV, and colour-mapped depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from matplotlib import colormaps
+
+from d4s.utils.fileio import atomic_output
+
+
+def to_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``[T, H, W, 3]`` frames, float in ``[0, 1]`` (clipped) or uint8, as a uint8 numpy array."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().float().numpy() if frames.is_floating_point() else frames.cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames: expected shape [T, H, W, 3], got {list(frames.shape)}")
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return frames
+
+
+def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 12.0, crf: int = 18) -> Path:
+    """Write ``frames [T, H, W, 3]`` (float in [0, 1] or uint8) as an H.264 mp4, atomically.
+
+    Odd frame sizes are padded by one pixel (edge replication) because yuv420p needs even sizes.
+    """
+    frames = to_uint8_frames(frames)
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    with atomic_output(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """Decode a video file into ``[T, H, W, 3]`` uint8 RGB frames."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def colorize_depth(
+    depth: torch.Tensor, near: float | None = None, far: float | None = None, cmap: str = "turbo"
+) -> torch.Tensor:
+    """Colour-map z-depth ``[..., H, W]`` to RGB ``[..., H, W, 3]`` in ``[0, 1]``.
+
+    Colours follow inverse depth (near is warm, far is cool), with one range for the whole input so a
+    video does not flicker. The range defaults to the 2nd and 98th percentiles of valid depth; invalid
+    pixels (depth <= 0 or non-finite) are black.
+    """
+    depth = depth.detach().float().cpu()
+    valid = torch.isfinite(depth) & (depth > 0)
+    if not valid.any():
+        return torch.zeros(depth.shape + (3,))
+    values = depth[valid]
+    if values.numel() > 1_000_000:
+        values = values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    near = float(torch.quantile(values, 0.02)) if near is None else near
+    far = float(torch.quantile(values, 0.98)) if far is None else far
+    far = max(far, near * (1 + 1e-6))
+    inverse = (1.0 / depth.clamp_min(1e-12) - 1.0 / far) / (1.0 / near - 1.0 / far)
+    rgb = torch.from_numpy(colormaps[cmap](inverse.clamp(0, 1).numpy())[..., :3]).float()
+    return torch.where(valid[..., None], rgb, 0.0)
