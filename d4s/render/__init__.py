@@ -22,16 +22,18 @@ Backend = Literal["auto", "torch", "gsplat"]
 BACKENDS = ("auto", "torch", "gsplat")
 
 
-def resolve_backend(backend: Backend, device: torch.device) -> str:
-    """The concrete backend for ``backend`` on ``device``: ``auto`` picks gsplat on CUDA when it loads."""
+def resolve_backend(backend: Backend, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend for ``backend``: ``auto`` picks gsplat for float32 CUDA tensors when its kernels
+    load, else torch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown renderer {backend!r}; choose one of {', '.join(BACKENDS)}")
+    gsplat_ok = device.type == "cuda" and dtype == torch.float32 and gsplat_available()
     if backend == "auto":
-        return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
-    if backend == "gsplat" and not (device.type == "cuda" and gsplat_available()):
+        return "gsplat" if gsplat_ok else "torch"
+    if backend == "gsplat" and not gsplat_ok:
         raise ValueError(
-            "backend: 'gsplat' needs the tensors on a CUDA device and gsplat's CUDA kernels; "
-            f"got device {device}. Use backend='torch' (or 'auto') on CPU."
+            "backend: 'gsplat' needs float32 tensors on a CUDA device and gsplat's CUDA kernels; "
+            f"got {dtype} on {device}. Use backend='torch' (or 'auto') there."
         )
     return backend
 
@@ -96,7 +98,7 @@ def render(
     K = K.to(device=field.device, dtype=field.dtype)
     background = _check_background(background, c2w.shape[0], field.means)
     options = dict(background=background, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d)
-    if resolve_backend(backend, field.device) == "gsplat":
+    if resolve_backend(backend, field.device, field.dtype) == "gsplat":
         return render_gsplat(field, c2w, K, width, height, **options)
     return render_torch(field, c2w, K, width, height, **options)
 

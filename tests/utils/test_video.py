@@ -1,0 +1,34 @@
+"""Video writing and depth colour maps."""
+
+import numpy as np
+import pytest
+import torch
+
+from d4s.utils.video import colorize_depth, read_video, to_uint8_frames, write_video
+
+
+def test_video_round_trip_within_codec_tolerance(tmp_path):
+    t = torch.linspace(0, 1, 6)[:, None, None, None]
+    y = torch.linspace(0, 1, 33)[None, :, None, None]
+    x = torch.linspace(0, 1, 47)[None, None, :, None]
+    frames = torch.cat([x.expand(6, 33, 47, 1), y.expand(6, 33, 47, 1), t.expand(6, 33, 47, 1)], dim=-1)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=8)
+    decoded = read_video(path)
+    assert decoded.shape == (6, 34, 48, 3)  # odd sizes padded to even for yuv420p
+    error = np.abs(decoded[:, :33, :47].astype(float) - to_uint8_frames(frames).astype(float))
+    assert error.mean() < 3.0
+
+
+def test_bad_frames_shape():
+    with pytest.raises(ValueError, match="frames"):
+        to_uint8_frames(np.zeros((4, 4, 3)))
+
+
+def test_colorize_depth_orders_near_warm_and_marks_invalid_black():
+    depth = torch.tensor([[[1.0, 2.0, 4.0, 0.0]]])
+    rgb = colorize_depth(depth, near=1.0, far=4.0)
+    assert rgb.shape == (1, 1, 4, 3)
+    assert torch.equal(rgb[0, 0, 3], torch.zeros(3))
+    # turbo: red-dominant at the near end, blue-dominant at the far end
+    assert rgb[0, 0, 0, 0] > rgb[0, 0, 0, 2] and rgb[0, 0, 2, 2] > rgb[0, 0, 2, 0]
+    assert colorize_depth(torch.zeros(2, 3)).abs().max() == 0
