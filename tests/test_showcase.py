@@ -12,7 +12,8 @@ from d4s.utils.video import read_video
 
 
 def test_showcase_writes_every_output(tmp_path):
-    summary = showcase.main(["--out", str(tmp_path), "--frames", "3", "--size", "24", "--trajectory", "orbit"])
+    args = ["--out", str(tmp_path), "--frames", "3", "--size", "24", "--trajectory", "orbit", "--device", "cpu"]
+    summary = showcase.main(args)
     assert summary["frames"] == 3
     for name in ("rgb.mp4", "depth.mp4", "depth.npy", "scene.npz", "scene_t0000.ply", "cameras.json"):
         assert (tmp_path / name).is_file(), name

@@ -15,6 +15,7 @@ stored              shape               activated view
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -65,8 +66,13 @@ class GaussianField:
         check_shape(self.opacity_logits, "opacity_logits", (n,))
         check_shape(self.sh, "sh", (n, None, 3))
         sh_degree_from_bases(self.sh.shape[1])
-        for f in fields(self):
-            check_floating(getattr(self, f.name), f.name)
+        for name, value in self.tensors().items():
+            check_floating(value, name)
+            if value.dtype != self.means.dtype or value.device != self.means.device:
+                raise ValueError(
+                    f"{name}: dtype {value.dtype} on {value.device} differs from means' {self.means.dtype} on "
+                    f"{self.means.device}; all tensors of a field share one dtype and device"
+                )
 
     @classmethod
     def from_activated(
@@ -184,6 +190,10 @@ class DeformableGaussianField:
         t = self.dmu.shape[0]
         check_shape(self.dq, "dq", (t, n, 4))
         check_shape(self.ds, "ds", (t, n, 3))
+        for name in ("dmu", "dq", "ds"):
+            value = getattr(self, name)
+            if value.dtype != self.canonical.dtype or value.device != self.canonical.device:
+                raise ValueError(f"{name}: dtype {value.dtype} on {value.device} differs from the canonical field's")
 
     @classmethod
     def static(cls, field: GaussianField, num_frames: int) -> DeformableGaussianField:
@@ -200,8 +210,13 @@ class DeformableGaussianField:
 
     def at(self, t: int) -> GaussianField:
         """The field at time index ``t`` in ``[0, num_frames)``: Eq. 7 applied to the canonical Gaussians."""
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.num_frames:
+        try:
+            index = operator.index(t)  # ints, numpy integers and 0-d integer tensors
+        except TypeError:
+            index = None
+        if isinstance(t, bool) or index is None or not 0 <= index < self.num_frames:
             raise ValueError(f"t: expected a time index in [0, {self.num_frames}), got {t!r}")
+        t = index
         means, quats, log_scales = apply_deformation(
             self.canonical.means, self.canonical.quats, self.canonical.log_scales, self.dmu[t], self.dq[t], self.ds[t]
         )

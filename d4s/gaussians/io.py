@@ -13,6 +13,7 @@ Every writer is atomic (temporary file, then rename); float32 values round-trip 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,10 +124,17 @@ def ply_sequence_paths(directory: str | Path, num_frames: int, prefix: str = "fr
 
 
 def save_ply_sequence(field: DeformableGaussianField, directory: str | Path, prefix: str = "frame_") -> list[Path]:
-    """Write the field at every time as one standard ``.ply`` per frame; returns the paths in time order."""
+    """Write the field at every time as one standard ``.ply`` per frame; returns the paths in time order.
+
+    Frames of an earlier sequence with the same prefix in ``directory`` are removed, so the directory holds
+    exactly this sequence."""
     paths = ply_sequence_paths(directory, field.num_frames, prefix)
     for t, path in enumerate(paths):
         save_ply(field.at(t), path)
+    frame_name = re.compile(rf"{re.escape(prefix)}\d+\.ply")
+    for stale in set(Path(directory).glob(f"{prefix}*.ply")) - set(paths):  # frames of an older, longer sequence
+        if frame_name.fullmatch(stale.name):
+            stale.unlink()
     return paths
 
 
@@ -144,8 +152,8 @@ def save_scene(field: DeformableGaussianField, path: str | Path, compress: bool 
     arrays = {key: _as_numpy(value) for key, value in field.canonical.tensors().items()}
     arrays.update({key: _as_numpy(getattr(field, key)) for key in _SCENE_DEFORM_KEYS})
     writer = np.savez_compressed if compress else np.savez
-    with atomic_output(path) as tmp:
-        writer(tmp, format=np.array(SCENE_FORMAT), version=np.array(SCENE_VERSION), **arrays)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy adds no ".npz" suffix
+        writer(handle, format=np.array(SCENE_FORMAT), version=np.array(SCENE_VERSION), **arrays)
     return path
 
 
@@ -165,8 +173,9 @@ def load_scene(path: str | Path) -> DeformableGaussianField:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
     if str(arrays.get("format", "")) != SCENE_FORMAT:
         raise ValueError(f"{path}: not a d4s scene file (no format={SCENE_FORMAT!r} entry)")
-    if int(arrays["version"]) > SCENE_VERSION:
-        raise ValueError(f"{path}: scene format version {int(arrays['version'])} is newer than this d4s reads")
+    version = int(arrays.get("version", -1))
+    if not 1 <= version <= SCENE_VERSION:
+        raise ValueError(f"{path}: scene format version {version} is not one this d4s reads (1..{SCENE_VERSION})")
     missing = [key for key in _SCENE_FIELD_KEYS + _SCENE_DEFORM_KEYS if key not in arrays]
     if missing:
         raise ValueError(f"{path}: scene file lacks arrays {missing}")

@@ -91,7 +91,7 @@ def rigid_motion(field: GaussianField, center: Tensor, rotations: Tensor, transl
 
 def showcase_scene(num_frames: int) -> DeformableGaussianField:
     """A small room: a checkered floor, a gradient back wall, two static spheres and a striped ball that
-    bounces and spins over ``num_frames`` times. About 30k Gaussians, scene centre 4 m in front of the origin."""
+    bounces and spins over ``num_frames`` times. About 34k Gaussians, scene centre 4 m in front of the origin."""
 
     def checker(u: Tensor, v: Tensor) -> Tensor:
         odd = ((torch.floor(u / 0.5) + torch.floor(v / 0.5)) % 2)[:, None]

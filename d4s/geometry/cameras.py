@@ -45,7 +45,7 @@ def check_c2w(c2w: Tensor, name: str = "c2w", atol: float = 1e-3) -> Tensor:
 
 
 def check_intrinsics(K: Tensor, name: str = "K") -> Tensor:
-    """Validate pinhole intrinsics ``[..., 3, 3]``: finite, positive focal lengths, last row ``[0, 0, 1]``."""
+    """Validate pinhole intrinsics ``[..., 3, 3]``: finite, positive focal lengths, no skew, last row ``[0, 0, 1]``."""
     check_shape(K, name, (3, 3), batched=True)
     check_finite(K, name)
     if bool((K[..., 0, 0] <= 0).any()) or bool((K[..., 1, 1] <= 0).any()):
@@ -53,6 +53,8 @@ def check_intrinsics(K: Tensor, name: str = "K") -> Tensor:
     last = K.new_tensor([0.0, 0.0, 1.0])
     if not torch.allclose(K[..., 2, :], last.expand_as(K[..., 2, :])):
         raise ValueError(f"{name}: last row must be [0, 0, 1] (pinhole intrinsics in pixels)")
+    if bool((K[..., 0, 1] != 0).any()) or bool((K[..., 1, 0] != 0).any()):
+        raise ValueError(f"{name}: skew K[0,1] and K[1,0] must be 0 (square-axis pinhole cameras only)")
     return K
 
 
@@ -173,8 +175,7 @@ def project_points(points: Tensor, c2w: Tensor, K: Tensor) -> tuple[Tensor, Tens
     Returns:
         pixel coordinates ``[..., N, 2]`` (continuous, pixel centres at ``+0.5``) and z-depth ``[..., N]``.
     """
-    w2c = rigid_inverse(c2w)
-    cam = points @ w2c[..., :3, :3].transpose(-1, -2) + w2c[..., None, :3, 3]
+    cam = (points - c2w[..., None, :3, 3]) @ c2w[..., :3, :3]  # R^T (x - t), row vectors
     z = cam[..., 2]
     uv = (cam @ K.transpose(-1, -2))[..., :2] / z[..., None]
     return uv, z

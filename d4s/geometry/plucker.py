@@ -26,6 +26,6 @@ def plucker_embedding(c2w: Tensor, K: Tensor, height: int, width: int) -> Tensor
     check_positive_int(width, "width")
     if c2w.shape[:-2] != K.shape[:-2]:
         raise ValueError(f"K: batch shape {list(K.shape[:-2])} does not match c2w's {list(c2w.shape[:-2])}")
-    origins, directions = camera_rays(c2w, K, height, width)
+    origins, directions = camera_rays(c2w, K.to(dtype=c2w.dtype, device=c2w.device), height, width)
     moments = torch.cross(origins, directions, dim=-1)
     return torch.cat([moments, directions], dim=-1).movedim(-1, -3)

@@ -13,7 +13,8 @@ Our choices where the paper gives no definition (documented, configurable throug
 - ``spiral``: the camera leaves the identity on an outward spiral (radius growing linearly to
   ``spiral_radius * scene_scale`` over ``spiral_turns`` turns) while dollying in by
   ``spiral_forward * scene_scale``, always looking at the focus.
-- ``orbit``: a full revolution about the vertical axis through the focus; the last pose equals the first.
+- ``orbit``: a full revolution about the vertical axis through the focus. The last pose repeats the first, so
+  ``T`` frames hold ``T - 1`` distinct views and close the loop (what cycle-consistency checks need).
 """
 
 from __future__ import annotations
@@ -194,6 +195,11 @@ def make_trajectory(
     check_positive_int(num_frames, "num_frames")
     if not (math.isfinite(scene_scale) and scene_scale > 0):
         raise ValueError(f"scene_scale: must be a positive number of metres, got {scene_scale}")
+    for option, value in (("travel", travel), ("spiral_radius", spiral_radius), ("spiral_turns", spiral_turns)):
+        if not math.isfinite(value):
+            raise ValueError(f"{option}: must be a finite number, got {value}")
+    if not (math.isfinite(spiral_forward) and spiral_forward < 1.0):
+        raise ValueError(f"spiral_forward: must be below 1 (the camera would reach the focus), got {spiral_forward}")
     distance = travel * scene_scale
     if name == "forward":
         c2w = _translation_path(num_frames, (0.0, 0.0, 1.0), distance)
@@ -215,4 +221,4 @@ def make_trajectory(
         c2w = resample_poses(c2w, num_frames)
     else:
         raise ValueError(f"name: unknown trajectory {name!r}; choose one of {', '.join(TRAJECTORY_NAMES)}")
-    return c2w.float()
+    return check_c2w(c2w.float(), f"{name} trajectory")

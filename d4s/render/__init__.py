@@ -89,11 +89,15 @@ def render(
     check_positive_int(width, "width")
     check_positive_int(height, "height")
     check_shape(c2w, "c2w", (None, 4, 4))
+    if c2w.shape[0] == 0:
+        raise ValueError("c2w: no cameras given (shape [0, 4, 4]); pass at least one pose")
     check_c2w(c2w, "c2w")
     check_shape(K, "K", (c2w.shape[0], 3, 3))
     check_intrinsics(K, "K")
     if not 0.0 < near_plane < far_plane:
         raise ValueError(f"near_plane, far_plane: need 0 < near < far, got {near_plane}, {far_plane}")
+    if not eps2d >= 0.0:
+        raise ValueError(f"eps2d: the screen-space blur must be >= 0, got {eps2d}")
     c2w = c2w.to(device=field.device, dtype=field.dtype)
     K = K.to(device=field.device, dtype=field.dtype)
     background = _check_background(background, c2w.shape[0], field.means)

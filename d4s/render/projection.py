@@ -109,5 +109,7 @@ def project_gaussians(
         mx, my = means2d.detach().unbind(-1)
         visible &= (mx + radius[..., 0] > 0) & (mx - radius[..., 0] < width)
         visible &= (my + radius[..., 1] > 0) & (my - radius[..., 1] < height)
+        # clamp before the int cast: huge Gaussians cover the image instead of overflowing to "culled"
+        radius = radius.clamp_max(float(2**30))
         radii = torch.where(visible[..., None], radius, 0.0).to(torch.int32)
     return ProjectedGaussians(means2d=means2d, depths=depths, conics=conics, radii=radii)

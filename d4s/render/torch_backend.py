@@ -10,10 +10,12 @@ contiguous, depth-ordered segment. Transmittance is an exclusive segmented cumul
     a pixel stops (exclusive) at the first Gaussian that would take its transmittance to <= 1e-4,
     rgb = sum w_i c_i + (1 - sum w_i) background,  depth = sum w_i z_i / sum w_i  ("ED"),  w_i = alpha_i T_i.
 
-Memory stays bounded: image rows are grouped into bands of at most ``max_pairs`` (Gaussian, pixel) pairs
-(a single row that alone exceeds it forms its own band), a gradient-free first pass finds the pairs that
-contribute, and only those are kept for autograd. With several bands and gradients enabled, each band is
-recomputed during the backward pass (activation checkpointing), so training memory is bounded as well.
+Memory is bounded: image rows are grouped into bands of at most ``max_pairs`` (Gaussian, pixel) box pairs,
+a gradient-free first pass finds the pairs that contribute, and only those are kept for autograd. With
+several bands and gradients enabled, each band is recomputed during the backward pass (activation
+checkpointing), so training memory is bounded as well. The bound is ``max_pairs`` or the pairs of a single
+image row, whichever is larger: a row is never split, so a row crossed by very many large Gaussians (at
+most ``width x N`` pairs) is processed whole.
 """
 
 from __future__ import annotations

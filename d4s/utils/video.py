@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -29,13 +30,15 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float 
 
     Odd frame sizes are padded by one pixel (edge replication) because yuv420p needs even sizes.
     """
+    if not fps > 0:
+        raise ValueError(f"fps: must be positive, got {fps}")
     frames = to_uint8_frames(frames)
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
     with atomic_output(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}

@@ -1,5 +1,6 @@
 """Gaussian fields, activations and the deformation of Sec. 3.3 (Eq. 7)."""
 
+import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
@@ -81,6 +82,7 @@ def test_indexing_cat_and_device_moves():
         (dict(opacity_logits=torch.zeros(5, 1)), "opacity_logits"),
         (dict(sh=torch.zeros(5, 5, 3)), "degree"),
         (dict(means=torch.zeros(5, 3, dtype=torch.long)), "floating"),
+        (dict(sh=torch.zeros(5, 1, 3, dtype=torch.float64)), "dtype"),
     ],
 )
 def test_bad_shapes_raise_value_error_naming_the_tensor(changes, needle):
@@ -98,7 +100,9 @@ def test_deformable_shapes_and_time_index_checked():
     with pytest.raises(ValueError, match="dq"):
         DeformableGaussianField(field, torch.zeros(3, 6, 3), torch.zeros(2, 6, 4), torch.zeros(3, 6, 3))
     static = DeformableGaussianField.static(field, 3)
-    for bad in (-1, 3, 1.5):
+    for index in (np.int64(2), torch.tensor(2)):
+        torch.testing.assert_close(static.at(index).means, static.at(2).means)
+    for bad in (-1, 3, 1.5, True, "1"):
         with pytest.raises(ValueError, match="time index"):
             static.at(bad)
     with pytest.raises(ValueError, match="field.dmu"):

@@ -65,6 +65,22 @@ def test_scene_npz_round_trip_is_exact(tmp_path):
             assert torch.equal(getattr(loaded, key), getattr(deformable, key))
 
 
+def test_scene_path_need_not_end_in_npz(tmp_path):
+    deformable = DeformableGaussianField.static(random_field(4, seed=5), 2)
+    loaded = load_scene(save_scene(deformable, tmp_path / "scene.bin"))
+    assert_fields_equal(loaded.canonical, deformable.canonical)
+    assert [p.name for p in tmp_path.iterdir()] == ["scene.bin"]
+
+
+def test_a_shorter_sequence_replaces_a_longer_one(tmp_path):
+    field = random_field(4, seed=6)
+    save_ply_sequence(DeformableGaussianField.static(field, 5), tmp_path)
+    (tmp_path / "notes.ply").write_text("not a frame")  # only zero-padded frame files are touched
+    save_ply_sequence(DeformableGaussianField.static(field, 2), tmp_path)
+    assert len(load_ply_sequence(tmp_path)) == 2
+    assert (tmp_path / "notes.ply").exists()
+
+
 def test_ply_sequence_frames_render_like_the_deformable_field(tmp_path):
     field = random_field(120, seed=2, sh_degree=1)
     g = torch.Generator().manual_seed(1)

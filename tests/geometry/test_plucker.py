@@ -61,6 +61,13 @@ def test_directions_are_unit_and_identity_centre_ray_is_forward():
     assert emb[0, :3].abs().max() == 0  # camera at the origin: zero moment
 
 
+def test_mixed_precision_inputs_follow_c2w():
+    c2w, K = orbit_cameras(1, 5, 4)
+    emb = plucker_embedding(c2w, K.double(), 4, 5)
+    assert emb.dtype == torch.float32
+    torch.testing.assert_close(emb, plucker_embedding(c2w, K, 4, 5))
+
+
 def test_bad_input():
     K = torch.eye(3)[None]
     with pytest.raises(ValueError, match="c2w"):

@@ -140,3 +140,7 @@ def test_missing_file_and_unknown_names():
         make_trajectory("spiral", 0)
     with pytest.raises(ValueError, match="scene_scale"):
         make_trajectory("spiral", 4, scene_scale=-1.0)
+    with pytest.raises(ValueError, match="travel"):
+        make_trajectory("forward", 4, travel=math.nan)
+    with pytest.raises(ValueError, match="spiral_forward"):
+        make_trajectory("spiral", 4, spiral_forward=1.0, spiral_radius=0.0)

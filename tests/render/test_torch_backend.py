@@ -186,6 +186,9 @@ def test_memory_stays_bounded_for_20k_gaussians_at_128px():
         (dict(c2w=torch.diag(torch.tensor([1.0, 1.0, 2.0, 1.0]))[None]), "not orthonormal"),
         (dict(c2w=torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0]))[None]), "determinant"),
         (dict(K=torch.zeros(1, 3, 3)), "focal"),
+        (dict(K=torch.tensor([[[8.0, 1.0, 4.0], [0.0, 8.0, 4.0], [0.0, 0.0, 1.0]]])), "skew"),
+        (dict(c2w=torch.zeros(0, 4, 4), K=torch.zeros(0, 3, 3)), "no cameras"),
+        (dict(eps2d=-0.1), "eps2d"),
         (dict(K=torch.eye(3)[None].repeat(2, 1, 1)), "K"),
         (dict(width=0), "width"),
         (dict(background=torch.ones(4)), "background"),
@@ -205,6 +208,31 @@ def test_non_finite_field_is_rejected():
     field.means[3, 1] = math.inf
     with pytest.raises(ValueError, match="field.means"):
         render(field, torch.eye(4)[None], intrinsics_from_fov(8, 8)[None], 8, 8)
+
+
+def test_auto_backend_picks_gsplat_for_float32_cuda_tensors(monkeypatch):
+    import d4s.render as render_module
+
+    monkeypatch.setattr(render_module, "gsplat_available", lambda: True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert render_module.resolve_backend("auto", cuda, torch.float32) == "gsplat"
+    assert render_module.resolve_backend("auto", cuda, torch.float64) == "torch"
+    assert render_module.resolve_backend("auto", cpu, torch.float32) == "torch"
+    assert render_module.resolve_backend("torch", cuda, torch.float32) == "torch"
+    monkeypatch.setattr(render_module, "gsplat_available", lambda: False)
+    assert render_module.resolve_backend("auto", cuda, torch.float32) == "torch"
+
+
+def test_a_huge_gaussian_covers_the_view_instead_of_vanishing():
+    field = GaussianField.from_activated(
+        means=torch.tensor([[0.0, 0.0, 3.0]]),
+        rotations=torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+        scales=torch.tensor([[1e8, 1e8, 1.0]]),
+        opacities=torch.tensor([0.5]),
+        rgb=torch.tensor([[1.0, 0.0, 0.0]]),
+    )
+    out = render(field, torch.eye(4)[None], intrinsics_from_fov(8, 8)[None], 8, 8, backend="torch")
+    torch.testing.assert_close(out.alpha, torch.full_like(out.alpha, 0.5))
 
 
 def test_auto_backend_uses_torch_on_cpu():

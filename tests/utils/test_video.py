@@ -19,9 +19,19 @@ def test_video_round_trip_within_codec_tolerance(tmp_path):
     assert error.mean() < 3.0
 
 
-def test_bad_frames_shape():
+def test_fractional_frame_rate(tmp_path):
+    import av
+
+    write_video(tmp_path / "ntsc.mp4", np.zeros((3, 8, 8, 3), np.uint8), fps=29.97)
+    with av.open(str(tmp_path / "ntsc.mp4")) as container:
+        assert abs(float(container.streams.video[0].average_rate) - 29.97) < 1e-3
+
+
+def test_bad_frames_shape_and_rate(tmp_path):
     with pytest.raises(ValueError, match="frames"):
         to_uint8_frames(np.zeros((4, 4, 3)))
+    with pytest.raises(ValueError, match="fps"):
+        write_video(tmp_path / "x.mp4", np.zeros((1, 4, 4, 3)), fps=0)
 
 
 def test_colorize_depth_orders_near_warm_and_marks_invalid_black():
