@@ -44,15 +44,14 @@ def _segment_exclusive_cumsum(values: Tensor, segment_ids: Tensor, num_segments:
     return exclusive - exclusive.index_select(0, starts.index_select(0, segment_ids))
 
 
-def _pair_alpha(means2d: Tensor, conics: Tensor, opacities: Tensor, gauss: Tensor, px: Tensor, py: Tensor):
-    """Alpha ``[P]`` (clamped at ``ALPHA_MAX``) and Mahalanobis half-distance ``sigma [P]`` of each pair."""
+def _pair_alpha(means2d: Tensor, conics: Tensor, opacities: Tensor, gauss: Tensor, px: Tensor, py: Tensor) -> Tensor:
+    """Differentiable alpha ``[P]`` (clamped at ``ALPHA_MAX``) of Gaussians ``gauss [P]`` at pixels ``(px, py)``."""
     mx, my = means2d.index_select(0, gauss).unbind(-1)
     a, b, c = conics.index_select(0, gauss).unbind(-1)
     dx = px.to(means2d.dtype) + 0.5 - mx
     dy = py.to(means2d.dtype) + 0.5 - my
     sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(opacities.index_select(0, gauss) * torch.exp(-sigma), ALPHA_MAX)
-    return alpha, sigma
+    return torch.clamp_max(opacities.index_select(0, gauss) * torch.exp(-sigma), ALPHA_MAX)
 
 
 def _transmittance(alpha: Tensor, pixel: Tensor, num_pixels: int) -> Tensor:
@@ -138,7 +137,7 @@ def _composite_band(
         )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (means2d, conics, opacities)):
         # second, differentiable pass over the contributing pairs only
-        alpha, _ = _pair_alpha(means2d, conics, opacities, gauss, pixel % width, pixel // width + row_start)
+        alpha = _pair_alpha(means2d, conics, opacities, gauss, pixel % width, pixel // width + row_start)
         transmittance = _transmittance(alpha, pixel, num_pixels)
     weight = alpha * transmittance.to(alpha.dtype)
     accumulated = features.new_zeros(num_pixels, features.shape[1]).index_add(
