@@ -13,10 +13,11 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
+# -qq: pip still reports errors, but not the per-package index warnings some local mirrors cause
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --requirement $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
+	$(BIN)/python -m pip install -qq --requirement $(LOCK)
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation --editable .
 	touch $@
 
 install: $(STAMP)  ## create the virtualenv and install the pinned stack (runs once per lock change)
@@ -33,7 +34,7 @@ bench: $(STAMP)  ## renderer benchmark: table on stdout, JSON in bench/results/
 lock:  ## re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet ".[viewer,eval,dev]"
+	.lock-venv/bin/python -m pip install -qq ".[viewer,eval,dev]"
 	.lock-venv/bin/python -m pip freeze --all --exclude pip --exclude d4s > $(LOCK)
 	rm -rf .lock-venv
 
