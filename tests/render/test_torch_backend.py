@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,7 +174,8 @@ def test_memory_stays_bounded_for_20k_gaussians_at_128px():
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=repo)
     peak_gib = int(result.stdout.split()[-1]) / 2**20
     assert peak_gib < 2.0, f"peak memory {peak_gib:.2f} GiB"
 
