@@ -53,6 +53,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def objective(out) -> torch.Tensor:
+    """The scalar every timed backward pass differentiates: touches rgb, depth and alpha."""
+    return out.rgb.sum() + out.depth.mean() + out.alpha.sum()
+
+
 def run_case(num: int, size: int, backend: str, backward: bool, repeats: int, device: str) -> dict:
     """Time one configuration. The first render is the measured cold run for memory: the peak resident
     memory (CPU) or the peak allocated memory (CUDA) above the level just before it."""
@@ -66,7 +71,7 @@ def run_case(num: int, size: int, backend: str, backward: bool, repeats: int, de
         with torch.set_grad_enabled(backward):
             out = render(GaussianField(**params), c2w, K, size, size, backend=backend)
             if backward:
-                (out.rgb.sum() + out.depth.mean() + out.alpha.sum()).backward()
+                objective(out).backward()
         _sync(device)
 
     if device.type == "cuda":
@@ -108,7 +113,7 @@ def gpu_parity(field: GaussianField, size: int) -> dict:
     for backend in ("torch", "gsplat"):
         params = {k: v.detach().clone().requires_grad_(True) for k, v in field.tensors().items()}
         out = render(GaussianField(**params), c2w, K, size, size, backend=backend)
-        (out.rgb.sum() + out.depth.mean() + out.alpha.sum()).backward()
+        objective(out).backward()
         results[backend] = out
         grads[backend] = {k: p.grad for k, p in params.items()}
     report = {f"max_abs_diff_{name}": float((a - b).abs().max()) for name, a, b in zip(("rgb", "depth", "alpha"), *results.values())}

@@ -28,6 +28,7 @@ from d4s.utils.video import colorize_depth, write_video
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line (``--frames >= 1``, ``--size >= 8``)."""
     parser = argparse.ArgumentParser(prog="python -m d4s.showcase", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/showcase"), help="output directory")
     parser.add_argument("--trajectory", default="spiral", choices=TRAJECTORY_NAMES, help="camera path")
@@ -39,13 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=12.0, help="video frame rate")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="renderer")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.frames < 1 or args.size < 8:
+        parser.error("--frames must be >= 1 and --size >= 8")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.frames < 1 or args.size < 8:
-        raise SystemExit("error: --frames must be >= 1 and --size >= 8")
     device = torch.device(args.device)
     scene = showcase_scene(args.frames).to(device)
     c2w = make_trajectory(args.trajectory, args.frames, args.scene_scale, path=args.trajectory_file).to(device)
@@ -53,11 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     backend = resolve_backend(args.backend, device)
     print(f"{scene.num_gaussians} Gaussians, {args.frames} frames at {args.size}x{args.size}, {backend} renderer")
 
+    background = torch.full((3,), 0.05, device=device)
     rgb, depth = [], []
     start = time.perf_counter()
     with torch.no_grad():
         for t in tqdm(range(args.frames), desc="rendering", unit="frame"):
-            out = render(scene.at(t), c2w[t : t + 1], K[None], args.size, args.size, backend, torch.ones(3) * 0.05)
+            out = render(scene.at(t), c2w[t : t + 1], K[None], args.size, args.size, backend, background)
             rgb.append(out.rgb[0].cpu())
             depth.append(out.depth[0].cpu())
     seconds = time.perf_counter() - start
