@@ -48,6 +48,15 @@ def inverse_opacity_activation(opacities: Tensor) -> Tensor:
     return torch.logit(opacities)
 
 
+def _check_matches(value: Tensor, name: str, reference: Tensor, reference_name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` has ``reference``'s dtype and device."""
+    if value.dtype != reference.dtype or value.device != reference.device:
+        raise ValueError(
+            f"{name}: dtype {value.dtype} on {value.device} differs from {reference_name}'s {reference.dtype} on "
+            f"{reference.device}; a field's tensors share one dtype and device"
+        )
+
+
 @dataclass
 class GaussianField:
     """A set of ``N`` 3D Gaussians (one scene at one time). See the module docstring for the layout."""
@@ -68,11 +77,7 @@ class GaussianField:
         sh_degree_from_bases(self.sh.shape[1])
         for name, value in self.tensors().items():
             check_floating(value, name)
-            if value.dtype != self.means.dtype or value.device != self.means.device:
-                raise ValueError(
-                    f"{name}: dtype {value.dtype} on {value.device} differs from means' {self.means.dtype} on "
-                    f"{self.means.device}; all tensors of a field share one dtype and device"
-                )
+            _check_matches(value, name, self.means, "means")
 
     @classmethod
     def from_activated(
@@ -191,9 +196,7 @@ class DeformableGaussianField:
         check_shape(self.dq, "dq", (t, n, 4))
         check_shape(self.ds, "ds", (t, n, 3))
         for name in ("dmu", "dq", "ds"):
-            value = getattr(self, name)
-            if value.dtype != self.canonical.dtype or value.device != self.canonical.device:
-                raise ValueError(f"{name}: dtype {value.dtype} on {value.device} differs from the canonical field's")
+            _check_matches(getattr(self, name), name, self.canonical.means, "canonical.means")
 
     @classmethod
     def static(cls, field: GaussianField, num_frames: int) -> DeformableGaussianField:
