@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,19 +26,9 @@ def to_uint8_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     return frames
 
 
-def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 12.0, crf: int = 18) -> Path:
-    """Write ``frames [T, H, W, 3]`` (float in [0, 1] or uint8) as an H.264 mp4, atomically.
-
-    Odd frame sizes are padded by one pixel (edge replication) because yuv420p needs even sizes.
-    """
-    if not fps > 0:
-        raise ValueError(f"fps: must be positive, got {fps}")
-    frames = to_uint8_frames(frames)
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = Path(path)
-    with atomic_output(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+def _encode(target, frames: np.ndarray, fps: float, crf: int) -> None:
+    """Encode uint8 ``frames [T, H, W, 3]`` (even H, W) as H.264 yuv420p into a path or a binary file object."""
+    with av.open(target, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -45,13 +36,54 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float 
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+
+
+def _prepare(frames: torch.Tensor | np.ndarray, fps: float) -> np.ndarray:
+    """Validate ``fps`` and return uint8 frames padded to even sizes (edge replication; yuv420p needs them)."""
+    if not fps > 0:
+        raise ValueError(f"fps: must be positive, got {fps}")
+    frames = to_uint8_frames(frames)
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frames
+
+
+def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 12.0, crf: int = 18) -> Path:
+    """Write ``frames [T, H, W, 3]`` (float in [0, 1] or uint8) as an H.264 mp4, atomically.
+
+    Odd frame sizes are padded by one pixel (edge replication) because yuv420p needs even sizes.
+    """
+    frames = _prepare(frames, fps)
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        _encode(str(tmp), frames, fps, crf)
     return path
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """Decode a video file into ``[T, H, W, 3]`` uint8 RGB frames."""
-    with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+def encode_video(frames: torch.Tensor | np.ndarray, fps: float = 12.0, crf: int = 18) -> bytes:
+    """``frames [T, H, W, 3]`` as the bytes of an H.264 mp4 (odd sizes padded like :func:`write_video`)."""
+    frames = _prepare(frames, fps)
+    buffer = io.BytesIO()
+    _encode(buffer, frames, fps, crf)
+    return buffer.getvalue()
+
+
+def read_video(source: str | Path | bytes) -> np.ndarray:
+    """Decode a video file (a path, or the file's bytes) into ``[T, H, W, 3]`` uint8 RGB frames.
+
+    Raises ``ValueError`` naming the source when the file is truncated, corrupt or holds no frames.
+    """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    target = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    try:
+        with av.open(target) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError) as error:
+        raise ValueError(f"{name}: cannot decode video ({error})") from error
+    if not frames:
+        raise ValueError(f"{name}: the video holds no frames")
+    return np.stack(frames)
 
 
 def colorize_depth(

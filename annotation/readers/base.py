@@ -1,0 +1,86 @@
+"""What every dataset reader provides: a list of scenes, each a lazy frame sequence in the project conventions.
+
+A reader converts its dataset's conventions once, when a scene is opened: OpenCV camera axes, camera-to-world
+4x4 poses, metres where the dataset is metric, intrinsics in pixels of the frames it returns. Bad input raises
+:class:`annotation.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+class Scene(ABC):
+    """One scene (a video or a path of frames) of ``num_frames`` frames of size ``height x width``.
+
+    Attributes set by the reader: ``dataset``, ``name``, ``fps``, ``height``, ``width``, ``K [T,3,3]`` (pixels),
+    ``c2w [T,4,4]`` (OpenCV camera-to-world; ``None`` when the dataset has no poses), ``timestamps [T]``
+    (seconds), ``metric`` (poses and depth in metres), ``licence`` and ``caption``. Per-frame data is loaded
+    only when asked for, for the frame indices asked for.
+    """
+
+    has_depth: ClassVar[bool] = False
+    has_dynamic_mask: ClassVar[bool] = False
+    has_tracks: ClassVar[bool] = False
+
+    dataset: str
+    name: str
+    fps: float
+    height: int
+    width: int
+    K: np.ndarray
+    c2w: np.ndarray | None
+    timestamps: np.ndarray
+    metric: bool
+    licence: str = ""
+    caption: str = ""
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.timestamps)
+
+    @abstractmethod
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        """RGB frames ``[t, H, W, 3]`` uint8."""
+
+    def depth(self, indices: Sequence[int]) -> np.ndarray:
+        """z-depth ``[t, H, W]`` float32 metres (0 = invalid); only when ``has_depth``."""
+        raise NotImplementedError(f"{self.dataset} has no depth")
+
+    def dynamic_mask(self, indices: Sequence[int]) -> np.ndarray:
+        """Dynamic-object masks ``[t, H, W]`` bool; only when ``has_dynamic_mask``."""
+        raise NotImplementedError(f"{self.dataset} has no dynamic masks")
+
+    def tracks(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """3D tracks over the frames: ``xyz [N, t, 3]`` world metres, ``visible [N, t]`` bool; only when
+        ``has_tracks``. Tracks that are non-finite in any of these frames are left out."""
+        raise NotImplementedError(f"{self.dataset} has no tracks")
+
+
+class Reader(ABC):
+    """A dataset on disk (or generated, for toy4d): scene names, their splits, and scenes to open."""
+
+    name: ClassVar[str]
+    licence: ClassVar[str]
+
+    def __init__(self, root: str | Path | None):
+        self.root = None if root is None else Path(root)
+
+    @abstractmethod
+    def scene_names(self) -> list[str]:
+        """All scene names, sorted (a stable order, so work splits the same way on every machine)."""
+
+    @abstractmethod
+    def split_of(self, name: str) -> str:
+        """The split (one of :data:`SPLITS`) the scene belongs to."""
+
+    @abstractmethod
+    def open_scene(self, name: str) -> Scene:
+        """Open one scene, reading its small metadata (cameras, timestamps) now and frames lazily."""

@@ -1,0 +1,1 @@
+"""Training data: the shard record (schema), webdataset streaming and the DataModule."""

@@ -1,0 +1,219 @@
+"""The shard record: one clip of ``T`` frames, exactly as the annotation writer stores it and training reads it.
+
+This module is the single source of truth for both sides. A webdataset sample holds these members:
+
+==============  ===============================================================================================
+``rgb.mp4``     H.264 (yuv420p, CRF 12) video of the clip, ``[T, H, W, 3]`` uint8 once decoded.
+``cameras.npz`` ``K [T,3,3]`` float32 pixels, ``c2w [T,4,4]`` float32 OpenCV camera-to-world in metres,
+                ``timestamps [T]`` float64 seconds.
+``depth.npz``   ``depth [T,H,W]`` float16 z-depth in metres, 0 = invalid (absent when the clip has no depth).
+``masks.npz``   dynamic-object mask ``[T,H,W]`` bool, bit-packed along W (optional).
+``tracks.npz``  ``xyz [N,T,3]`` float32 world metres, ``visible [N,T]`` bool (optional).
+``meta.json``   :class:`ClipMeta`: schema version, provenance, alignment result, QC scores, caption, licence.
+==============  ===============================================================================================
+
+Keys are ``<dataset>__<scene>__<first frame, 6 digits>``: stable, unique and free of dots (webdataset splits
+member names at the first dot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from d4s.geometry.cameras import unproject_depth
+from d4s.utils.video import encode_video, read_video
+
+SCHEMA_VERSION = 1
+VIDEO_CRF = 12  # "high quality": visually lossless H.264; round trips stay well above 35 dB PSNR
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+RGB, CAMERAS, DEPTH, MASKS, TRACKS, META = "rgb.mp4", "cameras.npz", "depth.npz", "masks.npz", "tracks.npz", "meta.json"
+REQUIRED_MEMBERS = (RGB, CAMERAS, META)
+OPTIONAL_MEMBERS = (DEPTH, MASKS, TRACKS)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sample_key(dataset: str, scene: str, first_frame: int) -> str:
+    """The stable, unique webdataset key of the clip of ``scene`` that starts at ``first_frame``.
+
+    Characters other than letters, digits, ``_`` and ``-`` become ``-``; when that changes the scene name a short
+    hash of the original is appended, so two scenes never share a key.
+    """
+    if first_frame < 0:
+        raise ValueError(f"first_frame: must be >= 0, got {first_frame}")
+    safe = _UNSAFE.sub("-", scene).replace("__", "_-")
+    if safe != scene:
+        safe = f"{safe}-{hashlib.sha1(scene.encode()).hexdigest()[:8]}"
+    return f"{_UNSAFE.sub('-', dataset)}__{safe}__{first_frame:06d}"
+
+
+@dataclass
+class ClipMeta:
+    """Provenance and quality of one clip (``meta.json``).
+
+    ``alignment`` holds the metric alignment result (scale, shift, space, residual, anchors) or is ``None`` when
+    the depth was metric already; ``quality`` holds the QC scores that the clip passed.
+    """
+
+    dataset: str
+    scene: str
+    frame_indices: list[int]
+    fps: float
+    height: int
+    width: int
+    pose_source: str
+    depth_source: str | None
+    metric: bool
+    alignment: dict[str, Any] | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    caption: str = ""
+    licence: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ClipMeta:
+        values = json.loads(data)
+        version = values.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ValueError(f"meta.json: schema version {version!r} is newer than this code reads (<= {SCHEMA_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING} - values.keys()
+        if missing:
+            raise ValueError(f"meta.json: missing fields {sorted(missing)}")
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+
+@dataclass
+class ClipRecord:
+    """One clip in memory, numpy arrays in the project conventions (see the module docstring for shapes)."""
+
+    key: str
+    frames: np.ndarray
+    K: np.ndarray
+    c2w: np.ndarray
+    timestamps: np.ndarray
+    meta: ClipMeta
+    depth: np.ndarray | None = None
+    dynamic_mask: np.ndarray | None = None
+    track_xyz: np.ndarray | None = None
+    track_visible: np.ndarray | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[0]
+
+    def validate(self) -> ClipRecord:
+        """Check shapes, dtypes and finiteness against each other; raise ``ValueError`` naming the field."""
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"frames: expected uint8 [T, H, W, 3], got {self.frames.dtype} {list(self.frames.shape)}")
+        T, H, W = self.frames.shape[:3]
+        expected = {
+            "K": (self.K, (T, 3, 3)),
+            "c2w": (self.c2w, (T, 4, 4)),
+            "timestamps": (self.timestamps, (T,)),
+            "depth": (self.depth, (T, H, W)),
+            "dynamic_mask": (self.dynamic_mask, (T, H, W)),
+        }
+        if self.track_xyz is not None or self.track_visible is not None:
+            if self.track_xyz is None or self.track_visible is None:
+                raise ValueError("tracks: track_xyz and track_visible come together")
+            expected["track_xyz"] = (self.track_xyz, (self.track_xyz.shape[0], T, 3))
+            expected["track_visible"] = (self.track_visible, (self.track_xyz.shape[0], T))
+        for name, (value, shape) in expected.items():
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name}: expected shape {list(shape)}, got {list(value.shape)}")
+        for name in ("K", "c2w", "timestamps", "depth"):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value).all():
+                raise ValueError(f"{name}: holds NaN or inf")
+        if (self.meta.height, self.meta.width) != (H, W) or len(self.meta.frame_indices) != T:
+            raise ValueError("meta: size or frame_indices disagree with the frames")
+        return self
+
+    def pointmaps(self) -> tuple[np.ndarray, np.ndarray]:
+        """World-space pointmaps ``[T, H, W, 3]`` (metres) and their validity ``[T, H, W]`` (depth > 0).
+
+        Built by :func:`d4s.geometry.cameras.unproject_depth`, the one place depth becomes points.
+        """
+        if self.depth is None:
+            raise ValueError(f"{self.key}: the clip has no depth, so it has no pointmaps")
+        points = unproject_depth(
+            torch.from_numpy(self.depth.astype(np.float32)),
+            torch.from_numpy(self.K.astype(np.float32)),
+            torch.from_numpy(self.c2w.astype(np.float32)),
+        )
+        return points.numpy(), self.depth > 0
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _load_npz(data: bytes, member: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            missing = [name for name in names if name not in npz.files]
+            if missing:
+                raise ValueError(f"{member}: missing arrays {missing}")
+            return {name: npz[name] for name in names}
+    except (OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{member}: cannot read ({error})") from error
+
+
+def encode_record(record: ClipRecord) -> dict[str, Any]:
+    """The webdataset sample (``__key__`` plus member bytes) of a validated record."""
+    record.validate()
+    sample: dict[str, Any] = {
+        "__key__": record.key,
+        RGB: encode_video(record.frames, fps=record.meta.fps, crf=VIDEO_CRF),
+        CAMERAS: _npz_bytes(
+            K=record.K.astype(np.float32), c2w=record.c2w.astype(np.float32), timestamps=record.timestamps.astype(np.float64)
+        ),
+        META: record.meta.to_json(),
+    }
+    if record.depth is not None:
+        depth = np.where(record.depth < FLOAT16_MAX, record.depth, 0.0)  # beyond float16 range: invalid
+        sample[DEPTH] = _npz_bytes(depth=depth.astype(np.float16))
+    if record.dynamic_mask is not None:
+        mask = record.dynamic_mask.astype(bool)
+        sample[MASKS] = _npz_bytes(packed=np.packbits(mask, axis=-1), shape=np.array(mask.shape, np.int64))
+    if record.track_xyz is not None:
+        sample[TRACKS] = _npz_bytes(xyz=record.track_xyz.astype(np.float32), visible=record.track_visible.astype(bool))
+    return sample
+
+
+def decode_record(sample: dict[str, Any]) -> ClipRecord:
+    """Inverse of :func:`encode_record` for a raw webdataset sample (member name -> bytes)."""
+    key = sample.get("__key__", "<unknown>")
+    missing = [member for member in REQUIRED_MEMBERS if member not in sample]
+    if missing:
+        raise ValueError(f"sample {key}: missing members {missing}")
+    meta = ClipMeta.from_json(sample[META])
+    frames = read_video(sample[RGB])[:, : meta.height, : meta.width]  # drop the even-size padding
+    cameras = _load_npz(sample[CAMERAS], CAMERAS, ("K", "c2w", "timestamps"))
+    record = ClipRecord(key=key, frames=frames, meta=meta, **cameras)
+    if DEPTH in sample:
+        record.depth = _load_npz(sample[DEPTH], DEPTH, ("depth",))["depth"].astype(np.float32)
+    if MASKS in sample:
+        masks = _load_npz(sample[MASKS], MASKS, ("packed", "shape"))
+        shape = tuple(int(n) for n in masks["shape"])
+        record.dynamic_mask = np.unpackbits(masks["packed"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+    if TRACKS in sample:
+        tracks = _load_npz(sample[TRACKS], TRACKS, ("xyz", "visible"))
+        record.track_xyz, record.track_visible = tracks["xyz"], tracks["visible"]
+    return record.validate()
