@@ -34,7 +34,7 @@ bench: $(STAMP)  ## renderer benchmark: table on stdout, JSON in bench/results/
 lock:  ## re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install -qq ".[viewer,eval,dev]"
+	.lock-venv/bin/python -m pip install -qq ".[viewer,dev]"
 	.lock-venv/bin/python -m pip freeze --all --exclude pip --exclude d4s > $(LOCK)
 	rm -rf .lock-venv
 
