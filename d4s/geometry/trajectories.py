@@ -103,30 +103,90 @@ def _read_json_path(path: Path) -> CameraPath:
     return CameraPath(c2w=c2w, K=K, image_size=size)
 
 
-def _read_realestate10k_path(path: Path) -> CameraPath:
-    rows = []
-    for line_no, line in enumerate(path.read_text().splitlines()[1:], start=2):  # line 1 is the video URL
-        if not line.strip():
-            continue
+@dataclass(frozen=True)
+class RealEstate10KCameras:
+    """The camera lines of a RealEstate10K file, as stored (no conversion beyond parsing).
+
+    Attributes:
+        timestamps_us: ``[T]`` int64 frame timestamps in microseconds of the source video.
+        intrinsics: ``[T, 4]`` float64 ``fx, fy, cx, cy`` normalised by the image width and height.
+        w2c: ``[T, 4, 4]`` float64 world-to-camera poses, OpenCV axes (checked finite and rigid).
+        line_numbers: the 1-based line of the file each frame came from.
+    """
+
+    timestamps_us: Tensor
+    intrinsics: Tensor
+    w2c: Tensor
+    line_numbers: tuple[int, ...]
+
+
+def _check_realestate10k_pose(w2c: Tensor, intrinsics: Tensor, line_no: int, frame: int, atol: float) -> None:
+    """Raise ``ValueError`` naming the line if a camera line has non-finite numbers or an improper rotation."""
+    if not (torch.isfinite(w2c).all() and torch.isfinite(intrinsics).all()):
+        raise ValueError(f"line {line_no}: frame {frame} has a non-finite pose or intrinsics")
+    if (intrinsics[:2] <= 0).any():
+        raise ValueError(f"line {line_no}: focal lengths fx, fy must be positive, got {intrinsics[:2].tolist()}")
+    R = w2c[:3, :3]
+    det = float(torch.linalg.det(R))
+    ortho_err = float((R @ R.T - torch.eye(3, dtype=R.dtype)).abs().max())
+    if abs(det - 1.0) > atol or ortho_err > atol:
+        raise ValueError(
+            f"line {line_no}: rotation is not proper "
+            f"(det = {det:.6g}, max |R R^T - I| = {ortho_err:.3g}, tolerance {atol})"
+        )
+
+
+def parse_realestate10k_cameras(text: str, atol: float = 1e-3) -> RealEstate10KCameras:
+    """Parse the text of a RealEstate10K camera file.
+
+    Format: line 1 is the video URL; every further non-blank line holds 19 fields:
+    ``timestamp_us fx fy cx cy 0 0`` then a row-major 3x4 world-to-camera ``[R | t]`` (OpenCV axes), intrinsics
+    normalised by the image width (``fx, cx``) and height (``fy, cy``).
+
+    Raises ``ValueError`` whose message starts with ``line N:`` for a wrong field count, a non-numeric value, a
+    non-integer timestamp, a non-finite number, a non-positive focal length, a rotation that is not proper
+    (``det(R) = +1`` and ``R R^T = I`` within ``atol``), or a file without camera lines.
+    """
+    lines = text.splitlines()
+    if lines and len(lines[0].split()) == 19:
+        raise ValueError("line 1: looks like a camera line; RealEstate10K files start with the video URL")
+    timestamps, rows, line_numbers = [], [], []
+    for line_no, line in enumerate(lines[1:], start=2):
         fields = line.split()
+        if not fields:
+            continue
         if len(fields) != 19:
-            raise ValueError(f"{path}: line {line_no}: expected 19 numbers (RealEstate10K camera line), got {len(fields)}")
+            raise ValueError(f"line {line_no}: expected 19 numbers (RealEstate10K camera line), got {len(fields)}")
         try:
-            rows.append([float(x) for x in fields])
+            timestamps.append(int(fields[0]))
+            rows.append([float(x) for x in fields[1:]])
         except ValueError as err:
-            raise ValueError(f"{path}: line {line_no}: {err}") from err
+            raise ValueError(f"line {line_no}: {err}") from err
+        line_numbers.append(line_no)
     if not rows:
-        raise ValueError(f"{path}: no camera lines (RealEstate10K files hold a URL line, then one line per frame)")
+        raise ValueError("no camera lines (RealEstate10K files hold a URL line, then one line per frame)")
     table = torch.tensor(rows, dtype=torch.float64)
-    fx, fy, cx, cy = table[:, 1], table[:, 2], table[:, 3], table[:, 4]
-    K = torch.zeros(len(rows), 3, 3, dtype=torch.float64)
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(rows), 1, 1)
-    w2c[:, :3, :] = table[:, 7:].reshape(-1, 3, 4)
-    if not torch.isfinite(w2c).all():
-        bad = int((~torch.isfinite(w2c).flatten(1)).any(1).nonzero()[0])
-        raise ValueError(f"{path}: frame {bad} has a non-finite pose")
-    return CameraPath(c2w=rigid_inverse(w2c), K=K, image_size=(1, 1))
+    w2c[:, :3, :] = table[:, 6:].reshape(-1, 3, 4)
+    for frame, line_no in enumerate(line_numbers):
+        _check_realestate10k_pose(w2c[frame], table[frame, :4], line_no, frame, atol)
+    return RealEstate10KCameras(
+        timestamps_us=torch.tensor(timestamps, dtype=torch.int64),
+        intrinsics=table[:, :4],
+        w2c=w2c,
+        line_numbers=tuple(line_numbers),
+    )
+
+
+def _read_realestate10k_path(path: Path) -> CameraPath:
+    try:
+        cameras = parse_realestate10k_cameras(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    fx, fy, cx, cy = cameras.intrinsics.unbind(-1)
+    K = torch.zeros(len(fx), 3, 3, dtype=torch.float64)
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
+    return CameraPath(c2w=rigid_inverse(cameras.w2c), K=K, image_size=(1, 1))
 
 
 def load_camera_path(path: str | Path) -> CameraPath:

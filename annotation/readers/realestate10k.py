@@ -1,0 +1,179 @@
+"""RealEstate10K: camera files from the dataset, frames supplied by the user (the dataset ships no images).
+
+Layout::
+
+    <root>/{train,test}/<clip_id>.txt            camera files: a URL line, then one 19-field line per frame
+    <frames_root>/<clip_id>/<timestamp>.png      one image per camera line (or .jpg), named by the line's
+                                                 integer timestamp in microseconds
+    <frames_root>/<clip_id>.mp4                  or a video whose i-th frame is the i-th camera line
+
+``frames_root`` defaults to ``<root>/frames``; when a clip has both a folder and a video, the folder is used.
+RealEstate10K has no validation split.
+
+Conversion, done once when a scene is opened: ``c2w`` is the inverse of the stored world-to-camera ``[R | t]``
+(OpenCV axes already); ``K`` is the normalised ``fx, fy, cx, cy`` times the width and height of the actual frames
+(normalised intrinsics are those of a 1x1 image, see :mod:`d4s.geometry.cameras`); timestamps are seconds and
+``fps`` is one over the median timestamp step. Poses come from SLAM, so the scale is arbitrary (``metric`` is
+False) and there is no depth, mask or track.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from annotation.errors import InputError
+from annotation.readers.base import Reader, Scene
+from annotation.readers.images import load_frames, load_image
+from d4s.geometry.cameras import rigid_inverse
+from d4s.geometry.trajectories import RealEstate10KCameras, parse_realestate10k_cameras
+from d4s.utils.video import read_video
+
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".png", ".jpg")
+LICENCE = "CC-BY-4.0 (cameras); frames from YouTube, see the dataset's terms"
+
+
+def read_cameras(path: Path) -> RealEstate10KCameras:
+    """The camera lines of ``path``, with strictly increasing timestamps and at least two lines (to give an fps).
+
+    Raises InputError naming the file (and the line, where one is at fault).
+    """
+    try:
+        cameras = parse_realestate10k_cameras(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(path, str(error)) from error
+    steps = np.diff(cameras.timestamps_us.numpy())
+    if len(steps) == 0:
+        raise InputError(path, "only one camera line; a clip needs at least two to define its frame rate")
+    if (steps <= 0).any():
+        line_no = cameras.line_numbers[int(np.argmax(steps <= 0)) + 1]
+        raise InputError(path, f"line {line_no}: timestamps must increase strictly")
+    return cameras
+
+
+class _ImageFolder:
+    """Frames stored as ``<folder>/<timestamp>.png`` (or ``.jpg``), one per camera line."""
+
+    def __init__(self, folder: Path, timestamps_us: Sequence[int]):
+        self.paths = [self._find(folder, timestamp) for timestamp in timestamps_us]
+        self.size = load_image(self.paths[0]).shape[:2]
+
+    @staticmethod
+    def _find(folder: Path, timestamp: int) -> Path:
+        for suffix in IMAGE_SUFFIXES:
+            path = folder / f"{timestamp}{suffix}"
+            if path.is_file():
+                return path
+        looked_for = ", ".join(IMAGE_SUFFIXES)
+        raise InputError(folder / f"{timestamp}.png", f"frame image is missing (looked for {looked_for})")
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB ``[t, H, W, 3]``."""
+        return load_frames([self.paths[i] for i in indices], self.size)
+
+
+class _Video:
+    """Frames of one video file, decoded once and kept; frame ``i`` belongs to camera line ``i``."""
+
+    def __init__(self, path: Path, num_frames: int):
+        try:
+            self.frames = read_video(path)
+        except ValueError as error:
+            raise InputError(path, str(error).removeprefix(f"{path}: ")) from error
+        if len(self.frames) != num_frames:
+            raise InputError(path, f"video holds {len(self.frames)} frames, the camera file {num_frames} (truncated?)")
+        self.size = self.frames.shape[1:3]
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB ``[t, H, W, 3]``."""
+        return self.frames[np.asarray(indices, dtype=np.int64)]
+
+
+def open_frames(frames_root: Path, clip_id: str, timestamps_us: Sequence[int]) -> _ImageFolder | _Video:
+    """The clip's frame folder if there is one, else its video; InputError when it has neither."""
+    folder, video = frames_root / clip_id, frames_root / f"{clip_id}.mp4"
+    if folder.is_dir():
+        return _ImageFolder(folder, timestamps_us)
+    if video.is_file():
+        return _Video(video, len(timestamps_us))
+    raise InputError(folder, f"no frames for clip {clip_id!r}: expected this folder or the video {video.name}")
+
+
+class RealEstate10KScene(Scene):
+    """One RealEstate10K clip: cameras from its text file, frames from a folder or a video (see module doc)."""
+
+    dataset = "realestate10k"
+    licence = LICENCE
+    metric = False
+
+    def __init__(self, clip_id: str, camera_file: Path, frames_root: Path):
+        cameras = read_cameras(camera_file)
+        self.name = clip_id
+        self._frames = open_frames(frames_root, clip_id, cameras.timestamps_us.tolist())
+        self.height, self.width = (int(n) for n in self._frames.size)
+        self.timestamps = cameras.timestamps_us.numpy() / 1e6
+        self.fps = float(1.0 / np.median(np.diff(self.timestamps)))
+        self.c2w = rigid_inverse(cameras.w2c).float().numpy()
+        self.K = self._pixel_intrinsics(cameras.intrinsics.numpy(), self.width, self.height)
+
+    @staticmethod
+    def _pixel_intrinsics(normalised: np.ndarray, width: int, height: int) -> np.ndarray:
+        """``[T, 3, 3]`` float32 pixel intrinsics from normalised ``fx, fy, cx, cy`` ``[T, 4]``."""
+        fx, fy, cx, cy = (normalised * [width, height, width, height]).T
+        K = np.zeros((len(normalised), 3, 3), np.float32)
+        K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = fx, fy, cx, cy, 1.0
+        return K
+
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        """RGB frames ``[t, H, W, 3]`` uint8."""
+        return self._frames.read(indices)
+
+
+class RealEstate10KReader(Reader):
+    """RealEstate10K camera files under ``root`` and their frames under ``frames_root`` (see the module doc).
+
+    Scene names are clip ids; a clip id found in both ``train/`` and ``test/`` is an InputError. Clips whose
+    frames are missing are still listed; opening them raises InputError.
+    """
+
+    name = "realestate10k"
+    licence = LICENCE
+
+    def __init__(self, root: str | Path, frames_root: str | Path | None = None):
+        super().__init__(root)
+        if self.root is None:
+            raise ValueError("root: RealEstate10K needs the folder that holds train/ and test/")
+        self.frames_root = self.root / "frames" if frames_root is None else Path(frames_root)
+
+    @cached_property
+    def _camera_files(self) -> dict[str, Path]:
+        if not any((self.root / split).is_dir() for split in SPLITS):
+            raise InputError(self.root, "no train/ or test/ folder of RealEstate10K camera files")
+        files: dict[str, Path] = {}
+        for split in SPLITS:
+            for path in sorted((self.root / split).glob("*.txt")):
+                if path.stem in files:
+                    raise InputError(path, f"clip {path.stem!r} is also in {files[path.stem]}; a clip has one split")
+                files[path.stem] = path
+        return files
+
+    def _camera_file(self, name: str) -> Path:
+        if name not in self._camera_files:
+            raise ValueError(f"name: no RealEstate10K clip {name!r} under {self.root}")
+        return self._camera_files[name]
+
+    def scene_names(self) -> list[str]:
+        """Clip ids of both splits, sorted."""
+        return sorted(self._camera_files)
+
+    def split_of(self, name: str) -> str:
+        """``"train"`` or ``"test"``: the folder the clip's camera file is in."""
+        return self._camera_file(name).parent.name
+
+    def open_scene(self, name: str) -> RealEstate10KScene:
+        """Read the clip's cameras and find its frames (decoding a video now; images are read lazily)."""
+        return RealEstate10KScene(name, self._camera_file(name), self.frames_root)
