@@ -13,6 +13,7 @@ from d4s.geometry.cameras import (
     resize_intrinsics,
     rigid_inverse,
     unproject_depth,
+    unproject_pixels,
 )
 from d4s.geometry.plucker import plucker_embedding
 from d4s.geometry.quaternion import (
@@ -54,4 +55,5 @@ __all__ = [
     "rigid_inverse",
     "rotmat_to_quat",
     "unproject_depth",
+    "unproject_pixels",
 ]

@@ -169,6 +169,16 @@ def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor | None = None) -> Tens
     return (R @ points[..., None]).squeeze(-1) + c2w[..., None, None, :3, 3]
 
 
+def unproject_pixels(uv: Tensor, depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
+    """Lift pixels ``uv [..., N, 2]`` (pixel centres at ``+0.5``) with z-depth ``[..., N]`` to world points.
+
+    ``K [..., 3, 3]``, ``c2w [..., 4, 4]``; returns ``[..., N, 3]``; the inverse of :func:`project_points`.
+    """
+    uv1 = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)
+    cam = (uv1 @ torch.linalg.inv(K).transpose(-1, -2)) * depth[..., None]
+    return cam @ c2w[..., :3, :3].transpose(-1, -2) + c2w[..., None, :3, 3]
+
+
 def project_points(points: Tensor, c2w: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
     """Project world points ``[..., N, 3]`` into cameras ``c2w [..., 4, 4]``, ``K [..., 3, 3]``.
 

@@ -32,7 +32,9 @@ def _encode(target, frames: np.ndarray, fps: float, crf: int) -> None:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # x264's macroblock-tree rate control gives run-to-run different bytes on small frames; without it the same
+        # frames always encode to the same bytes (resumed annotation jobs rely on that)
+        stream.options = {"crf": str(crf), "x264-params": "no-mbtree=1"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

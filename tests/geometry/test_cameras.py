@@ -17,6 +17,7 @@ from d4s.geometry import (
     resize_intrinsics,
     rigid_inverse,
     unproject_depth,
+    unproject_pixels,
 )
 from tests.helpers import orbit_cameras
 
@@ -47,6 +48,14 @@ def test_unproject_then_project_returns_pixel_centres():
     uv, z = project_points(points.reshape(2, -1, 3), c2w, K)
     torch.testing.assert_close(z, depth.reshape(2, -1), atol=1e-10, rtol=0)
     torch.testing.assert_close(uv, pixel_centers(12, 20, dtype=torch.float64).reshape(1, -1, 2).expand(2, -1, -1))
+
+
+def test_unproject_pixels_agrees_with_depth_maps():
+    c2w, K = orbit_cameras(2, 20, 12, dtype=torch.float64)
+    depth = torch.rand(2, 12, 20, dtype=torch.float64) * 5 + 0.5
+    uv = pixel_centers(12, 20, dtype=torch.float64).reshape(1, -1, 2).expand(2, -1, -1)
+    points = unproject_pixels(uv, depth.reshape(2, -1), K, c2w)
+    torch.testing.assert_close(points, unproject_depth(depth, K, c2w).reshape(2, -1, 3))
 
 
 def test_unprojection_brute_force_pixel():

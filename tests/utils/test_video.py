@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from d4s.utils.video import colorize_depth, read_video, to_uint8_frames, write_video
+from d4s.utils.video import colorize_depth, encode_video, read_video, to_uint8_frames, write_video
 
 
 def test_video_round_trip_within_codec_tolerance(tmp_path):
@@ -42,3 +42,18 @@ def test_colorize_depth_orders_near_warm_and_marks_invalid_black():
     # turbo: red-dominant at the near end, blue-dominant at the far end
     assert rgb[0, 0, 0, 0] > rgb[0, 0, 0, 2] and rgb[0, 0, 2, 2] > rgb[0, 0, 2, 0]
     assert colorize_depth(torch.zeros(2, 3)).abs().max() == 0
+
+
+def test_encoded_bytes_are_reproducible_and_decode_back():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)  # small frames: where x264's mbtree varied
+    encoded = {encode_video(frames, fps=12.0, crf=12) for _ in range(10)}
+    assert len(encoded) == 1
+    decoded = read_video(encoded.pop())
+    assert decoded.shape == frames.shape
+
+
+def test_truncated_or_empty_video_bytes_are_a_clear_error():
+    data = encode_video(np.zeros((3, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="cannot decode video"):
+        read_video(data[: len(data) // 2])
