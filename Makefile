@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.d4s-installed
 LOCK := requirements.lock
 PYTEST_ARGS ?=
+DATASET ?= toy4d
+ROOT ?=
+OUT ?= data/$(DATASET)
 
-.PHONY: help install test demo bench lock clean
+.PHONY: help install test demo bench annotate lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,8 +31,12 @@ test: $(STAMP)  ## run the test suite (CPU)
 demo: $(STAMP)  ## the main job; for now the renderer showcase: outputs/showcase/{rgb,depth}.mp4
 	$(BIN)/python -m d4s.showcase --out outputs/showcase
 
-bench: $(STAMP)  ## renderer benchmark: table on stdout, JSON in bench/results/
+bench: $(STAMP)  ## benchmarks (renderer, annotation): tables on stdout, JSON in bench/results/
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/annotate.py
+
+annotate: $(STAMP)  ## annotate a dataset into shards: make annotate DATASET=realestate10k ROOT=/data/re10k OUT=shards/re10k
+	$(BIN)/python -m annotation --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) --out $(OUT)
 
 lock:  ## re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
 	rm -rf .lock-venv
