@@ -8,7 +8,8 @@ This module is the single source of truth for both sides. A webdataset sample ho
                 ``timestamps [T]`` float64 seconds.
 ``depth.npz``   ``depth [T,H,W]`` float16 z-depth in metres, 0 = invalid (absent when the clip has no depth).
 ``masks.npz``   dynamic-object mask ``[T,H,W]`` bool, bit-packed along W (optional).
-``tracks.npz``  ``xyz [N,T,3]`` float32 world metres, ``visible [N,T]`` bool (optional).
+``tracks.npz``  ``xyz [N,T,3]`` float32 world metres (NaN where unknown, only where not visible),
+                ``visible [N,T]`` bool (optional).
 ``meta.json``   :class:`ClipMeta`: schema version, provenance, alignment result, QC scores, caption, licence.
 ==============  ===============================================================================================
 
@@ -23,6 +24,7 @@ import hashlib
 import io
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +141,8 @@ class ClipRecord:
             value = getattr(self, name)
             if value is not None and not np.isfinite(value).all():
                 raise ValueError(f"{name}: holds NaN or inf")
+        if self.track_xyz is not None and not np.isfinite(self.track_xyz[self.track_visible.astype(bool)]).all():
+            raise ValueError("track_xyz: NaN or inf at a visible point")
         if (self.meta.height, self.meta.width) != (H, W) or len(self.meta.frame_indices) != T:
             raise ValueError("meta: size or frame_indices disagree with the frames")
         return self
@@ -159,8 +163,14 @@ class ClipRecord:
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    """A compressed ``.npz`` with fixed member timestamps, so the same arrays always give the same bytes."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 

@@ -104,6 +104,13 @@ def test_bad_records_and_samples_are_named():
     bad.K[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="K: holds NaN"):
         encode_record(bad)
+    hidden_nan = make_record()
+    hidden_nan.track_visible[0, 0] = False
+    hidden_nan.track_xyz[0, 0] = np.nan  # unknown where not visible: allowed
+    hidden_nan.validate()
+    hidden_nan.track_visible[0, 0] = True
+    with pytest.raises(ValueError, match="track_xyz: NaN or inf at a visible point"):
+        hidden_nan.validate()
     with pytest.raises(ValueError, match="track_xyz and track_visible"):
         make_record(track_visible=None).validate()
     sample = encode_record(make_record())
