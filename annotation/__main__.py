@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m annotation",
         description="Annotate a dataset into webdataset shards of metric 4D clips (run), write a scene manifest "
-        "(manifest), or rebuild a shard index (index).",
+        "(manifest), or rebuild a shard index (index). Without a command, runs `run`. Options of a command: "
+        "python -m annotation run --help.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples::")[1],
+        epilog="examples:" + __doc__.split("Examples::")[1],
     )
     commands = parser.add_subparsers(dest="command")
     run_parser = commands.add_parser("run", help="annotate into shards (the default command)")
@@ -141,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _add_file_log(args.out, args.dataset, rank)
-    journal = run(config, reader, scenes, args.out, rank, world_size, progress=not args.no_progress)
+    try:
+        journal = run(config, reader, scenes, args.out, rank, world_size, progress=not args.no_progress)
+    except ValueError as error:  # a setup problem found at the start: configuration, resume state, estimators
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(summary_table(journal))
     if journal.written == 0:
         print(f"error: no clip could be written (see {args.out / PROGRESS_DIR})", file=sys.stderr)

@@ -240,6 +240,11 @@ def run(
     """
     out = Path(out)
     journal_path = out / PROGRESS_DIR / f"{config.dataset}-r{rank:03d}-of-{world_size:03d}.json"
+    others = [p.name for p in (out / PROGRESS_DIR).glob(f"{config.dataset}-r*-of-*.json") if not p.name.endswith(f"-of-{world_size:03d}.json")]
+    if others:
+        raise ValueError(
+            f"{out} holds a run with another world size ({others[0]}); resume it with that world size or use a new --out"
+        )
     state = Journal.load(journal_path, config.digest())
     if state.done:
         log.info("%s: rank %d already finished (%d clips); nothing to do", out, rank, state.written)
@@ -278,6 +283,9 @@ def run(
             skip(state.failed, f"scene {name}", error.path, error.reason)
             bar.update()
             continue
+        if not windows:
+            span = (config.clips.frames_per_clip - 1) * config.clips.frame_step + 1
+            skip(state.rejected, f"scene {name}", f"{config.dataset}/{name}", f"shorter than one clip ({span} frames)")
         first = state.position[1] if item_index == state.position[0] else 0
         for clip_index in range(first, len(windows)):
             what = f"clip {name}@{windows[clip_index][0]}"

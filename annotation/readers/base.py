@@ -69,8 +69,11 @@ class Reader(ABC):
 
     name: ClassVar[str]
     licence: ClassVar[str]
+    needs_root: ClassVar[bool] = True  # False for generated datasets (toy4d)
 
     def __init__(self, root: str | Path | None):
+        if root is None and self.needs_root:
+            raise ValueError(f"{self.name}: the dataset root is required (--root PATH)")
         self.root = None if root is None else Path(root)
 
     @abstractmethod

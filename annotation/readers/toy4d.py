@@ -605,6 +605,7 @@ class Toy4DReader(Reader):
 
     name = "toy4d"
     licence = LICENCE
+    needs_root = False
 
     def __init__(
         self,

@@ -67,3 +67,8 @@ def test_run_where_nothing_can_be_written_exits_non_zero(tmp_path):
     assert set(reasons) == {str(root / "train" / "wrong_fields.txt"), str(root / "train" / "nan_pose.txt"), str(video)}
     assert "line 2" in reasons[str(root / "train" / "wrong_fields.txt")]
     assert "line 4" in reasons[str(root / "train" / "nan_pose.txt")]
+
+
+def test_missing_root_is_a_usage_error(tmp_path, capsys):
+    assert main(["--dataset", "pointodyssey", "--out", str(tmp_path / "out")]) == 2
+    assert "--root" in capsys.readouterr().err
