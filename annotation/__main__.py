@@ -25,9 +25,9 @@ import yaml
 
 from annotation.config import CONFIG_DIR, load_config
 from annotation.manifest import build_manifest, default_manifest_path, read_manifest, write_manifest
-from annotation.pipeline import run, summary_table
+from annotation.pipeline import AbortRun, run, summary_table
 from annotation.readers import READERS, make_reader
-from annotation.writer import PROGRESS_DIR, write_index
+from annotation.writer import PROGRESS_DIR, journal_dataset, write_index
 
 log = logging.getLogger("annotation")
 
@@ -35,7 +35,9 @@ log = logging.getLogger("annotation")
 def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """This process's rank and the world size: flags first, then SLURM array, torchrun, SLURM tasks."""
     env = os.environ
-    if rank is None and world_size is None:
+    if (rank is None) != (world_size is None):
+        raise ValueError("give both --rank and --world-size, or neither (then they come from the environment)")
+    if rank is None:
         if "SLURM_ARRAY_TASK_ID" in env:
             low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
             count = env.get("SLURM_ARRAY_TASK_COUNT")
@@ -93,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(manifest_parser)
     manifest_parser.add_argument("--out", type=Path, help="where to write it (default: data_manifests/<dataset>.json)")
     index_parser = commands.add_parser("index", help="rebuild <out>/index.json from the ranks' journals")
-    index_parser.add_argument("--dataset", default="toy4d", choices=sorted(READERS))
-    index_parser.add_argument("--out", type=Path, required=True)
+    index_parser.add_argument("--dataset", choices=sorted(READERS),
+                              help="default: the one dataset whose journals are in --out")
+    index_parser.add_argument("--out", type=Path, required=True, help="the annotation output directory")
     return parser
 
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "index":
-            index = write_index(args.out, args.dataset)
+            index = write_index(args.out, args.dataset or journal_dataset(args.out))
             print({split: info["samples"] for split, info in index["splits"].items()})
             return 0
         config = load_config(args.dataset, args.config, parse_overrides(args.overrides))
@@ -147,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # a setup problem found at the start: configuration, resume state, estimators
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except AbortRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(summary_table(journal))
-    if journal.written == 0:
+    if not scenes[rank::world_size]:
+        print(f"rank {rank} of {world_size}: no scenes to annotate")
+    elif journal.written == 0:
         print(f"error: no clip could be written (see {args.out / PROGRESS_DIR})", file=sys.stderr)
         return 1
     return 0

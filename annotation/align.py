@@ -112,7 +112,7 @@ def collect_anchors(
     """Algorithm 1, lines 5-13: anchor pairs ``(median relative value, oracle value)`` over all masks.
 
     Args:
-        relative: ``[T, H, W]`` relative map in the alignment space (non-finite = invalid).
+        relative: ``[T, H, W]`` relative map in the alignment space (<= 0 or non-finite = invalid).
         oracle: ``[T, H, W]`` metric oracle in the same space (<= 0 or non-finite = invalid; may be sparse).
         labels: ``[T, H, W]`` mask labels per frame (masks of different frames are different masks).
         min_oracle_pixels, min_oracle_fraction: a mask's oracle value is a valid measurement when at least this
@@ -127,8 +127,8 @@ def collect_anchors(
     relative, oracle = relative.ravel(), oracle.ravel()
     num = T * per_frame
     sizes = np.bincount(groups, minlength=num)
-    rel_ok = np.isfinite(relative)
-    ora_ok = np.isfinite(oracle) & (oracle > 0)
+    rel_ok = np.isfinite(relative) & (relative > 0)
+    ora_ok = np.isfinite(oracle) & (oracle > 0) & rel_ok  # the oracle is read where the relative map is valid
     rel_median, _ = grouped_median(relative[rel_ok], groups[rel_ok], num)
     ora_median, ora_count = grouped_median(oracle[ora_ok], groups[ora_ok], num)
     valid = (ora_count >= max(min_oracle_pixels, 1)) & (ora_count >= min_oracle_fraction * sizes) & np.isfinite(rel_median)
@@ -220,7 +220,8 @@ def align_to_oracle(
     """Algorithm 1 over a clip: metric depth from a relative map and a metric oracle.
 
     Args:
-        relative: ``[T, H, W]`` relative map already in ``space`` (disparity or depth), up to scale and shift.
+        relative: ``[T, H, W]`` relative map already in ``space`` (disparity or depth), up to scale and shift;
+            values <= 0 or non-finite are invalid and stay invalid (0) in the result.
         oracle_depth: ``[T, H, W]`` metric z-depth, 0 = invalid (dense ground truth, or sparse from tracks).
         labels: ``[T, H, W]`` mask set (see :func:`mask_labels`).
         space: where the affine ambiguity lives: ``"disparity"`` for affine-invariant inverse depth.
@@ -241,7 +242,9 @@ def align_to_oracle(
     for chunk in chunks:
         x, y = collect_anchors(relative[chunk], oracle[chunk], labels[chunk], min_oracle_pixels, min_oracle_fraction)
         scale, shift, inliers = fit_scale_shift(x, y, robust, seed=seed)
-        depth[chunk] = from_space(scale * relative[chunk] + shift, space)
+        values = relative[chunk]
+        valid = np.isfinite(values) & (values > 0)
+        depth[chunk] = np.where(valid, from_space(scale * np.where(valid, values, 0.0) + shift, space), 0.0)
         results.append(
             AlignmentResult(
                 scale=scale,

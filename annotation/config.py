@@ -22,6 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs" / "annotate"
 
 
+def _at_least(section: Any, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if isinstance(value, (int, float)) and value < low:
+            raise ValueError(f"{name}: must be >= {low}, got {value}")
+
+
 @dataclass
 class EstimatorSpec:
     """An estimator by registry name (``gt``, ``vda``, ``megasam``, ``unidepth``) and its options."""
@@ -46,9 +53,14 @@ class AlignmentConfig:
     num_segments: int = 256
     cell: int = 16
     min_oracle_pixels: int = 1
-    min_oracle_fraction: float = 0.5
+    min_oracle_fraction: float | None = None  # None: 0.5 for dense oracles, 0 for sparse track depth
     per_frame: bool = False
     seed: int = 0
+
+    def __post_init__(self):
+        _at_least(self, ("num_segments", "cell", "min_oracle_pixels"), 1)
+        if self.min_oracle_fraction is not None and not 0 <= self.min_oracle_fraction <= 1:
+            raise ValueError(f"alignment.min_oracle_fraction: must be in [0, 1], got {self.min_oracle_fraction}")
 
 
 @dataclass
@@ -60,6 +72,11 @@ class ClipWindow:
     frame_step: int = 1
     stride: int = 49
     max_short_side: int | None = None
+
+    def __post_init__(self):
+        _at_least(self, ("frames_per_clip", "frame_step", "stride"), 1)
+        if self.max_short_side is not None:
+            _at_least(self, ("max_short_side",), 16)
 
 
 @dataclass
@@ -82,6 +99,12 @@ class AnnotateConfig:
     quality: QualityThresholds = field(default_factory=QualityThresholds)
     shard_max_samples: int = 64
     shard_max_bytes: int = 256 * 2**20
+    max_consecutive_errors: int = 20  # unexpected (non-input, non-QC) errors in a row that stop the run
+
+    def __post_init__(self):
+        _at_least(self, ("query_stride", "shard_max_samples", "shard_max_bytes", "max_consecutive_errors"), 1)
+        if "flow" in (self.masks, self.tracks) and self.clips.frames_per_clip < 2:
+            raise ValueError("clips.frames_per_clip: flow-based masks or tracks need at least 2 frames per clip")
 
     def digest(self) -> str:
         """A short hash of the settings that shape the output (a resumed run must use the same)."""
@@ -134,9 +157,11 @@ def load_config(dataset: str, path: str | Path | None = None, overrides: dict[st
     if values["dataset"] != dataset:
         raise ValueError(f"{path}: is for dataset {values['dataset']!r}, not {dataset!r}")
     for key, value in (overrides or {}).items():
-        section, _, name = key.partition(".")
-        if name:
-            values.setdefault(section, {})[name] = value
-        else:
-            values[key] = value
+        *sections, name = key.split(".")
+        target = values
+        for section in sections:
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {key}: {section!r} is not a section")
+        target[name] = value
     return from_dict(AnnotateConfig, values, str(path))

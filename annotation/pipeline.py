@@ -6,6 +6,8 @@ or a rejection reason; :func:`run` drives a rank's share of a dataset through it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from annotation.align import align_to_oracle, mask_labels, median_scale, sparse_depth_from_tracks, trajectory_scale
+from annotation.align import (
+    align_to_oracle,
+    from_space,
+    mask_labels,
+    median_scale,
+    sparse_depth_from_tracks,
+    trajectory_scale,
+)
 from annotation.clip import Clip
 from annotation.config import AnnotateConfig, ClipWindow
 from annotation.errors import InputError
@@ -34,6 +43,20 @@ log = logging.getLogger("annotation")
 
 class Rejected(Exception):
     """A clip that loaded fine but fails quality control or cannot be made metric; the message is the reason."""
+
+
+class AbortRun(RuntimeError):
+    """Clip after clip fails for the same unexpected reason: the setup is broken, so the run stops (resumable)."""
+
+
+def _open(reader: Reader, name: str, config: AnnotateConfig) -> tuple[Scene, list[list[int]]]:
+    """Open a scene and cut it into clip windows; a scene shorter than one clip is rejected."""
+    scene = reader.open_scene(name)
+    windows = clip_windows(scene.num_frames, config.clips)
+    if not windows:
+        span = (config.clips.frames_per_clip - 1) * config.clips.frame_step + 1
+        raise Rejected(f"scene shorter than one clip ({scene.num_frames} < {span} frames)")
+    return scene, windows
 
 
 def clip_windows(num_frames: int, window: ClipWindow) -> list[list[int]]:
@@ -85,9 +108,9 @@ def load_clip(scene: Scene, indices: Sequence[int], config: AnnotateConfig) -> C
         clip.frames = _resize_maps(clip.frames, size, cv2.INTER_AREA)
         clip.K = resize_intrinsics(torch.from_numpy(clip.K), (scene.height, scene.width), size).numpy()
         if clip.depth is not None:
-            clip.depth = _resize_maps(clip.depth, size, cv2.INTER_NEAREST)
+            clip.depth = _resize_maps(clip.depth, size, cv2.INTER_NEAREST_EXACT)
         if clip.dynamic_mask is not None:
-            clip.dynamic_mask = _resize_maps(clip.dynamic_mask.astype(np.uint8), size, cv2.INTER_NEAREST).astype(bool)
+            clip.dynamic_mask = _resize_maps(clip.dynamic_mask.astype(np.uint8), size, cv2.INTER_NEAREST_EXACT).astype(bool)
     return clip
 
 
@@ -131,44 +154,51 @@ class Annotator:
         c2w[:, :3, 3] *= scale  # the same factor as the depth (Appendix B)
         return estimate.depth.values * scale, c2w, scale
 
-    def _oracle(self, clip: Clip, c2w: np.ndarray | None) -> tuple[np.ndarray, str]:
+    def _oracle(self, clip: Clip, c2w: np.ndarray, megasam_depth: np.ndarray | None) -> tuple[np.ndarray, str]:
+        """The metric depth ``[T, H, W]`` Algorithm 1 aligns to, and its name."""
         kind = self.config.alignment.oracle
         if kind == "gt":
             if clip.depth is None:
                 raise Rejected("alignment oracle 'gt' but the dataset has no depth")
             return clip.depth, "gt"
         if kind == "tracks":
-            if clip.track_xyz is None or c2w is None:
-                raise Rejected("alignment oracle 'tracks' but the clip has no tracks or metric poses")
+            if clip.track_xyz is None:
+                raise Rejected("alignment oracle 'tracks' but the clip has no tracks")
             return sparse_depth_from_tracks(clip.track_xyz, clip.track_visible, clip.K, c2w, *clip.size), "tracks"
-        depth, _, _ = self._metric_megasam(clip)
-        return depth, "megasam"
+        return megasam_depth, "megasam"
 
     def _geometry(self, clip: Clip) -> _Geometry:
         """Metric depth and cameras for the clip (paper Appendix B)."""
         poses = self.pose_estimator.estimate(clip)
         c2w, K, metric_poses, pose_source = poses.c2w, poses.K, poses.metric, poses.source
         estimate = self.depth_estimator.estimate(clip)
-        if self.config.alignment.oracle == "megasam" and not metric_poses:
-            _, megasam_c2w, _ = self._metric_megasam(clip)
-            if pose_source == "megasam":
+        megasam_depth = None
+        if self.config.alignment.oracle == "megasam":
+            megasam_depth, megasam_c2w, _ = self._metric_megasam(clip)
+            if not metric_poses and pose_source == "megasam":
                 c2w = megasam_c2w
-            else:
+            elif not metric_poses:
                 c2w = c2w.copy()
                 c2w[:, :3, 3] *= trajectory_scale(c2w, megasam_c2w)  # rescale the dataset's own poses
-            metric_poses, pose_source = True, f"{pose_source}+metric-scale"
+            if not metric_poses:
+                metric_poses, pose_source = True, f"{pose_source}+metric-scale"
         if not metric_poses:
             raise Rejected("poses are not metric and no metric reference is configured (set alignment.oracle: megasam)")
         if estimate.metric:
-            depth = estimate.values if estimate.space == "depth" else np.where(estimate.values > 0, 1 / np.maximum(estimate.values, 1e-8), 0)
+            depth = from_space(estimate.values, estimate.space)
             return _Geometry(depth.astype(np.float32), c2w, K, estimate.source, pose_source)
-        oracle, oracle_name = self._oracle(clip, c2w)
+        oracle, oracle_name = self._oracle(clip, c2w, megasam_depth)
         settings = self.config.alignment
-        space = estimate.space if settings.space == "auto" else settings.space
+        relative, space = estimate.values, estimate.space
+        if settings.space not in ("auto", space):  # asked to align in the other space: invert the relative map
+            relative, space = np.where(relative > 0, 1.0 / np.maximum(relative, 1e-12), 0.0), settings.space
+        min_fraction = settings.min_oracle_fraction
+        if min_fraction is None:
+            min_fraction = 0.0 if oracle_name == "tracks" else 0.5  # sparse oracles cover few pixels of a mask
         labels = mask_labels(clip.frames, settings.masks, settings.num_segments, settings.cell)
         depth, results = align_to_oracle(
-            estimate.values, oracle, labels, space, settings.robust,
-            settings.min_oracle_pixels, settings.min_oracle_fraction, settings.per_frame, settings.seed,
+            relative, oracle, labels, space, settings.robust,
+            settings.min_oracle_pixels, min_fraction, settings.per_frame, settings.seed,
         )
         alignment = {"oracle": oracle_name, "frames": [r.as_dict() for r in results]}
         alignment["depth_absrel"] = float(np.nanmean([r.depth_absrel for r in results]))
@@ -245,7 +275,10 @@ def run(
         raise ValueError(
             f"{out} holds a run with another world size ({others[0]}); resume it with that world size or use a new --out"
         )
-    state = Journal.load(journal_path, config.digest())
+    order = {split: i for i, split in enumerate(("train", "val", "test"))}
+    items = sorted(scenes, key=lambda item: (order.get(item[1], len(order)), item[1], item[0]))[rank::world_size]
+    work = hashlib.sha256(json.dumps([config.digest(), items]).encode()).hexdigest()[:16]
+    state = Journal.load(journal_path, work)  # a resumed run must see the same settings and the same scene list
     if state.done:
         log.info("%s: rank %d already finished (%d clips); nothing to do", out, rank, state.written)
         write_index(out, config.dataset)
@@ -253,8 +286,6 @@ def run(
     removed = remove_partial_shards(out, config.dataset, rank)
     if removed or state.shards or state.position != [0, 0]:
         log.info("resuming rank %d at scene %d, clip %d (%d unfinished shard(s) removed)", rank, *state.position, removed)
-    order = {split: i for i, split in enumerate(("train", "val", "test"))}
-    items = sorted(scenes, key=lambda item: (order.get(item[1], len(order)), item[1], item[0]))[rank::world_size]
     annotator = Annotator(config)
     writer = ShardWriter(out, config.dataset, rank, config.shard_max_samples, config.shard_max_bytes, len(state.shards))
 
@@ -270,35 +301,55 @@ def run(
         state.skipped.append({"what": what, "file": file, "reason": reason})
 
     bar = tqdm(total=len(items), initial=state.position[0], desc=f"{config.dataset} r{rank}", unit="scene", disable=not progress)
+    unexpected_in_a_row = 0
+
+    def attempt(what: str, name: str, action):
+        """Run ``action``; a failure is logged, counted and skipped (``None``). Too many unexpected errors in a
+        row (not bad input, not QC) mean a broken setup: stop instead of skipping everything."""
+        nonlocal unexpected_in_a_row
+        try:
+            result = action()
+        except InputError as error:
+            skip(state.failed, what, error.path, error.reason)
+        except Rejected as rejection:
+            skip(state.rejected, what, f"{config.dataset}/{name}", str(rejection))
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one bad clip must not end the run
+            log.debug("unexpected error in %s", what, exc_info=True)
+            skip(state.failed, what, f"{config.dataset}/{name}", f"{type(error).__name__}: {error}")
+            unexpected_in_a_row += 1
+            if unexpected_in_a_row >= config.max_consecutive_errors:
+                raise AbortRun(
+                    f"{unexpected_in_a_row} unexpected errors in a row, the last: {type(error).__name__}: {error}; "
+                    f"fix the setup and rerun to resume (see {out / PROGRESS_DIR})"
+                ) from error
+        else:
+            return result
+        return None
+
     split_open = None
     for item_index in range(state.position[0], len(items)):
         name, split = items[item_index]
         if split_open is not None and split != split_open:
             checkpoint(writer.close(), [item_index, 0])
         split_open = split
-        try:
-            scene = reader.open_scene(name)
-            windows = clip_windows(scene.num_frames, config.clips)
-        except InputError as error:
-            skip(state.failed, f"scene {name}", error.path, error.reason)
+        opened = attempt(f"scene {name}", name, lambda: _open(reader, name, config))
+        if opened is None:
             bar.update()
             continue
-        if not windows:
-            span = (config.clips.frames_per_clip - 1) * config.clips.frame_step + 1
-            skip(state.rejected, f"scene {name}", f"{config.dataset}/{name}", f"shorter than one clip ({span} frames)")
+        scene, windows = opened
         first = state.position[1] if item_index == state.position[0] else 0
         for clip_index in range(first, len(windows)):
-            what = f"clip {name}@{windows[clip_index][0]}"
-            try:
-                record = annotator.process(load_clip(scene, windows[clip_index], config))
-            except InputError as error:
-                skip(state.failed, what, error.path, error.reason)
+            indices = windows[clip_index]
+            sample = attempt(
+                f"clip {name}@{indices[0]}", name, lambda: encode_record(annotator.process(load_clip(scene, indices, config)))
+            )
+            if sample is None:
                 continue
-            except Rejected as rejection:
-                skip(state.rejected, what, f"{config.dataset}/{name}", str(rejection))
-                continue
+            unexpected_in_a_row = 0
             state.written += 1
-            closed = writer.write(split, encode_record(record))
+            closed = writer.write(split, sample)
             if closed is not None:
                 checkpoint(closed, [item_index, clip_index + 1])
         bar.update()

@@ -9,9 +9,11 @@ position, so it writes the same shards again, with nothing lost or duplicated.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,8 +57,8 @@ class Journal:
         journal = cls(**json.loads(path.read_text()))
         if journal.config_hash != config_hash:
             raise ValueError(
-                f"{path}: this output directory was written with a different configuration; use a new --out "
-                "or delete it to start over"
+                f"{path}: this output directory was written with a different configuration or scene list; use a "
+                "new --out or delete it to start over"
             )
         return journal
 
@@ -141,8 +143,28 @@ def remove_partial_shards(out: Path, dataset: str, rank: int) -> int:
     return removed
 
 
+def journal_dataset(out: Path) -> str:
+    """The dataset whose rank journals are in ``out`` (there must be exactly one)."""
+    names = (re.fullmatch(r"(.+)-r\d+-of-\d+\.json", path.name) for path in (out / PROGRESS_DIR).glob("*.json"))
+    datasets = {match.group(1) for match in names if match}
+    if len(datasets) != 1:
+        raise ValueError(f"{out / PROGRESS_DIR}: expected the journals of one dataset, found {sorted(datasets) or 'none'}")
+    return datasets.pop()
+
+
 def write_index(out: Path, dataset: str) -> dict[str, Any]:
-    """Rebuild ``<out>/index.json`` from every finished rank's journal: shards and sample counts per split."""
+    """Rebuild ``<out>/index.json`` from every finished rank's journal: shards and sample counts per split.
+
+    Ranks finishing together serialise on a lock file, so the last writer always sees every finished journal.
+    """
+    lock_path = out / PROGRESS_DIR / "index.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_index_locked(out, dataset)
+
+
+def _write_index_locked(out: Path, dataset: str) -> dict[str, Any]:
     splits: dict[str, dict[str, Any]] = {}
     ranks = []
     for path in sorted((out / PROGRESS_DIR).glob(f"{dataset}-r*-of-*.json")):

@@ -156,3 +156,15 @@ def test_median_scale_and_trajectory_scale():
     scaled = c2w.copy()
     scaled[:, :3, 3] *= 0.25
     assert trajectory_scale(scaled, world @ c2w) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_invalid_relative_values_are_ignored_and_stay_invalid():
+    depth = scene_depth(T=2)
+    relative = 3.0 / depth + 0.2
+    relative[:, :8] = 0.0  # invalid rows (the DepthEstimate contract: 0 = invalid)
+    relative[0, 10, 10] = np.nan
+    labels = mask_labels(textured_frames(*depth.shape), "grid", cell=8)
+    aligned, (result,) = align_to_oracle(relative, depth, labels)
+    assert result.scale == pytest.approx(1 / 3.0, rel=1e-6) and result.shift == pytest.approx(-0.2 / 3.0, rel=1e-6)
+    assert (aligned[:, :8] == 0).all() and aligned[0, 10, 10] == 0
+    np.testing.assert_allclose(aligned[:, 8:][relative[:, 8:] > 0], depth[:, 8:][relative[:, 8:] > 0], rtol=1e-5)

@@ -43,3 +43,18 @@ def test_manifest_round_trip_and_option_mismatch(tmp_path):
         read_manifest(tmp_path / "toy4d.json", "toy4d", {**options, "num_scenes": 6})
     with pytest.raises(ValueError, match="is for dataset 'toy4d'"):
         read_manifest(tmp_path / "toy4d.json", "pointodyssey", options)
+
+
+def test_nested_overrides_and_range_checks():
+    config = load_config("realestate10k", overrides={"depth.options.outputs_dir": "/x", "clips.stride": 5})
+    assert config.depth.options["outputs_dir"] == "/x" and config.depth.options["encoder"] == "vitl"
+    assert config.clips.stride == 5
+    for key, value, needle in [
+        ("clips.stride", 0, "stride: must be >= 1"),
+        ("clips.max_short_side", 0, "max_short_side: must be >= 16"),
+        ("query_stride", 0, "query_stride: must be >= 1"),
+        ("alignment.min_oracle_fraction", 1.5, r"must be in \[0, 1\]"),
+        ("clips.frames_per_clip", 1, "at least 2 frames"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            load_config("realestate10k", overrides={key: value})

@@ -198,3 +198,38 @@ def test_resume_with_another_configuration_or_world_size_is_refused(tmp_path, sm
     small_toy4d["clips.stride"] = 3
     assert main(args + cli_overrides(small_toy4d)) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_unexpected_errors_skip_the_clip_and_a_broken_setup_stops_the_run(tmp_path, small_toy4d, monkeypatch, capsys):
+    from annotation.pipeline import Annotator
+
+    original = Annotator.process
+
+    def fail_on_scene_1(self, clip):
+        if clip.scene == "scene_0001":
+            raise RuntimeError("estimator crashed")
+        return original(self, clip)
+
+    monkeypatch.setattr(Annotator, "process", fail_on_scene_1)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--manifest", "none", "--no-progress"]
+    assert main(args + cli_overrides(small_toy4d)) == 0
+    state = json.loads(next((out / "_progress").glob("*.json")).read_text())
+    assert state["written"] == 6 and state["failed"] == {"RuntimeError: estimator crashed": 2}
+
+    monkeypatch.setattr(Annotator, "process", lambda self, clip: (_ for _ in ()).throw(RuntimeError("no GPU")))
+    assert main(["--out", str(tmp_path / "broken"), *args[2:]] + cli_overrides({**small_toy4d, "max_consecutive_errors": 3})) == 1
+    assert "3 unexpected errors in a row" in capsys.readouterr().err
+
+
+def test_index_command_finds_the_dataset_and_ranks_without_scenes_succeed(tmp_path, small_toy4d):
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--manifest", "none", "--no-progress", "--world-size", "6"]
+    for rank in range(6):  # 4 scenes over 6 ranks: ranks 4 and 5 have nothing to do
+        assert main(args + ["--rank", str(rank)] + cli_overrides(small_toy4d)) == 0
+    (out / "index.json").unlink()
+    assert main(["index", "--out", str(out)]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["dataset"] == "toy4d" and sum(s["samples"] for s in index["splits"].values()) == 8
+    with pytest.raises(ValueError, match="both --rank and --world-size"):
+        rank_and_world(None, 4)
