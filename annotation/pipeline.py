@@ -360,11 +360,15 @@ def run(
     return state
 
 
-def summary_table(journal: Journal) -> str:
-    """A plain-text table of clips written, rejected and failed (by reason)."""
+def summary_table(journal: Journal, max_reasons: int = 15) -> str:
+    """A plain-text table of clips written, rejected and failed by reason (the most frequent reasons first;
+    the rest are summed up in one row, and listed in the journal)."""
     rows = [("written", "", journal.written)]
-    rows += [("rejected", reason, n) for reason, n in sorted(journal.rejected.items())]
-    rows += [("failed", reason, n) for reason, n in sorted(journal.failed.items())]
+    for outcome, counter in (("rejected", journal.rejected), ("failed", journal.failed)):
+        ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+        rows += [(outcome, reason, n) for reason, n in ranked[:max_reasons]]
+        if len(ranked) > max_reasons:
+            rows.append((outcome, f"({len(ranked) - max_reasons} other reasons)", sum(n for _, n in ranked[max_reasons:])))
     width = max([len(reason) for _, reason, _ in rows] + [6])
     lines = [f"{'outcome':<9} {'reason':<{width}} {'count':>6}", "-" * (width + 17)]
     lines += [f"{outcome:<9} {reason:<{width}} {n:>6}" for outcome, reason, n in rows]

@@ -243,7 +243,7 @@ class MetricDepthReference(DepthEstimator):
         files = sorted(self.outputs_dir.glob(pattern))
         where = self.outputs_dir / pattern
         if not files:
-            raise InputError(where, f"no metric depth files for clip {clip.key} (expected one .npz per frame)")
+            raise InputError(where, "no metric depth files for this clip (expected one .npz per frame)")
         if len(files) != clip.num_frames:
             raise InputError(where, f"found {len(files)} files, the clip has {clip.num_frames} frames")
         maps = [read_npz(path, (self.array,))[self.array] for path in files]

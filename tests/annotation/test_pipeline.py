@@ -233,3 +233,14 @@ def test_index_command_finds_the_dataset_and_ranks_without_scenes_succeed(tmp_pa
     assert index["dataset"] == "toy4d" and sum(s["samples"] for s in index["splits"].values()) == 8
     with pytest.raises(ValueError, match="both --rank and --world-size"):
         rank_and_world(None, 4)
+
+
+def test_summary_table_lists_frequent_reasons_first_and_sums_the_rest():
+    from annotation.pipeline import summary_table
+    from annotation.writer import Journal
+
+    journal = Journal("x", written=5, failed={f"reason {i}": i + 1 for i in range(6)}, rejected={"valid depth": 3})
+    lines = summary_table(journal, max_reasons=2).splitlines()[2:]
+    assert [line.split()[0] for line in lines] == ["written", "rejected", "failed", "failed", "failed"]
+    assert "reason 5" in lines[2] and "reason 4" in lines[3]
+    assert "(4 other reasons)" in lines[4] and lines[4].split()[-1] == str(1 + 2 + 3 + 4)
