@@ -68,8 +68,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="toy4d", choices=sorted(READERS), help="dataset to read (default: toy4d)")
     parser.add_argument("--root", type=Path, help="dataset root on disk (not needed for toy4d)")
     parser.add_argument("--config", type=Path, help=f"annotation settings (default: {CONFIG_DIR}/<dataset>.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set reader.num_scenes=4 --set clips.stride=8 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set reader.num_scenes=4 --set clips.stride=8 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="annotate into shards (the default command)")
     _common(run_parser)
     run_parser.add_argument("--out", type=Path, required=True, help="output directory for shards and index.json")
-    run_parser.add_argument("--manifest", default=None,
-                            help="scene list and splits (default: data_manifests/<dataset>.json if present; "
-                            "'none' lists scenes from the reader)")
+    run_parser.add_argument(
+        "--manifest",
+        default=None,
+        help="scene list and splits (default: data_manifests/<dataset>.json if present; "
+        "'none' lists scenes from the reader)",
+    )
     run_parser.add_argument("--rank", type=int, help="this process's rank (default: from the environment, else 0)")
     run_parser.add_argument("--world-size", type=int, help="number of ranks (default: from the environment, else 1)")
     run_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(manifest_parser)
     manifest_parser.add_argument("--out", type=Path, help="where to write it (default: data_manifests/<dataset>.json)")
     index_parser = commands.add_parser("index", help="rebuild <out>/index.json from the ranks' journals")
-    index_parser.add_argument("--dataset", choices=sorted(READERS),
-                              help="default: the one dataset whose journals are in --out")
+    index_parser.add_argument(
+        "--dataset", choices=sorted(READERS), help="default: the one dataset whose journals are in --out"
+    )
     index_parser.add_argument("--out", type=Path, required=True, help="the annotation output directory")
     return parser
 
@@ -106,8 +116,9 @@ def _scene_list(args, config, reader) -> list[tuple[str, str]]:
         return [(name, reader.split_of(name)) for name in reader.scene_names()]
     path = Path(args.manifest) if args.manifest else default_manifest_path(config.dataset)
     if args.manifest is None and not path.exists():
-        log.warning("no manifest at %s; listing scenes from the reader (write one with `python -m annotation "
-                    "manifest`)", path)
+        log.warning(
+            "no manifest at %s; listing scenes from the reader (write one with `python -m annotation manifest`)", path
+        )
         return [(name, reader.split_of(name)) for name in reader.scene_names()]
     return read_manifest(path, config.dataset, config.reader)
 
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         rank, world_size = rank_and_world(args.rank, args.world_size)
         scenes = _scene_list(args, config, reader)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _add_file_log(args.out, args.dataset, rank)

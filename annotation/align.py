@@ -62,7 +62,9 @@ def superpixel_labels(image: np.ndarray, num_segments: int = 256, compactness: f
     return labels.astype(np.int64)
 
 
-def mask_labels(frames: np.ndarray, kind: MaskKind = "superpixels", num_segments: int = 256, cell: int = 16) -> np.ndarray:
+def mask_labels(
+    frames: np.ndarray, kind: MaskKind = "superpixels", num_segments: int = 256, cell: int = 16
+) -> np.ndarray:
     """The mask set of Algorithm 1 (line 4) for every frame ``[T, H, W, 3]`` uint8: label maps ``[T, H, W]``."""
     if kind == "superpixels":
         return np.stack([superpixel_labels(frame, num_segments) for frame in frames])
@@ -131,7 +133,9 @@ def collect_anchors(
     ora_ok = np.isfinite(oracle) & (oracle > 0) & rel_ok  # the oracle is read where the relative map is valid
     rel_median, _ = grouped_median(relative[rel_ok], groups[rel_ok], num)
     ora_median, ora_count = grouped_median(oracle[ora_ok], groups[ora_ok], num)
-    valid = (ora_count >= max(min_oracle_pixels, 1)) & (ora_count >= min_oracle_fraction * sizes) & np.isfinite(rel_median)
+    valid = (
+        (ora_count >= max(min_oracle_pixels, 1)) & (ora_count >= min_oracle_fraction * sizes) & np.isfinite(rel_median)
+    )
     return rel_median[valid], ora_median[valid]
 
 
@@ -286,9 +290,10 @@ def trajectory_scale(c2w: np.ndarray, reference_c2w: np.ndarray) -> float:
     Both paths are expressed relative to their first camera (which removes any rigid change of world frame),
     then ``s = argmin || s t - t_ref ||^2`` over the relative translations.
     """
+
     def relative_translations(poses: np.ndarray) -> np.ndarray:
         first = poses[0]
-        return ((poses[:, :3, 3] - first[:3, 3]) @ first[:3, :3])
+        return (poses[:, :3, 3] - first[:3, 3]) @ first[:3, :3]
 
     t, t_ref = relative_translations(c2w), relative_translations(reference_c2w)
     denominator = float((t * t).sum())

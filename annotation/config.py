@@ -126,19 +126,21 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         return value
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if annotation in (int, float, str, bool) and not (isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))):
-        raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    if annotation in (int, float, str, bool) and not (
+        isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
+    ):
+        raise TypeError(f"{where}: expected {annotation.__name__}, got {value!r}")
     return value
 
 
 def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+        raise TypeError(f"{where}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -147,7 +149,9 @@ def from_dict(cls: type, values: Any, where: str = "config") -> Any:
     return cls(**{key: _convert(value, hints[key], f"{where}.{key}") for key, value in values.items()})
 
 
-def load_config(dataset: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AnnotateConfig:
+def load_config(
+    dataset: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> AnnotateConfig:
     """Read ``path`` (default ``configs/annotate/<dataset>.yaml``), apply top-level ``overrides``, check it."""
     path = Path(path) if path is not None else CONFIG_DIR / f"{dataset}.yaml"
     if not path.is_file():
@@ -162,6 +166,6 @@ def load_config(dataset: str, path: str | Path | None = None, overrides: dict[st
         for section in sections:
             target = target.setdefault(section, {})
             if not isinstance(target, dict):
-                raise ValueError(f"--set {key}: {section!r} is not a section")
+                raise TypeError(f"--set {key}: {section!r} is not a section")
         target[name] = value
     return from_dict(AnnotateConfig, values, str(path))

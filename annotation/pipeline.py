@@ -83,7 +83,10 @@ def load_clip(scene: Scene, indices: Sequence[int], config: AnnotateConfig) -> C
     """Read one window of ``scene`` with the per-frame data the configuration needs, resized if asked."""
     frames = scene.frames(indices)
     if frames.shape[1:] != (scene.height, scene.width, 3):
-        raise InputError(f"{scene.dataset}/{scene.name}", f"frames of shape {frames.shape[1:]}, expected {(scene.height, scene.width, 3)}")
+        raise InputError(
+            f"{scene.dataset}/{scene.name}",
+            f"frames of shape {frames.shape[1:]}, expected {(scene.height, scene.width, 3)}",
+        )
     clip = Clip(
         dataset=scene.dataset,
         scene=scene.name,
@@ -110,7 +113,9 @@ def load_clip(scene: Scene, indices: Sequence[int], config: AnnotateConfig) -> C
         if clip.depth is not None:
             clip.depth = _resize_maps(clip.depth, size, cv2.INTER_NEAREST_EXACT)
         if clip.dynamic_mask is not None:
-            clip.dynamic_mask = _resize_maps(clip.dynamic_mask.astype(np.uint8), size, cv2.INTER_NEAREST_EXACT).astype(bool)
+            clip.dynamic_mask = _resize_maps(clip.dynamic_mask.astype(np.uint8), size, cv2.INTER_NEAREST_EXACT).astype(
+                bool
+            )
     return clip
 
 
@@ -133,7 +138,9 @@ class Annotator:
         self.config = config
         self.depth_estimator = make_depth_estimator(config.depth.name, **config.depth.options)
         self.pose_estimator = make_pose_estimator(config.poses.name, **config.poses.options)
-        self.megasam = None if config.megasam is None else make_pose_estimator(config.megasam.name, **config.megasam.options)
+        self.megasam = (
+            None if config.megasam is None else make_pose_estimator(config.megasam.name, **config.megasam.options)
+        )
         self.reference = (
             None
             if config.metric_reference is None
@@ -141,7 +148,9 @@ class Annotator:
         )
         self.flow = DISFlow(config.flow_preset)
         if config.alignment.oracle == "megasam" and (self.megasam is None or self.reference is None):
-            raise ValueError("alignment.oracle 'megasam' needs both 'megasam' and 'metric_reference' estimators configured")
+            raise ValueError(
+                "alignment.oracle 'megasam' needs both 'megasam' and 'metric_reference' estimators configured"
+            )
 
     def _metric_megasam(self, clip: Clip) -> tuple[np.ndarray, np.ndarray, float]:
         """MegaSaM depth and cameras made metric against the metric reference: ``(depth, c2w, scale)``."""
@@ -197,8 +206,15 @@ class Annotator:
             min_fraction = 0.0 if oracle_name == "tracks" else 0.5  # sparse oracles cover few pixels of a mask
         labels = mask_labels(clip.frames, settings.masks, settings.num_segments, settings.cell)
         depth, results = align_to_oracle(
-            relative, oracle, labels, space, settings.robust,
-            settings.min_oracle_pixels, min_fraction, settings.per_frame, settings.seed,
+            relative,
+            oracle,
+            labels,
+            space,
+            settings.robust,
+            settings.min_oracle_pixels,
+            min_fraction,
+            settings.per_frame,
+            settings.seed,
         )
         alignment = {"oracle": oracle_name, "frames": [r.as_dict() for r in results]}
         alignment["depth_absrel"] = float(np.nanmean([r.depth_absrel for r in results]))
@@ -225,7 +241,9 @@ class Annotator:
             raise Rejected(report.reason)
         xyz, visible = clip.track_xyz, clip.track_visible
         if config.tracks == "flow":
-            xyz, visible = flow_tracks(*self.flow.forward_backward(clip.frames), depth, geometry.K, geometry.c2w, dynamic, config.query_stride)
+            xyz, visible = flow_tracks(
+                *self.flow.forward_backward(clip.frames), depth, geometry.K, geometry.c2w, dynamic, config.query_stride
+            )
         elif config.tracks == "none":
             xyz = visible = None
         meta = ClipMeta(
@@ -244,9 +262,16 @@ class Annotator:
             licence=clip.licence,
         )
         return ClipRecord(
-            key=clip.key, frames=clip.frames, K=geometry.K.astype(np.float32), c2w=geometry.c2w.astype(np.float32),
-            timestamps=clip.timestamps, meta=meta, depth=depth, dynamic_mask=dynamic,
-            track_xyz=xyz, track_visible=visible,
+            key=clip.key,
+            frames=clip.frames,
+            K=geometry.K.astype(np.float32),
+            c2w=geometry.c2w.astype(np.float32),
+            timestamps=clip.timestamps,
+            meta=meta,
+            depth=depth,
+            dynamic_mask=dynamic,
+            track_xyz=xyz,
+            track_visible=visible,
         ).validate()
 
 
@@ -270,7 +295,11 @@ def run(
     """
     out = Path(out)
     journal_path = out / PROGRESS_DIR / f"{config.dataset}-r{rank:03d}-of-{world_size:03d}.json"
-    others = [p.name for p in (out / PROGRESS_DIR).glob(f"{config.dataset}-r*-of-*.json") if not p.name.endswith(f"-of-{world_size:03d}.json")]
+    others = [
+        p.name
+        for p in (out / PROGRESS_DIR).glob(f"{config.dataset}-r*-of-*.json")
+        if not p.name.endswith(f"-of-{world_size:03d}.json")
+    ]
     if others:
         raise ValueError(
             f"{out} holds a run with another world size ({others[0]}); resume it with that world size or use a new --out"
@@ -285,7 +314,9 @@ def run(
         return state
     removed = remove_partial_shards(out, config.dataset, rank)
     if removed or state.shards or state.position != [0, 0]:
-        log.info("resuming rank %d at scene %d, clip %d (%d unfinished shard(s) removed)", rank, *state.position, removed)
+        log.info(
+            "resuming rank %d at scene %d, clip %d (%d unfinished shard(s) removed)", rank, *state.position, removed
+        )
     annotator = Annotator(config)
     writer = ShardWriter(out, config.dataset, rank, config.shard_max_samples, config.shard_max_bytes, len(state.shards))
 
@@ -300,7 +331,13 @@ def run(
         _count(counter, reason)
         state.skipped.append({"what": what, "file": file, "reason": reason})
 
-    bar = tqdm(total=len(items), initial=state.position[0], desc=f"{config.dataset} r{rank}", unit="scene", disable=not progress)
+    bar = tqdm(
+        total=len(items),
+        initial=state.position[0],
+        desc=f"{config.dataset} r{rank}",
+        unit="scene",
+        disable=not progress,
+    )
     unexpected_in_a_row = 0
 
     def attempt(what: str, name: str, action):
@@ -315,7 +352,7 @@ def run(
             skip(state.rejected, what, f"{config.dataset}/{name}", str(rejection))
         except MemoryError:
             raise
-        except Exception as error:  # noqa: BLE001 - one bad clip must not end the run
+        except Exception as error:
             log.debug("unexpected error in %s", what, exc_info=True)
             skip(state.failed, what, f"{config.dataset}/{name}", f"{type(error).__name__}: {error}")
             unexpected_in_a_row += 1
@@ -334,7 +371,7 @@ def run(
         if split_open is not None and split != split_open:
             checkpoint(writer.close(), [item_index, 0])
         split_open = split
-        opened = attempt(f"scene {name}", name, lambda: _open(reader, name, config))
+        opened = attempt(f"scene {name}", name, lambda name=name: _open(reader, name, config))
         if opened is None:
             bar.update()
             continue
@@ -343,7 +380,11 @@ def run(
         for clip_index in range(first, len(windows)):
             indices = windows[clip_index]
             sample = attempt(
-                f"clip {name}@{indices[0]}", name, lambda: encode_record(annotator.process(load_clip(scene, indices, config)))
+                f"clip {name}@{indices[0]}",
+                name,
+                lambda scene=scene, indices=indices: encode_record(
+                    annotator.process(load_clip(scene, indices, config))
+                ),
             )
             if sample is None:
                 continue
@@ -368,7 +409,9 @@ def summary_table(journal: Journal, max_reasons: int = 15) -> str:
         ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
         rows += [(outcome, reason, n) for reason, n in ranked[:max_reasons]]
         if len(ranked) > max_reasons:
-            rows.append((outcome, f"({len(ranked) - max_reasons} other reasons)", sum(n for _, n in ranked[max_reasons:])))
+            rows.append(
+                (outcome, f"({len(ranked) - max_reasons} other reasons)", sum(n for _, n in ranked[max_reasons:]))
+            )
     width = max([len(reason) for _, reason, _ in rows] + [6])
     lines = [f"{'outcome':<9} {'reason':<{width}} {'count':>6}", "-" * (width + 17)]
     lines += [f"{outcome:<9} {reason:<{width}} {n:>6}" for outcome, reason, n in rows]

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from annotation.pixels import inside_image, sample_nearest
 from d4s.geometry.cameras import project_points, unproject_depth, unproject_pixels
 
-from annotation.pixels import inside_image, sample_nearest
 
-
-@dataclass
+@dataclass(frozen=True)
 class QualityThresholds:
     """Accept/reject limits (configurable per dataset in ``configs/annotate/``)."""
 
@@ -35,6 +34,9 @@ class QualityThresholds:
     flow_residual_px: float = 1.5  # dynamic mask: flow disagreement limit, pixels ...
     flow_residual_relative: float = 0.1  # ... plus this fraction of the camera-induced flow magnitude ...
     flow_gap: int = 4  # ... of the flow between frames this far apart
+
+
+DEFAULT_THRESHOLDS = QualityThresholds()
 
 
 @dataclass
@@ -67,7 +69,9 @@ def _torch(*arrays: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(np.asarray(a, np.float64)) for a in arrays]
 
 
-def camera_flow(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, K_next: np.ndarray, c2w_next: np.ndarray) -> np.ndarray:
+def camera_flow(
+    depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, K_next: np.ndarray, c2w_next: np.ndarray
+) -> np.ndarray:
     """The flow ``[H, W, 2]`` a static world induces from one frame (``depth [H, W]``, ``K``, ``c2w``) to the next.
 
     Pixels without depth get NaN.
@@ -94,7 +98,7 @@ def dynamic_mask_from_flow(
     depth: np.ndarray,
     K: np.ndarray,
     c2w: np.ndarray,
-    thresholds: QualityThresholds = QualityThresholds(),
+    thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
 ) -> np.ndarray:
     """Dynamic-object masks ``[T, H, W]`` from the flow residual against the camera-induced flow.
 
@@ -130,7 +134,7 @@ def _check_against(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, t: int, ot
 
 
 def reprojection_check(
-    depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, thresholds: QualityThresholds = QualityThresholds()
+    depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, thresholds: QualityThresholds = DEFAULT_THRESHOLDS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Geometric consistency of every pixel with the frames ``reprojection_gap`` before and after it.
 
@@ -159,7 +163,7 @@ def filter_depth(
     K: np.ndarray,
     c2w: np.ndarray,
     dynamic_mask: np.ndarray | None,
-    thresholds: QualityThresholds = QualityThresholds(),
+    thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
 ) -> tuple[np.ndarray, float]:
     """Drop the depth of static pixels that fail :func:`reprojection_check`.
 
@@ -178,7 +182,7 @@ def assess(
     depth: np.ndarray | None,
     consistency: float | None,
     depth_absrel: float | None,
-    thresholds: QualityThresholds = QualityThresholds(),
+    thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
 ) -> QualityReport:
     """Score a clip and decide: pose sanity first, then valid-depth ratio, consistency and alignment residual."""
     report = QualityReport()
@@ -194,8 +198,16 @@ def assess(
         report.scores["depth_absrel"] = depth_absrel
     checks = [
         ("valid_depth", lambda v: v >= thresholds.min_valid_depth, f"valid depth below {thresholds.min_valid_depth}"),
-        ("consistency", lambda v: v >= thresholds.min_consistency, f"reprojection consistency below {thresholds.min_consistency}"),
-        ("depth_absrel", lambda v: v <= thresholds.max_depth_absrel, f"alignment residual above {thresholds.max_depth_absrel}"),
+        (
+            "consistency",
+            lambda v: v >= thresholds.min_consistency,
+            f"reprojection consistency below {thresholds.min_consistency}",
+        ),
+        (
+            "depth_absrel",
+            lambda v: v <= thresholds.max_depth_absrel,
+            f"alignment residual above {thresholds.max_depth_absrel}",
+        ),
     ]
     for name, passes, reason in checks:
         if name in report.scores and not passes(report.scores[name]):

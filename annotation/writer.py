@@ -88,7 +88,7 @@ class ShardWriter:
         final = self._final_path(split)
         final.parent.mkdir(parents=True, exist_ok=True)
         self._path = final.with_name(f".{final.name}.tmp")
-        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - open across writes
         self._split, self._samples = split, 0
 
     def write(self, split: str, sample: dict[str, Any]) -> dict[str, Any] | None:
@@ -148,7 +148,9 @@ def journal_dataset(out: Path) -> str:
     names = (re.fullmatch(r"(.+)-r\d+-of-\d+\.json", path.name) for path in (out / PROGRESS_DIR).glob("*.json"))
     datasets = {match.group(1) for match in names if match}
     if len(datasets) != 1:
-        raise ValueError(f"{out / PROGRESS_DIR}: expected the journals of one dataset, found {sorted(datasets) or 'none'}")
+        raise ValueError(
+            f"{out / PROGRESS_DIR}: expected the journals of one dataset, found {sorted(datasets) or 'none'}"
+        )
     return datasets.pop()
 
 

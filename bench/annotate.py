@@ -21,23 +21,23 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
-from annotation.align import align_to_oracle, mask_labels  # noqa: E402
-from annotation.estimators.flow import DISFlow  # noqa: E402
-from annotation.quality import (  # noqa: E402
+from annotation.align import align_to_oracle, mask_labels
+from annotation.estimators.flow import DISFlow
+from annotation.quality import (
     QualityThresholds,
     assess,
     dynamic_mask_from_flow,
     filter_depth,
     mask_flow_pairs,
 )
-from annotation.readers import make_reader  # noqa: E402
-from annotation.tracks import flow_tracks  # noqa: E402
-from annotation.writer import ShardWriter  # noqa: E402
-from d4s.data.schema import ClipMeta, ClipRecord, encode_record  # noqa: E402
+from annotation.readers import make_reader
+from annotation.tracks import flow_tracks
+from annotation.writer import ShardWriter
+from d4s.data.schema import ClipMeta, ClipRecord, encode_record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "annotate.json"
 
@@ -58,7 +58,9 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
-    reader = make_reader("toy4d", None, num_scenes=args.clips, num_frames=args.frames, size=args.size, dynamic_fraction=0.5)
+    reader = make_reader(
+        "toy4d", None, num_scenes=args.clips, num_frames=args.frames, size=args.size, dynamic_fraction=0.5
+    )
     flow = DISFlow("medium")
     thresholds = QualityThresholds()
     seconds: dict[str, float] = {}
@@ -73,7 +75,7 @@ def main() -> None:
             K, c2w = scene.K.astype(np.float64), scene.c2w.astype(np.float64)
             relative = 3.0 / depth + 0.2  # a relative disparity with an unknown affine transform
 
-            def align():
+            def align(frames=frames, relative=relative, depth=depth):
                 labels = mask_labels(frames, "superpixels", num_segments=256)
                 return align_to_oracle(relative, depth, labels, "disparity")
 
@@ -86,13 +88,27 @@ def main() -> None:
             timed(seconds, "QC", assess, c2w, filtered, consistency, results[0].depth_absrel, thresholds)
             xyz, visible = timed(seconds, "tracks", flow_tracks, forward, backward, filtered, K, c2w, dynamic)
             meta = ClipMeta(
-                dataset="toy4d", scene=name, frame_indices=indices, fps=scene.fps, height=args.size, width=args.size,
-                pose_source="gt", depth_source="bench", metric=True,
+                dataset="toy4d",
+                scene=name,
+                frame_indices=indices,
+                fps=scene.fps,
+                height=args.size,
+                width=args.size,
+                pose_source="gt",
+                depth_source="bench",
+                metric=True,
             )
             record = ClipRecord(
-                key=f"toy4d__{name}__000000", frames=frames, K=K.astype(np.float32), c2w=c2w.astype(np.float32),
-                timestamps=scene.timestamps, meta=meta, depth=filtered, dynamic_mask=dynamic,
-                track_xyz=xyz, track_visible=visible,
+                key=f"toy4d__{name}__000000",
+                frames=frames,
+                K=K.astype(np.float32),
+                c2w=c2w.astype(np.float32),
+                timestamps=scene.timestamps,
+                meta=meta,
+                depth=filtered,
+                dynamic_mask=dynamic,
+                track_xyz=xyz,
+                track_visible=visible,
             )
             sample = timed(seconds, "encode", encode_record, record)
             sizes.append(sum(len(v) for k, v in sample.items() if not k.startswith("__")))
@@ -103,21 +119,35 @@ def main() -> None:
 
     frames_total = args.clips * args.frames
     total = sum(seconds.values())
-    rows = [(stage, s, frames_total / s) for stage, s in seconds.items()] + [("all stages", total, frames_total / total)]
-    print(f"toy4d, {args.clips} clips x {args.frames} frames at {args.size} px, one core ({platform.processor() or platform.machine()})")
+    rows = [(stage, s, frames_total / s) for stage, s in seconds.items()] + [
+        ("all stages", total, frames_total / total)
+    ]
+    print(
+        f"toy4d, {args.clips} clips x {args.frames} frames at {args.size} px, one core ({platform.processor() or platform.machine()})"
+    )
     print(f"{'stage':<16} {'seconds':>9} {'frames/s/core':>14}")
     for stage, s, fps in rows:
         print(f"{stage:<16} {s:>9.2f} {fps:>14.1f}")
     ratio = np.mean(baseline_sizes) / np.mean(sizes)
-    print(f"bytes per clip: {np.mean(sizes) / 1e6:.2f} MB ({np.mean(sizes) / args.frames / 1e3:.1f} kB per frame); "
-          f"PNG frames + float32 depth would take {ratio:.1f}x more")
+    print(
+        f"bytes per clip: {np.mean(sizes) / 1e6:.2f} MB ({np.mean(sizes) / args.frames / 1e3:.1f} kB per frame); "
+        f"PNG frames + float32 depth would take {ratio:.1f}x more"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "clips": args.clips, "frames_per_clip": args.frames, "size": args.size, "threads": 1,
-        "stages": {stage: {"seconds": s, "frames_per_second_per_core": fps} for stage, s, fps in rows},
-        "bytes_per_clip": float(np.mean(sizes)),
-        "png_plus_float32_depth_bytes_per_clip": float(np.mean(baseline_sizes)),
-    }, indent=1))
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "clips": args.clips,
+                "frames_per_clip": args.frames,
+                "size": args.size,
+                "threads": 1,
+                "stages": {stage: {"seconds": s, "frames_per_second_per_core": fps} for stage, s, fps in rows},
+                "bytes_per_clip": float(np.mean(sizes)),
+                "png_plus_float32_depth_bytes_per_clip": float(np.mean(baseline_sizes)),
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {RESULTS}")
 
 

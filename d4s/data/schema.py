@@ -90,7 +90,9 @@ class ClipMeta:
         values = json.loads(data)
         version = values.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ValueError(f"meta.json: schema version {version!r} is newer than this code reads (<= {SCHEMA_VERSION})")
+            raise ValueError(
+                f"meta.json: schema version {version!r} is newer than this code reads (<= {SCHEMA_VERSION})"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING} - values.keys()
         if missing:
@@ -192,7 +194,9 @@ def encode_record(record: ClipRecord) -> dict[str, Any]:
         "__key__": record.key,
         RGB: encode_video(record.frames, fps=record.meta.fps, crf=VIDEO_CRF),
         CAMERAS: _npz_bytes(
-            K=record.K.astype(np.float32), c2w=record.c2w.astype(np.float32), timestamps=record.timestamps.astype(np.float64)
+            K=record.K.astype(np.float32),
+            c2w=record.c2w.astype(np.float32),
+            timestamps=record.timestamps.astype(np.float64),
         ),
         META: record.meta.to_json(),
     }

@@ -18,6 +18,7 @@ SMALL_TOY4D = {
 
 def cli_overrides(overrides: dict) -> list[str]:
     """``--set key=value`` arguments for the annotation CLI."""
+
     def text(value) -> str:
         return value if isinstance(value, str) else json.dumps(value)  # None -> null, True -> true (YAML)
 

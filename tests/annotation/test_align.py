@@ -150,7 +150,13 @@ def test_sparse_depth_from_tracks_projects_and_keeps_nearest():
 def test_median_scale_and_trajectory_scale():
     depth = scene_depth(T=1)
     assert median_scale(depth / 3.0, depth) == pytest.approx(3.0)
-    c2w = look_at(torch.rand(5, 3, generator=torch.Generator().manual_seed(0)) * 2, torch.tensor([0.0, 0, 5]).expand(5, 3)).double().numpy()
+    c2w = (
+        look_at(
+            torch.rand(5, 3, generator=torch.Generator().manual_seed(0)) * 2, torch.tensor([0.0, 0, 5]).expand(5, 3)
+        )
+        .double()
+        .numpy()
+    )
     world = np.eye(4)
     world[:3, :3] = look_at(torch.tensor([[1.0, 2, 3]]), torch.tensor([[0.0, 0, 0]]))[0, :3, :3].double().numpy()
     scaled = c2w.copy()

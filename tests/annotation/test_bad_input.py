@@ -13,8 +13,12 @@ from tests.annotation.test_pointodyssey import T, rewrite_anno, write_sequence
 from tests.annotation.test_realestate10k import camera_lines, frame_colours, native_w2c, write_camera_file
 
 POINTODYSSEY = {
-    "clips.frames_per_clip": T, "clips.stride": T, "clips.frame_step": 1, "clips.max_short_side": None,
-    "reprojection_filter": False, "tracks": "gt",
+    "clips.frames_per_clip": T,
+    "clips.stride": T,
+    "clips.frame_step": 1,
+    "clips.max_short_side": None,
+    "reprojection_filter": False,
+    "tracks": "gt",
 }
 
 

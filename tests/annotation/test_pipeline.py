@@ -101,8 +101,10 @@ def test_flow_tracks_agree_with_exact_toy4d_tracks():
         on_objects = mask[0][np.floor(uv[:, 1]).astype(int), np.floor(uv[:, 0]).astype(int)]
         moving_errors.append(error[on_objects][both[on_objects]])
     errors, moving_errors = np.concatenate(errors), np.concatenate(moving_errors)
-    print(f"flow tracks vs exact: median 3D error {np.median(errors) * 100:.2f} cm over {errors.size} points, "
-          f"moving points {np.median(moving_errors) * 100:.2f} cm over {moving_errors.size}")
+    print(
+        f"flow tracks vs exact: median 3D error {np.median(errors) * 100:.2f} cm over {errors.size} points, "
+        f"moving points {np.median(moving_errors) * 100:.2f} cm over {moving_errors.size}"
+    )
     assert moving_errors.size > 20
     assert np.median(errors) < 0.02  # metres, in a 6 x 3 x 8 m room
     assert np.median(moving_errors) < 0.05
@@ -137,13 +139,25 @@ def test_interrupted_run_resumes_to_identical_shards(tmp_path, small_toy4d, monk
 
     assert tree(resumed) == tree(clean)  # byte-identical shards: nothing lost, nothing duplicated
     assert not list(resumed.glob("*/.*.tmp"))
-    assert json.loads((resumed / "index.json").read_text())["splits"] == json.loads((clean / "index.json").read_text())["splits"]
+    assert (
+        json.loads((resumed / "index.json").read_text())["splits"]
+        == json.loads((clean / "index.json").read_text())["splits"]
+    )
 
 
 def test_killed_process_resumes(tmp_path, small_toy4d):
     small_toy4d.update({"reader.num_scenes": 8, "shard_max_samples": 1})
-    command = [sys.executable, "-m", "annotation", "--out", str(tmp_path / "out"), "--manifest", "none",
-               "--no-progress", *cli_overrides(small_toy4d)]
+    command = [
+        sys.executable,
+        "-m",
+        "annotation",
+        "--out",
+        str(tmp_path / "out"),
+        "--manifest",
+        "none",
+        "--no-progress",
+        *cli_overrides(small_toy4d),
+    ]
     journal = tmp_path / "out" / "_progress" / "toy4d-r000-of-001.json"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -153,7 +167,7 @@ def test_killed_process_resumes(tmp_path, small_toy4d):
             break
         time.sleep(0.02)
     process.wait()
-    assert subprocess.run(command, cwd=REPO, capture_output=True).returncode == 0
+    assert subprocess.run(command, check=False, cwd=REPO, capture_output=True).returncode == 0
     records = read_shards(tmp_path / "out")
     assert len(records) == 16  # 8 scenes x 2 clips, each exactly once
     state = json.loads(journal.read_text())
@@ -173,8 +187,15 @@ def test_ranks_split_the_work_without_overlap(tmp_path, small_toy4d):
 
 
 def test_rank_and_world_from_the_environment(monkeypatch):
-    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE",
-                 "SLURM_PROCID", "SLURM_NTASKS"):
+    for name in (
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_COUNT",
+        "RANK",
+        "WORLD_SIZE",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert rank_and_world(None, None) == (0, 1)
     monkeypatch.setenv("RANK", "2")
@@ -218,7 +239,12 @@ def test_unexpected_errors_skip_the_clip_and_a_broken_setup_stops_the_run(tmp_pa
     assert state["written"] == 6 and state["failed"] == {"RuntimeError: estimator crashed": 2}
 
     monkeypatch.setattr(Annotator, "process", lambda self, clip: (_ for _ in ()).throw(RuntimeError("no GPU")))
-    assert main(["--out", str(tmp_path / "broken"), *args[2:]] + cli_overrides({**small_toy4d, "max_consecutive_errors": 3})) == 1
+    assert (
+        main(
+            ["--out", str(tmp_path / "broken"), *args[2:]] + cli_overrides({**small_toy4d, "max_consecutive_errors": 3})
+        )
+        == 1
+    )
     assert "3 unexpected errors in a row" in capsys.readouterr().err
 
 

@@ -32,7 +32,7 @@ def dynamic_scene():
 
 
 def test_camera_flow_matches_brute_force_projection(dynamic_scene):
-    scene, _, depth, _, K, c2w = dynamic_scene
+    _scene, _, depth, _, K, c2w = dynamic_scene
     flow = camera_flow(depth[0], K[0], c2w[0], K[3], c2w[3])
     for v, u in [(10, 20), (50, 70), (90, 5)]:
         point = unproject_depth(torch.from_numpy(depth[0]), torch.from_numpy(K[0]), torch.from_numpy(c2w[0]))[v, u]
@@ -69,8 +69,11 @@ def test_reprojection_filter_drops_wrong_depth_and_keeps_exact_depth(dynamic_sce
 def test_pose_sanity_and_verdicts():
     good = np.tile(np.eye(4), (3, 1, 1))
     assert pose_problem(good) is None
-    for edit, value, reason in [((0, 0, 0), np.nan, "non-finite"), ((1, 0, 0), -1.0, "det != +1"),
-                                ((2, 0, 1), 0.5, "orthonormal")]:
+    for edit, value, reason in [
+        ((0, 0, 0), np.nan, "non-finite"),
+        ((1, 0, 0), -1.0, "det != +1"),
+        ((2, 0, 1), 0.5, "orthonormal"),
+    ]:
         bad = good.copy()
         bad[edit] = value
         assert reason in pose_problem(bad)

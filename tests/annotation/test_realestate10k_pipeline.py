@@ -68,11 +68,28 @@ def test_relative_depth_and_unscaled_poses_become_metric(tmp_path):
     clip = load_clip(make_reader("realestate10k", root).open_scene("clip"), list(range(T)), config)
     megasam_c2w = c2w.copy()
     megasam_c2w[:, :3, 3] /= MEGASAM_SCALE
-    write_megasam_output(megasam / "outputs_cvd" / f"{key}_sgd_cvd_hr.npz", clip, megasam_c2w, clip.K[0], depth / MEGASAM_SCALE)
+    write_megasam_output(
+        megasam / "outputs_cvd" / f"{key}_sgd_cvd_hr.npz", clip, megasam_c2w, clip.K[0], depth / MEGASAM_SCALE
+    )
 
     out = tmp_path / "out"
-    assert main(["--dataset", "realestate10k", "--root", str(root), "--out", str(out), "--manifest", "none",
-                 "--no-progress", *cli_overrides(overrides)]) == 0
+    assert (
+        main(
+            [
+                "--dataset",
+                "realestate10k",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--manifest",
+                "none",
+                "--no-progress",
+                *cli_overrides(overrides),
+            ]
+        )
+        == 0
+    )
     (sample,) = wds.WebDataset(glob.glob(str(out / "train" / "*.tar")), shardshuffle=False)
     record = decode_record(sample)
 

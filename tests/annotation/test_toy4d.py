@@ -29,7 +29,7 @@ from annotation.readers.toy4d import (
 )
 from d4s.geometry import look_at, make_trajectory, project_points, unproject_depth, unproject_pixels
 
-SMALL = dict(num_scenes=4, num_frames=9, size=48)
+SMALL = {"num_scenes": 4, "num_frames": 9, "size": 48}
 STATIC, DYNAMIC = "scene_0000", "scene_0001"  # dynamic_fraction 0.5 alternates, starting static
 ALL = list(range(9))
 

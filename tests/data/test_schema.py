@@ -26,6 +26,7 @@ from d4s.geometry import look_at, unproject_depth
 def make_record(T: int = 4, H: int = 31, W: int = 42, seed: int = 0, **fields) -> ClipRecord:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:H, 0:W]
+
     def frame(t: int) -> np.ndarray:  # natural-image-like: detail in luminance, smooth low-saturation colour
         luminance = 120 + 70 * np.sin(x / 3 + t) * np.cos(y / 4)
         tint = 20 * np.stack([np.sin(x / 20), np.cos(y / 15), -np.sin((x + y) / 25)], -1)
@@ -35,16 +36,31 @@ def make_record(T: int = 4, H: int = 31, W: int = 42, seed: int = 0, **fields) -
     K = np.tile(np.array([[40.0, 0, W / 2], [0, 40.0, H / 2], [0, 0, 1]], np.float32), (T, 1, 1))
     eye = torch.from_numpy(rng.normal(size=(T, 3)))
     c2w = look_at(eye, eye + torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)).float().numpy()
-    meta = ClipMeta(dataset="toy", scene="s", frame_indices=list(range(T)), fps=12.0, height=H, width=W,
-                    pose_source="gt", depth_source="gt", metric=True, caption="a test", licence="CC0-1.0")
-    values = dict(
-        key=sample_key("toy", "s", 0), frames=frames.astype(np.uint8), K=K, c2w=c2w,
-        timestamps=np.arange(T) / 12.0, meta=meta,
-        depth=rng.uniform(0.5, 20.0, (T, H, W)).astype(np.float32),
-        dynamic_mask=rng.random((T, H, W)) > 0.7,
-        track_xyz=rng.normal(size=(7, T, 3)).astype(np.float32),
-        track_visible=rng.random((7, T)) > 0.3,
+    meta = ClipMeta(
+        dataset="toy",
+        scene="s",
+        frame_indices=list(range(T)),
+        fps=12.0,
+        height=H,
+        width=W,
+        pose_source="gt",
+        depth_source="gt",
+        metric=True,
+        caption="a test",
+        licence="CC0-1.0",
     )
+    values = {
+        "key": sample_key("toy", "s", 0),
+        "frames": frames.astype(np.uint8),
+        "K": K,
+        "c2w": c2w,
+        "timestamps": np.arange(T) / 12.0,
+        "meta": meta,
+        "depth": rng.uniform(0.5, 20.0, (T, H, W)).astype(np.float32),
+        "dynamic_mask": rng.random((T, H, W)) > 0.7,
+        "track_xyz": rng.normal(size=(7, T, 3)).astype(np.float32),
+        "track_visible": rng.random((7, T)) > 0.3,
+    }
     values.update(fields)
     return ClipRecord(**values)
 
