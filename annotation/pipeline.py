@@ -24,6 +24,7 @@ from annotation.align import (
     mask_labels,
     median_scale,
     sparse_depth_from_tracks,
+    to_space,
     trajectory_scale,
 )
 from annotation.clip import Clip
@@ -200,7 +201,7 @@ class Annotator:
         settings = self.config.alignment
         relative, space = estimate.values, estimate.space
         if settings.space not in ("auto", space):  # asked to align in the other space: invert the relative map
-            relative, space = np.where(relative > 0, 1.0 / np.maximum(relative, 1e-12), 0.0), settings.space
+            relative, space = to_space(relative, "disparity"), settings.space  # 1/x either way
         min_fraction = settings.min_oracle_fraction
         if min_fraction is None:
             min_fraction = 0.0 if oracle_name == "tracks" else 0.5  # sparse oracles cover few pixels of a mask
@@ -275,10 +276,6 @@ class Annotator:
         ).validate()
 
 
-def _count(counter: dict[str, int], reason: str) -> None:
-    counter[reason] = counter.get(reason, 0) + 1
-
-
 def run(
     config: AnnotateConfig,
     reader: Reader,
@@ -328,7 +325,7 @@ def run(
 
     def skip(counter: dict[str, int], what: str, file: str, reason: str) -> None:
         log.warning("skipped %s: %s: %s", what, file, reason)
-        _count(counter, reason)
+        counter[reason] = counter.get(reason, 0) + 1
         state.skipped.append({"what": what, "file": file, "reason": reason})
 
     bar = tqdm(

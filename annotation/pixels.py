@@ -1,8 +1,10 @@
-"""Sampling images at continuous pixel positions (pixel centres at ``+0.5``, the project convention)."""
+"""Sampling images at continuous pixel positions (pixel centres at ``+0.5``, the project convention), and numpy
+arrays handed to the torch geometry of ``d4s.geometry`` in float64."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def query_grid(height: int, width: int, stride: int) -> np.ndarray:
@@ -40,3 +42,8 @@ def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     top = image[y0, x0] * (1 - wx) + image[y0, x1] * wx
     bottom = image[y1, x0] * (1 - wx) + image[y1, x1] * wx
     return top * (1 - wy) + bottom * wy
+
+
+def float64_tensors(*arrays: np.ndarray) -> list[torch.Tensor]:
+    """The arrays as float64 torch tensors (for ``d4s.geometry``'s projection functions)."""
+    return [torch.from_numpy(np.asarray(array, np.float64)) for array in arrays]

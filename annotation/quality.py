@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from annotation.pixels import inside_image, sample_nearest
+from annotation.pixels import float64_tensors, inside_image, sample_nearest
 from d4s.geometry.cameras import project_points, unproject_depth, unproject_pixels
 
 
@@ -65,10 +64,6 @@ def pose_problem(c2w: np.ndarray, atol: float = 1e-3) -> str | None:
     return None
 
 
-def _torch(*arrays: np.ndarray) -> list[torch.Tensor]:
-    return [torch.from_numpy(np.asarray(a, np.float64)) for a in arrays]
-
-
 def camera_flow(
     depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, K_next: np.ndarray, c2w_next: np.ndarray
 ) -> np.ndarray:
@@ -77,8 +72,8 @@ def camera_flow(
     Pixels without depth get NaN.
     """
     height, width = depth.shape
-    points = unproject_depth(*_torch(depth, K, c2w)).reshape(-1, 3)
-    uv, _ = project_points(points, *_torch(c2w_next, K_next))
+    points = unproject_depth(*float64_tensors(depth, K, c2w)).reshape(-1, 3)
+    uv, _ = project_points(points, *float64_tensors(c2w_next, K_next))
     v, u = np.mgrid[0:height, 0:width]
     flow = uv.numpy().reshape(height, width, 2) - np.stack([u, v], -1) - 0.5
     return np.where((depth > 0)[..., None], flow, np.nan)
@@ -121,12 +116,12 @@ def _check_against(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, t: int, ot
     height, width = depth.shape[1:]
     v, u = np.mgrid[0:height, 0:width]
     pixels = np.stack([u, v], -1).reshape(-1, 2) + 0.5
-    points = unproject_depth(*_torch(depth[t], K[t], c2w[t])).reshape(-1, 3)
-    uv, z = project_points(points, *_torch(c2w[other], K[other]))
+    points = unproject_depth(*float64_tensors(depth[t], K[t], c2w[t])).reshape(-1, 3)
+    uv, z = project_points(points, *float64_tensors(c2w[other], K[other]))
     uv, z = uv.numpy(), z.numpy()
     z_other = sample_nearest(depth[other], uv)
-    back_points = unproject_pixels(*_torch(uv, z_other, K[other], c2w[other]))
-    back, _ = project_points(back_points, *_torch(c2w[t], K[t]))
+    back_points = unproject_pixels(*float64_tensors(uv, z_other, K[other], c2w[other]))
+    back, _ = project_points(back_points, *float64_tensors(c2w[t], K[t]))
     pixel_error = np.linalg.norm(back.numpy() - pixels, axis=-1)
     depth_error = np.abs(z - z_other) / np.maximum(z_other, 1e-6)
     checked = (depth[t].ravel() > 0) & (z_other > 0) & inside_image(uv, height, width)

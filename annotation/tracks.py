@@ -11,9 +11,8 @@ Points on moving objects are lifted frame by frame from the chained pixel and th
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from annotation.pixels import inside_image, query_grid, sample_bilinear, sample_nearest
+from annotation.pixels import float64_tensors, inside_image, query_grid, sample_bilinear, sample_nearest
 from d4s.geometry.cameras import project_points, unproject_pixels
 
 
@@ -45,7 +44,7 @@ def chain_flow(
 
 def _lift(uv: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """World points ``[N, 3]`` of pixels ``uv [N, 2]`` with z-depth ``depth [N]`` in one camera."""
-    points = unproject_pixels(*(torch.from_numpy(np.asarray(a, np.float64)) for a in (uv, depth, K, c2w)))
+    points = unproject_pixels(*float64_tensors(uv, depth, K, c2w))
     return points.numpy()
 
 
@@ -58,7 +57,7 @@ def visible_from_depth(
     ``depth [T, H, W]`` at the pixel it projects to. ``K [T,3,3]``, ``c2w [T,4,4]``. Returns ``[N, T]`` bool.
     """
     T, height, width = depth.shape
-    uv, z = project_points(*(torch.from_numpy(np.asarray(a, np.float64)) for a in (xyz.transpose(1, 0, 2), c2w, K)))
+    uv, z = project_points(*float64_tensors(xyz.transpose(1, 0, 2), c2w, K))
     uv, z = uv.numpy(), z.numpy()
     visible = np.zeros(xyz.shape[:2], bool)
     for t in range(T):

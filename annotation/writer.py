@@ -36,11 +36,12 @@ def write_json(path: Path, payload: Any) -> None:
 class Journal:
     """A rank's progress: finished shards, the next clip position, and per-reason counts of what was skipped.
 
+    ``run_hash`` identifies the settings and this rank's scene list; a resumed run must match it.
     ``position`` is ``[work item, clip within it]`` of the next clip to process. ``skipped`` lists one entry per
     rejected or failed clip or scene: ``{"what", "file", "reason"}``.
     """
 
-    config_hash: str
+    run_hash: str
     position: list[int] = field(default_factory=lambda: [0, 0])
     shards: list[dict[str, Any]] = field(default_factory=list)
     written: int = 0
@@ -50,12 +51,12 @@ class Journal:
     done: bool = False
 
     @classmethod
-    def load(cls, path: Path, config_hash: str) -> Journal:
+    def load(cls, path: Path, run_hash: str) -> Journal:
         """The journal at ``path``, or a fresh one; refuses to resume a run made with another configuration."""
         if not path.exists():
-            return cls(config_hash=config_hash)
+            return cls(run_hash=run_hash)
         journal = cls(**json.loads(path.read_text()))
-        if journal.config_hash != config_hash:
+        if journal.run_hash != run_hash:
             raise ValueError(
                 f"{path}: this output directory was written with a different configuration or scene list; use a "
                 "new --out or delete it to start over"
@@ -125,13 +126,6 @@ class ShardWriter:
         }
         self._tar, self._path, self.number = None, None, self.number + 1
         return entry
-
-    def discard(self) -> None:
-        """Drop the open shard (its temporary file) without publishing it."""
-        if self._tar is not None:
-            self._tar.close()
-            self._path.unlink(missing_ok=True)
-            self._tar, self._path = None, None
 
 
 def remove_partial_shards(out: Path, dataset: str, rank: int) -> int:
