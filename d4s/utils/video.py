@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -71,21 +72,82 @@ def encode_video(frames: torch.Tensor | np.ndarray, fps: float = 12.0, crf: int 
     return buffer.getvalue()
 
 
-def read_video(source: str | Path | bytes) -> np.ndarray:
+VIDEO_BACKENDS = ("auto", "decord", "pyav")
+
+
+def read_video(
+    source: str | Path | bytes, indices: Sequence[int] | None = None, backend: str = "pyav"
+) -> np.ndarray:
     """Decode a video file (a path, or the file's bytes) into ``[T, H, W, 3]`` uint8 RGB frames.
 
-    Raises ``ValueError`` naming the source when the file is truncated, corrupt or holds no frames.
+    Args:
+        source: the file, or its bytes.
+        indices: frames to return, in this order (default: all); decoding stops after the last one needed.
+        backend: ``"pyav"``, ``"decord"`` (seeks, so it skips what it does not need), or ``"auto"`` (decord when
+            installed, PyAV when not or when decord fails). Both decode with libavcodec and return identical frames.
+    Raises ``ValueError`` naming the source when the file is truncated, corrupt, holds no frames or fewer frames
+    than ``indices`` asks for.
     """
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"backend: expected one of {VIDEO_BACKENDS}, got {backend!r}")
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if indices is not None and (len(indices) == 0 or min(indices) < 0):
+        raise ValueError(f"indices: expected a non-empty list of frame numbers >= 0, got {list(indices)}")
+    if backend == "pyav" or (backend == "auto" and _decord() is None):
+        return _read_pyav(source, name, indices)
+    try:
+        return _read_decord(source, name, indices)
+    except ValueError:
+        if backend == "decord":
+            raise
+        return _read_pyav(source, name, indices)  # decord rejects some frame widths (16, 24, 48, 72 px) that PyAV reads
+
+
+def _decord():
+    try:
+        import decord
+    except ImportError:
+        return None
+    return decord
+
+
+def _read_pyav(source: str | Path | bytes, name: str, indices: Sequence[int] | None) -> np.ndarray:
     target = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    wanted = None if indices is None else set(indices)
+    last = None if indices is None else max(indices)
+    decoded: dict[int, np.ndarray] = {}
+    seen = 0
     try:
         with av.open(target) as container:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+            for seen, frame in enumerate(container.decode(video=0), start=1):
+                if wanted is None or seen - 1 in wanted:
+                    decoded[seen - 1] = frame.to_ndarray(format="rgb24")
+                if last is not None and seen > last:
+                    break
     except (av.error.FFmpegError, IndexError) as error:
         raise ValueError(f"{name}: cannot decode video ({error})") from error
-    if not frames:
+    _check_length(name, seen, indices)
+    return np.stack([decoded[n] for n in (range(seen) if indices is None else indices)])
+
+
+def _read_decord(source: str | Path | bytes, name: str, indices: Sequence[int] | None) -> np.ndarray:
+    decord = _decord()
+    if decord is None:
+        raise ValueError("backend 'decord': decord is not installed (pip install decord, or use backend 'pyav')")
+    target = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    try:
+        reader = decord.VideoReader(target, ctx=decord.cpu(0), num_threads=1)
+        _check_length(name, len(reader), indices)
+        return reader.get_batch(list(range(len(reader)) if indices is None else indices)).asnumpy()
+    except (decord.DECORDError, RuntimeError) as error:
+        raise ValueError(f"{name}: cannot decode video ({error})") from error
+
+
+def _check_length(name: str, count: int, indices: Sequence[int] | None) -> None:
+    if count == 0:
         raise ValueError(f"{name}: the video holds no frames")
-    return np.stack(frames)
+    if indices is not None and max(indices) >= count:
+        raise ValueError(f"{name}: asked for frame {max(indices)}, but the video holds {count} frames")
 
 
 def colorize_depth(
