@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from d4s.data.schema import SCHEMA_VERSION
+from d4s.data.schema import SCHEMA_VERSION, is_dynamic
 from d4s.utils.fileio import atomic_output
 
 PROGRESS_DIR = "_progress"
@@ -80,6 +80,7 @@ class ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._split: str | None = None
         self._samples = 0
+        self._dynamic = 0
         self._path: Path | None = None
 
     def _final_path(self, split: str) -> Path:
@@ -90,7 +91,7 @@ class ShardWriter:
         final.parent.mkdir(parents=True, exist_ok=True)
         self._path = final.with_name(f".{final.name}.tmp")
         self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - open across writes
-        self._split, self._samples = split, 0
+        self._split, self._samples, self._dynamic = split, 0, 0
 
     def write(self, split: str, sample: dict[str, Any]) -> dict[str, Any] | None:
         """Add one sample (``__key__`` and member bytes); returns the closed shard's info if this filled one."""
@@ -105,6 +106,7 @@ class ShardWriter:
             info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed mtime: reruns give identical bytes
             self._tar.addfile(info, io.BytesIO(data))
         self._samples += 1
+        self._dynamic += is_dynamic(sample)
         if self._samples >= self.max_samples or self._tar.fileobj.tell() >= self.max_bytes:
             return self.close()
         return None
@@ -122,6 +124,7 @@ class ShardWriter:
             "path": str(final.relative_to(self.out)),
             "split": self._split,
             "samples": self._samples,
+            "dynamic": self._dynamic,
             "bytes": final.stat().st_size,
         }
         self._tar, self._path, self.number = None, None, self.number + 1
@@ -151,6 +154,9 @@ def journal_dataset(out: Path) -> str:
 def write_index(out: Path, dataset: str) -> dict[str, Any]:
     """Rebuild ``<out>/index.json`` from every finished rank's journal: shards and sample counts per split.
 
+    Each shard entry holds ``path`` (relative to ``out``), ``samples``, ``dynamic`` (how many of them are dynamic,
+    :func:`d4s.data.schema.is_dynamic`) and ``bytes``; loaders plan balanced epochs from these counts.
+
     Ranks finishing together serialise on a lock file, so the last writer always sees every finished journal.
     """
     lock_path = out / PROGRESS_DIR / "index.lock"
@@ -169,9 +175,10 @@ def _write_index_locked(out: Path, dataset: str) -> dict[str, Any]:
         if not journal["done"]:
             continue
         for shard in journal["shards"]:
-            split = splits.setdefault(shard["split"], {"samples": 0, "shards": []})
+            split = splits.setdefault(shard["split"], {"samples": 0, "dynamic": 0, "shards": []})
             split["samples"] += shard["samples"]
-            split["shards"].append({k: shard[k] for k in ("path", "samples", "bytes")})
+            split["dynamic"] += shard["dynamic"]
+            split["shards"].append({k: shard[k] for k in ("path", "samples", "dynamic", "bytes")})
     for split in splits.values():
         split["shards"].sort(key=lambda shard: shard["path"])
     index = {"dataset": dataset, "schema_version": SCHEMA_VERSION, "splits": splits, "ranks": ranks}

@@ -42,6 +42,14 @@ RGB, CAMERAS, DEPTH, MASKS, TRACKS, META = "rgb.mp4", "cameras.npz", "depth.npz"
 REQUIRED_MEMBERS = (RGB, CAMERAS, META)
 OPTIONAL_MEMBERS = (DEPTH, MASKS, TRACKS)
 
+# a clip is dynamic when its dynamic masks cover at least this fraction of its pixels (0.1%: a few dozen pixels per
+# 256 px frame, above the speckle that flow-based masks leave on static scenes); shard indexes count clips with it
+DYNAMIC_MIN_FRACTION = 1e-3
+# the caption of a clip that has none: the paper's generic high-fidelity prompt (Appendix C.1)
+GENERIC_PROMPT = (
+    "a scene with 4K ultra HD, surround motion, realistic tone, panoramic shot, wide-angle view, cinematic quality"
+)
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -123,30 +131,17 @@ class ClipRecord:
         """Check shapes, dtypes and finiteness against each other; raise ``ValueError`` naming the field."""
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
             raise ValueError(f"frames: expected uint8 [T, H, W, 3], got {self.frames.dtype} {list(self.frames.shape)}")
-        T, H, W = self.frames.shape[:3]
-        expected = {
-            "K": (self.K, (T, 3, 3)),
-            "c2w": (self.c2w, (T, 4, 4)),
-            "timestamps": (self.timestamps, (T,)),
-            "depth": (self.depth, (T, H, W)),
-            "dynamic_mask": (self.dynamic_mask, (T, H, W)),
-        }
-        if self.track_xyz is not None or self.track_visible is not None:
-            if self.track_xyz is None or self.track_visible is None:
-                raise ValueError("tracks: track_xyz and track_visible come together")
-            expected["track_xyz"] = (self.track_xyz, (self.track_xyz.shape[0], T, 3))
-            expected["track_visible"] = (self.track_visible, (self.track_xyz.shape[0], T))
-        for name, (value, shape) in expected.items():
-            if value is not None and tuple(value.shape) != shape:
-                raise ValueError(f"{name}: expected shape {list(shape)}, got {list(value.shape)}")
-        for name in ("K", "c2w", "timestamps", "depth"):
-            value = getattr(self, name)
-            if value is not None and not np.isfinite(value).all():
-                raise ValueError(f"{name}: holds NaN or inf")
-        if self.track_xyz is not None and not np.isfinite(self.track_xyz[self.track_visible.astype(bool)]).all():
-            raise ValueError("track_xyz: NaN or inf at a visible point")
-        if (self.meta.height, self.meta.width) != (H, W) or len(self.meta.frame_indices) != T:
-            raise ValueError("meta: size or frame_indices disagree with the frames")
+        check_arrays(
+            self.frames.shape[:3],
+            self.meta,
+            K=self.K,
+            c2w=self.c2w,
+            timestamps=self.timestamps,
+            depth=self.depth,
+            dynamic_mask=self.dynamic_mask,
+            track_xyz=self.track_xyz,
+            track_visible=self.track_visible,
+        )
         return self
 
     def pointmaps(self) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +157,43 @@ class ClipRecord:
             torch.from_numpy(self.c2w.astype(np.float32)),
         )
         return points.numpy(), self.depth > 0
+
+
+def check_arrays(
+    size: tuple[int, int, int],
+    meta: ClipMeta,
+    K: np.ndarray,
+    c2w: np.ndarray,
+    timestamps: np.ndarray,
+    depth: np.ndarray | None = None,
+    dynamic_mask: np.ndarray | None = None,
+    track_xyz: np.ndarray | None = None,
+    track_visible: np.ndarray | None = None,
+) -> None:
+    """Check a clip's arrays against its size ``(T, H, W)`` and its meta; raise ``ValueError`` naming the field."""
+    T, H, W = size
+    expected = {
+        "K": (K, (T, 3, 3)),
+        "c2w": (c2w, (T, 4, 4)),
+        "timestamps": (timestamps, (T,)),
+        "depth": (depth, (T, H, W)),
+        "dynamic_mask": (dynamic_mask, (T, H, W)),
+    }
+    if track_xyz is not None or track_visible is not None:
+        if track_xyz is None or track_visible is None:
+            raise ValueError("tracks: track_xyz and track_visible come together")
+        expected["track_xyz"] = (track_xyz, (track_xyz.shape[0], T, 3))
+        expected["track_visible"] = (track_visible, (track_xyz.shape[0], T))
+    for name, (value, shape) in expected.items():
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(f"{name}: expected shape {list(shape)}, got {list(value.shape)}")
+    for name, value in (("K", K), ("c2w", c2w), ("timestamps", timestamps), ("depth", depth)):
+        if value is not None and not np.isfinite(value).all():
+            raise ValueError(f"{name}: holds NaN or inf")
+    if track_xyz is not None and not np.isfinite(track_xyz[track_visible.astype(bool)]).all():
+        raise ValueError("track_xyz: NaN or inf at a visible point")
+    if (meta.height, meta.width) != (H, W) or len(meta.frame_indices) != T:
+        raise ValueError("meta: size or frame_indices disagree with the frames")
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
@@ -183,7 +215,7 @@ def _load_npz(data: bytes, member: str, names: tuple[str, ...]) -> dict[str, np.
             if missing:
                 raise ValueError(f"{member}: missing arrays {missing}")
             return {name: npz[name] for name in names}
-    except (OSError, EOFError, ValueError) as error:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{member}: cannot read ({error})") from error
 
 
@@ -211,6 +243,65 @@ def encode_record(record: ClipRecord) -> dict[str, Any]:
     return sample
 
 
+def decode_cameras(sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``K [T,3,3]``, ``c2w [T,4,4]`` and ``timestamps [T]`` of a raw sample."""
+    return _load_npz(sample[CAMERAS], CAMERAS, ("K", "c2w", "timestamps"))
+
+
+def decode_depth(sample: dict[str, Any]) -> np.ndarray | None:
+    """``depth [T,H,W]`` float32 metres (0 = invalid) of a raw sample, or ``None`` when it has no depth."""
+    if DEPTH not in sample:
+        return None
+    return _load_npz(sample[DEPTH], DEPTH, ("depth",))["depth"].astype(np.float32)
+
+
+def _packed_masks(sample: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    if MASKS not in sample:
+        return None
+    masks = _load_npz(sample[MASKS], MASKS, ("packed", "shape"))
+    shape = tuple(int(n) for n in masks["shape"])
+    if len(shape) != 3 or masks["packed"].shape != shape[:-1] + ((shape[-1] + 7) // 8,):
+        raise ValueError(f"{MASKS}: packed array {list(masks['packed'].shape)} does not match shape {list(shape)}")
+    return masks["packed"], shape
+
+
+def decode_dynamic_mask(sample: dict[str, Any]) -> np.ndarray | None:
+    """Dynamic-object masks ``[T,H,W]`` bool of a raw sample, or ``None`` when it has none."""
+    packed = _packed_masks(sample)
+    if packed is None:
+        return None
+    bits, shape = packed
+    return np.unpackbits(bits, axis=-1, count=shape[-1]).astype(bool)
+
+
+def decode_tracks(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(xyz [N,T,3] float32, visible [N,T] bool)`` of a raw sample, or ``None`` when it has no tracks."""
+    if TRACKS not in sample:
+        return None
+    tracks = _load_npz(sample[TRACKS], TRACKS, ("xyz", "visible"))
+    return tracks["xyz"], tracks["visible"].astype(bool)
+
+
+def dynamic_fraction(sample: dict[str, Any]) -> float:
+    """Fraction of a raw sample's mask pixels marked dynamic (0 without masks), counted on the packed bits.
+
+    Cheap: it reads ``masks.npz`` only, so a loader can select static or dynamic clips before decoding video.
+    """
+    packed = _packed_masks(sample)
+    if packed is None:
+        return 0.0
+    bits, shape = packed
+    return float(np.bitwise_count(bits).sum()) / max(1, int(np.prod(shape)))  # packbits pads with zero bits
+
+
+def is_dynamic(sample: dict[str, Any]) -> bool:
+    """Whether a raw sample shows motion: its dynamic masks cover at least :data:`DYNAMIC_MIN_FRACTION`.
+
+    A clip without masks counts as static: annotation writes masks for every clip whose scene can move.
+    """
+    return dynamic_fraction(sample) >= DYNAMIC_MIN_FRACTION
+
+
 def decode_record(sample: dict[str, Any]) -> ClipRecord:
     """Inverse of :func:`encode_record` for a raw webdataset sample (member name -> bytes)."""
     key = sample.get("__key__", "<unknown>")
@@ -219,15 +310,10 @@ def decode_record(sample: dict[str, Any]) -> ClipRecord:
         raise ValueError(f"sample {key}: missing members {missing}")
     meta = ClipMeta.from_json(sample[META])
     frames = read_video(sample[RGB])[:, : meta.height, : meta.width]  # drop the even-size padding
-    cameras = _load_npz(sample[CAMERAS], CAMERAS, ("K", "c2w", "timestamps"))
-    record = ClipRecord(key=key, frames=frames, meta=meta, **cameras)
-    if DEPTH in sample:
-        record.depth = _load_npz(sample[DEPTH], DEPTH, ("depth",))["depth"].astype(np.float32)
-    if MASKS in sample:
-        masks = _load_npz(sample[MASKS], MASKS, ("packed", "shape"))
-        shape = tuple(int(n) for n in masks["shape"])
-        record.dynamic_mask = np.unpackbits(masks["packed"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
-    if TRACKS in sample:
-        tracks = _load_npz(sample[TRACKS], TRACKS, ("xyz", "visible"))
-        record.track_xyz, record.track_visible = tracks["xyz"], tracks["visible"]
+    record = ClipRecord(key=key, frames=frames, meta=meta, **decode_cameras(sample))
+    record.depth = decode_depth(sample)
+    record.dynamic_mask = decode_dynamic_mask(sample)
+    tracks = decode_tracks(sample)
+    if tracks is not None:
+        record.track_xyz, record.track_visible = tracks
     return record.validate()

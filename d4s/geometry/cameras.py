@@ -71,9 +71,11 @@ def rigid_inverse(T: Tensor) -> Tensor:
 
 
 def relative_to_first(c2w: Tensor) -> Tensor:
-    """Re-express poses ``[..., T, 4, 4]`` relative to frame 0, so that frame 0 becomes the identity."""
+    """Re-express poses ``[..., T, 4, 4]`` relative to frame 0, so that frame 0 becomes exactly the identity."""
     check_shape(c2w, "c2w", (None, 4, 4), batched=True)
-    return rigid_inverse(c2w[..., :1, :, :]) @ c2w
+    relative = rigid_inverse(c2w[..., :1, :, :]) @ c2w
+    relative[..., 0, :, :] = torch.eye(4, dtype=c2w.dtype, device=c2w.device)
+    return relative
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
