@@ -1,0 +1,285 @@
+"""Clip sampling: one raw shard sample becomes one fixed-size training clip.
+
+Steps (each a function below): pick ``T`` frames with a frame step; decode only those frames; resize so the image
+covers the stage resolution and crop it, with the intrinsics following exactly; resize depth and masks by nearest
+neighbour, so no output pixel mixes valid and invalid depth; re-express cameras and tracks relative to the first
+frame; keep a fixed number of tracks that are visible in the crop; fall back to the paper's generic prompt when a
+clip has no caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from d4s.data.schema import (
+    GENERIC_PROMPT,
+    META,
+    REQUIRED_MEMBERS,
+    RGB,
+    ClipMeta,
+    check_arrays,
+    decode_cameras,
+    decode_depth,
+    decode_dynamic_mask,
+    decode_tracks,
+    is_dynamic,
+)
+from d4s.geometry.cameras import (
+    check_c2w,
+    check_intrinsics,
+    crop_intrinsics,
+    intrinsics_from_fov,
+    project_points,
+    relative_to_first,
+    resize_intrinsics,
+)
+from d4s.utils.video import VIDEO_BACKENDS, read_video
+
+
+class ClipTooShort(ValueError):
+    """The shard's clip holds fewer frames than ``(T - 1) * frame_step + 1``."""
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """What a training clip looks like.
+
+    ``num_frames`` is ``T``; ``T - 1`` must be divisible by the VAE's ``temporal_compression`` (CogVideoX: 4, so
+    ``T = 49`` at paper scale, Sec. 4.1). Random sampling draws the frame step from
+    ``[frame_step, max_frame_step]`` (a larger step means faster camera motion); fixed sampling uses ``frame_step``.
+    The clip is resized to cover ``height x width`` and cropped. ``num_tracks`` tracks are kept (padded when a clip
+    has fewer). ``video_backend`` is ``auto`` (decord when installed, else PyAV), ``decord`` or ``pyav``.
+    """
+
+    num_frames: int = 49
+    frame_step: int = 1
+    max_frame_step: int | None = None
+    height: int = 256
+    width: int = 256
+    num_tracks: int = 1024
+    temporal_compression: int = 4
+    video_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "frame_step", "height", "width", "temporal_compression"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"clip.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.num_tracks < 0:
+            raise ValueError(f"clip.num_tracks: must be >= 0, got {self.num_tracks}")
+        if (self.num_frames - 1) % self.temporal_compression:
+            raise ValueError(
+                f"clip.num_frames: T - 1 must be divisible by the VAE's temporal compression "
+                f"{self.temporal_compression} (e.g. 49, 25, 13, 9, 5), got T = {self.num_frames}"
+            )
+        if self.max_frame_step is not None and self.max_frame_step < self.frame_step:
+            raise ValueError(f"clip.max_frame_step: must be >= frame_step {self.frame_step}, got {self.max_frame_step}")
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ValueError(f"clip.video_backend: expected one of {VIDEO_BACKENDS}, got {self.video_backend!r}")
+
+
+@dataclass
+class ClipSample:
+    """One training clip, tensors in the project conventions (cameras relative to the first frame).
+
+    ``video [T,3,H,W]`` uint8; ``K [T,3,3]`` pixels of the output size; ``c2w [T,4,4]`` with ``c2w[0] = I``;
+    ``times [T]`` seconds since the first frame; ``frame_indices [T]`` positions in the shard's clip;
+    ``depth [T,H,W]`` metres (0 = invalid) or ``None``; ``dynamic_mask [T,H,W]`` bool or ``None``;
+    ``track_xyz [N,T,3]`` first-camera frame metres (0 where unknown) and ``track_visible [N,T]`` (inside the crop,
+    in front of the camera) or ``None``, ``N <= num_tracks``. ``skipped`` counts, by reason, the samples the
+    stream skipped since the clip before this one.
+    """
+
+    key: str
+    dataset: str
+    caption: str
+    video: Tensor
+    K: Tensor
+    c2w: Tensor
+    times: Tensor
+    frame_indices: Tensor
+    depth: Tensor | None
+    dynamic_mask: Tensor | None
+    track_xyz: Tensor | None
+    track_visible: Tensor | None
+    is_dynamic: bool
+    is_padding: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def choose_frames(num_available: int, config: ClipConfig, rng: np.random.Generator, random: bool) -> np.ndarray:
+    """Indices ``[T]`` of the frames to use: ``start + step * arange(T)``.
+
+    Random sampling draws the step (up to the largest that fits) and the start; fixed sampling takes
+    ``frame_step`` from frame 0. Raises :class:`ClipTooShort` when even ``frame_step`` does not fit.
+    """
+    T = config.num_frames
+    if (T - 1) * config.frame_step + 1 > num_available:
+        raise ClipTooShort(
+            f"needs {(T - 1) * config.frame_step + 1} frames for T = {T} at step {config.frame_step}, "
+            f"the clip holds {num_available}"
+        )
+    step = config.frame_step
+    if random:
+        largest = config.frame_step if config.max_frame_step is None else config.max_frame_step
+        largest = min(largest, (num_available - 1) // (T - 1)) if T > 1 else largest
+        step = int(rng.integers(config.frame_step, largest + 1))
+    span = (T - 1) * step + 1
+    start = int(rng.integers(0, num_available - span + 1)) if random else 0
+    return start + step * np.arange(T)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Resize ``(H, W)`` to ``resized (Hr, Wr)``, then keep ``size (h, w)`` from pixel ``(left, top)``."""
+
+    source: tuple[int, int]
+    resized: tuple[int, int]
+    top: int
+    left: int
+    size: tuple[int, int]
+
+    def intrinsics(self, K: Tensor) -> Tensor:
+        """``K [..., 3, 3]`` of the source image, carried through the resize and the crop."""
+        return crop_intrinsics(resize_intrinsics(K, self.source, self.resized), self.top, self.left)
+
+    def resize_images(self, frames: np.ndarray) -> np.ndarray:
+        """Frames ``[T, H, W, C]`` uint8 resized (area filter when shrinking, bilinear when growing) and cropped."""
+        shrink = self.resized[0] < self.source[0]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        out = np.empty((len(frames), *self.size, frames.shape[-1]), frames.dtype)
+        for i, frame in enumerate(frames):
+            resized = cv2.resize(frame, self.resized[::-1], interpolation=interpolation)
+            out[i] = resized[self.top : self.top + self.size[0], self.left : self.left + self.size[1]]
+        return out
+
+    def resize_nearest(self, maps: np.ndarray) -> np.ndarray:
+        """Maps ``[T, H, W]`` (depth, masks) sampled at the output pixel centres: no value mixes with another."""
+        (H, W), (Hr, Wr), (h, w) = self.source, self.resized, self.size
+        rows = np.minimum(((np.arange(h) + self.top + 0.5) * H / Hr).astype(np.int64), H - 1)
+        cols = np.minimum(((np.arange(w) + self.left + 0.5) * W / Wr).astype(np.int64), W - 1)
+        return maps[:, rows[:, None], cols[None, :]]
+
+
+def crop_box(source: tuple[int, int], size: tuple[int, int], rng: np.random.Generator, random: bool) -> CropBox:
+    """The smallest aspect-preserving resize of ``source (H, W)`` that covers ``size (h, w)``, and a crop of it.
+
+    The crop is uniform over the valid offsets when ``random``, else centred.
+    """
+    (H, W), (h, w) = source, size
+    scale = max(h / H, w / W)
+    resized = (max(h, round(H * scale)), max(w, round(W * scale)))
+    if random:
+        top, left = int(rng.integers(0, resized[0] - h + 1)), int(rng.integers(0, resized[1] - w + 1))
+    else:
+        top, left = (resized[0] - h) // 2, (resized[1] - w) // 2
+    return CropBox(source=(H, W), resized=resized, top=top, left=left, size=(h, w))
+
+
+def select_tracks(
+    xyz: Tensor, visible: Tensor, c2w: Tensor, K: Tensor, size: tuple[int, int], count: int, rng: np.random.Generator
+) -> tuple[Tensor, Tensor]:
+    """Keep up to ``count`` tracks that are visible in the output crop at least once.
+
+    Args:
+        xyz: ``[N, T, 3]`` points in the frame of ``c2w`` (NaN allowed where not visible).
+        visible: ``[N, T]`` bool, the dataset's visibility.
+        c2w, K: ``[T, 4, 4]``, ``[T, 3, 3]`` the output cameras; ``size`` the output ``(h, w)``.
+    Returns:
+        ``xyz [n, T, 3]`` (0 where unknown) and ``visible [n, T]``: the dataset's visibility, restricted to points
+        in front of the camera whose projection lies inside the crop; ``n = min(count, candidates)``, a random subset.
+    """
+    finite = torch.isfinite(xyz).all(-1)
+    xyz = torch.where(finite[..., None], xyz, 0.0)
+    uv, z = project_points(xyz.transpose(0, 1), c2w, K)  # [T, N, 2], [T, N]
+    h, w = size
+    inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h)
+    visible = visible & finite & inside.transpose(0, 1)
+    candidates = np.flatnonzero(visible.any(1).numpy())
+    chosen = np.sort(rng.permutation(candidates)[:count])
+    index = torch.from_numpy(chosen)
+    return xyz[index], visible[index]
+
+
+def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, random: bool) -> ClipSample:
+    """Turn a raw shard sample (member name -> bytes) into a :class:`ClipSample`.
+
+    ``random`` draws the frame step, start and crop from ``rng``; otherwise they are fixed (first frames, centre
+    crop). The track subset always comes from ``rng``. Raises ``ValueError`` on a corrupt sample (naming the
+    member) and :class:`ClipTooShort` when the clip has too few frames.
+    """
+    key = sample.get("__key__", "<unknown>")
+    missing = [member for member in REQUIRED_MEMBERS if member not in sample]
+    if missing:
+        raise ValueError(f"missing members {missing}")
+    meta = ClipMeta.from_json(sample[META])
+    cameras = decode_cameras(sample)
+    depth, mask, tracks = decode_depth(sample), decode_dynamic_mask(sample), decode_tracks(sample)
+    size = (len(meta.frame_indices), meta.height, meta.width)
+    xyz, visible = tracks if tracks is not None else (None, None)
+    check_arrays(size, meta, **cameras, depth=depth, dynamic_mask=mask, track_xyz=xyz, track_visible=visible)
+
+    indices = choose_frames(size[0], config, rng, random)
+    frames = read_video(sample[RGB], indices.tolist(), backend=config.video_backend)
+    frames = frames[:, : meta.height, : meta.width]  # drop the even-size padding of the encoder
+    box = crop_box((meta.height, meta.width), (config.height, config.width), rng, random)
+
+    K = box.intrinsics(torch.from_numpy(cameras["K"][indices]).double())
+    c2w = relative_to_first(torch.from_numpy(cameras["c2w"][indices]).double())
+    check_intrinsics(K, f"{RGB}: K")
+    check_c2w(c2w, "cameras.npz: c2w")
+    times = cameras["timestamps"][indices] - cameras["timestamps"][indices[0]]
+
+    track_xyz = track_visible = None
+    if tracks is not None:
+        first = torch.from_numpy(cameras["c2w"][indices[0]]).double()
+        points = torch.from_numpy(xyz[:, indices]).double()
+        points = (points - first[:3, 3]) @ first[:3, :3]  # world -> first camera: R0^T (x - t0)
+        track_xyz, track_visible = select_tracks(
+            points, torch.from_numpy(visible[:, indices]), c2w, K, box.size, config.num_tracks, rng
+        )
+    return ClipSample(
+        key=key,
+        dataset=meta.dataset,
+        caption=meta.caption or GENERIC_PROMPT,
+        video=torch.from_numpy(box.resize_images(frames)).permute(0, 3, 1, 2),
+        K=K.float(),
+        c2w=c2w.float(),
+        times=torch.from_numpy(times.astype(np.float32)),
+        frame_indices=torch.from_numpy(indices),
+        depth=None if depth is None else torch.from_numpy(box.resize_nearest(depth[indices])),
+        dynamic_mask=None if mask is None else torch.from_numpy(box.resize_nearest(mask[indices])),
+        track_xyz=None if track_xyz is None else track_xyz.float(),
+        track_visible=track_visible,
+        is_dynamic=is_dynamic(sample),
+    )
+
+
+def blank_sample(config: ClipConfig) -> ClipSample:
+    """A zero clip flagged ``is_padding``: identity cameras, 60 degree intrinsics, no depth, masks or tracks.
+
+    Ranks that run out of real samples yield these so every rank runs the same number of steps (no DDP hang);
+    losses and metrics give them zero weight.
+    """
+    T, h, w = config.num_frames, config.height, config.width
+    K = intrinsics_from_fov(w, h, 60.0).expand(T, 3, 3).clone()
+    return ClipSample(
+        key="__padding__",
+        dataset="",
+        caption=GENERIC_PROMPT,
+        video=torch.zeros(T, 3, h, w, dtype=torch.uint8),
+        K=K,
+        c2w=torch.eye(4).expand(T, 4, 4).clone(),
+        times=torch.zeros(T),
+        frame_indices=torch.zeros(T, dtype=torch.int64),
+        depth=None,
+        dynamic_mask=None,
+        track_xyz=None,
+        track_visible=None,
+        is_dynamic=False,
+        is_padding=True,
+    )

@@ -1,0 +1,323 @@
+"""The streaming pipeline: shards -> raw samples -> motion filter -> shuffle buffer -> clips, per rank and worker.
+
+Every (rank, DataLoader worker) pair is one *stream*. Two epoch modes:
+
+- **Finite** (``resample=False``, validation and small runs): each sample is read once per epoch. The shard list
+  is shuffled with a seed shared by all ranks, then split explicitly: :func:`split_by_node` and
+  :func:`split_by_worker` when there is one rank, or :func:`balanced_split` (count-balanced, from the index's sample
+  counts) when there are several. With several ranks every stream then yields the same number of samples, topping
+  up with blank clips flagged ``is_padding``, so ranks run the same number of steps and DDP never hangs.
+- **Resampled** (``resample=True``, multi-node training): each stream draws shards at random, picks each sample's
+  dataset by the sources' weights, and yields exactly ``samples_per_epoch / (ranks x workers)`` clips (rounded up
+  to whole batches).
+
+Seeds: shard order from ``(seed, epoch)``; a stream's shuffle buffer and shard draws from
+``(seed, epoch, rank, worker)``; a clip's frames, crop and tracks from ``(seed, epoch, key)`` (``(seed, key)`` for
+fixed clips), so the same sample gives the same clip whatever the number of ranks or workers. Corrupt or unusable
+samples are skipped with a warning and counted by reason in the next clip's ``skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from d4s.data.clips import ClipConfig, ClipSample, ClipTooShort, blank_sample, sample_clip
+from d4s.data.schema import is_dynamic
+from d4s.data.sources import MOTIONS, ShardInfo, open_url
+
+log = logging.getLogger(__name__)
+
+# a resampled source that yields no sample passing the motion filter in this many shard draws in a row is an error
+MAX_EMPTY_DRAWS = 64
+
+
+@dataclass(frozen=True)
+class ShardPart:
+    """Part ``part`` of ``parts`` of a shard: the samples at positions ``part, part + parts, ...``.
+
+    Splitting shards into parts lets a split with fewer shards than streams still give every stream work.
+    """
+
+    url: str
+    part: int = 0
+    parts: int = 1
+
+
+def split_by_node(items: Sequence, rank: int, world_size: int) -> list:
+    """The items of rank ``rank``: every ``world_size``-th, starting at ``rank``."""
+    return list(items[rank::world_size])
+
+
+def split_by_worker(items: Sequence, worker: int, num_workers: int) -> list:
+    """The items of DataLoader worker ``worker``: every ``num_workers``-th, starting at ``worker``."""
+    return list(items[worker::num_workers])
+
+
+def balanced_split(counts: Sequence[int], num_streams: int) -> tuple[list[list[ShardPart]], list[int]]:
+    """Assign shards (given by their sample ``counts``, in the order to read them) to ``num_streams`` streams.
+
+    Largest first to the least-loaded stream (ties: the lower stream), which keeps the largest load within one shard
+    of the mean. With fewer shards than streams each shard is read as ``ceil(streams / shards)`` parts.
+    Returns each stream's parts (as ``ShardPart(url=str(shard number))``) and its sample load.
+    """
+    parts_per_shard = math.ceil(num_streams / len(counts)) if len(counts) < num_streams else 1
+    parts = [
+        (ShardPart(str(shard), part, parts_per_shard), count // parts_per_shard + (part < count % parts_per_shard))
+        for shard, count in enumerate(counts)
+        for part in range(parts_per_shard)
+    ]
+    parts.sort(key=lambda item: -item[1])  # stable: equal counts keep the shuffled order
+    streams: list[list[ShardPart]] = [[] for _ in range(num_streams)]
+    loads = [0] * num_streams
+    for part, count in parts:
+        stream = loads.index(min(loads))
+        streams[stream].append(part)
+        loads[stream] += count
+    return streams, loads
+
+
+def distributed_topology() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` when initialised, else ``RANK`` / ``WORLD_SIZE``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
+    """Raw samples (``__key__``, ``__url__``, member name -> bytes) of one tar shard.
+
+    An unreadable shard or a broken tar is logged and counted as ``unreadable shard`` / ``broken tar``; the samples
+    before the damage are still yielded.
+    """
+    try:
+        stream = open_url(url)
+    except Exception as error:  # any opener failure (missing file, network, pipe) skips the shard, never the run
+        skipped["unreadable shard"] += 1
+        log.warning("skipped shard %s: cannot open (%s)", url, error)
+        return
+
+    broken = False
+
+    def handler(error: Exception) -> bool:
+        nonlocal broken
+        if not broken:  # webdataset reports one break at each level of its reader: count the shard once
+            skipped["broken tar"] += 1
+            log.warning("shard %s: broken tar, the rest of the shard is skipped (%s)", url, error.args[0])
+        broken = True
+        return True
+
+    with closing(stream):
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+        yield from group_by_keys(files, handler=handler)
+
+
+class ClipDataset(IterableDataset):
+    """Streams :class:`ClipSample` s from shards (see the module docstring for epochs, splitting and seeds).
+
+    Args:
+        sources: per source, its shards (``d4s.data.sources.resolve_source``).
+        weights: per source, its mixing weight (resampled epochs only).
+        clip: the clip geometry.
+        motion: ``"any"``, ``"static"`` or ``"dynamic"``: which clips to keep (``d4s.data.schema.is_dynamic``).
+        resample: resampled epochs of ``samples_per_epoch`` clips (all ranks together) instead of finite ones.
+        shuffle: shuffle shard order and samples (shuffle buffer of ``shuffle_buffer`` raw samples).
+        random_clips: random frame step, start and crop; else the first frames and a centre crop.
+        batch_size: per-rank batch size; padded and resampled stream lengths are whole batches.
+        num_workers: the DataLoader's worker count (0 = in the main process).
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Sequence[ShardInfo]],
+        weights: Sequence[float],
+        clip: ClipConfig,
+        motion: str = "any",
+        resample: bool = False,
+        samples_per_epoch: int | None = None,
+        shuffle: bool = True,
+        shuffle_buffer: int = 32,
+        random_clips: bool = True,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        if motion not in MOTIONS:
+            raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
+        if len(sources) != len(weights) or not sources:
+            raise ValueError("sources and weights: one weight per source, at least one source")
+        if resample and not samples_per_epoch:
+            raise ValueError("samples_per_epoch: resampled epochs need a length (clips per epoch, all ranks)")
+        self.sources = [list(shards) for shards in sources]
+        self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+        self.clip, self.motion, self.resample = clip, motion, resample
+        self.samples_per_epoch, self.shuffle, self.shuffle_buffer = samples_per_epoch, shuffle, shuffle_buffer
+        self.random_clips, self.batch_size, self.num_workers, self.seed = random_clips, batch_size, num_workers, seed
+        self.epoch, self._iterations = 0, 0
+        self.shards = [shard for shards in self.sources for shard in shards]
+        self.set_distributed(*distributed_topology())
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Use this rank and world size (the DataModule passes the trainer's; the default is the environment's)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if not self.resample and world_size > 1 and any(s.count(self.motion) is None for s in self.shards):
+            raise ValueError(
+                "finite epochs on several ranks need per-shard sample counts to balance the ranks: read the shards "
+                "through an annotation index.json, give samples_per_shard, or set resample: true"
+            )
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next iteration with ``epoch`` (persistent workers count on from it by themselves)."""
+        self.epoch, self._iterations = epoch, 0
+
+    @property
+    def streams_per_rank(self) -> int:
+        return max(1, self.num_workers)
+
+    def _whole_batches(self, samples: int) -> int:
+        return math.ceil(samples / self.batch_size) * self.batch_size
+
+    def stream_quota(self, epoch: int) -> int | None:
+        """Clips each stream yields in ``epoch``, or ``None`` when a stream yields whatever its shards hold."""
+        streams = self.world_size * self.streams_per_rank
+        if self.resample:
+            return self._whole_batches(math.ceil(self.samples_per_epoch / streams))
+        if self.world_size == 1:
+            return None
+        return self._whole_batches(max(self._plan(epoch)[1]))
+
+    def _rank_loads(self) -> list[int]:
+        """Clips each of this rank's streams yields this epoch; ``TypeError`` when that is unknown."""
+        quota = self.stream_quota(self.epoch)
+        if quota is not None:
+            return [quota] * self.streams_per_rank
+        loads = self._plan(self.epoch)[1]
+        if loads is None:
+            raise TypeError("the epoch length is unknown: the shards' sample counts are not known")
+        return loads[self.rank * self.streams_per_rank : (self.rank + 1) * self.streams_per_rank]
+
+    def __len__(self) -> int:
+        """Clips per rank and epoch (fewer when samples are skipped); ``TypeError`` when the counts are unknown."""
+        return sum(self._rank_loads())
+
+    def num_batches(self) -> int:
+        """Batches per rank and epoch: each worker batches its own stream, so it ends with its own partial batch."""
+        return sum(math.ceil(load / self.batch_size) for load in self._rank_loads())
+
+    def _plan(self, epoch: int) -> tuple[list[list[ShardPart]], list[int] | None]:
+        """Every stream's shard parts (stream ``rank * workers + worker``) and sample loads in a finite epoch.
+
+        With sample counts the split is :func:`balanced_split` (the same on every rank, from a shard order shared
+        by all ranks); without them (one rank only) :func:`split_by_node` and :func:`split_by_worker`, loads unknown.
+        """
+        order = np.arange(len(self.shards))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(order)
+        shards = [self.shards[i] for i in order]
+        counts = [shard.count(self.motion) for shard in shards]
+        workers = self.streams_per_rank
+        if any(count is None for count in counts):  # a single rank: set_distributed refuses several
+            mine = split_by_node(shards, self.rank, self.world_size)
+            return [[ShardPart(s.url) for s in split_by_worker(mine, w, workers)] for w in range(workers)], None
+        numbered, loads = balanced_split(counts, self.world_size * workers)
+        streams = [[ShardPart(shards[int(p.url)].url, p.part, p.parts) for p in parts] for parts in numbered]
+        return streams, loads
+
+    def _keep(self, sample: dict, skipped: Counter) -> bool:
+        if self.motion == "any":
+            return True
+        try:
+            return is_dynamic(sample) == (self.motion == "dynamic")
+        except ValueError as error:
+            skipped["corrupt"] += 1
+            log.warning("skipped %s from %s: %s", sample.get("__key__"), sample.get("__url__"), error)
+            return False
+
+    def _finite_samples(self, parts: list[ShardPart], skipped: Counter) -> Iterator[dict]:
+        for part in parts:
+            for position, sample in enumerate(read_shard(part.url, skipped)):
+                if position % part.parts == part.part and self._keep(sample, skipped):
+                    yield sample
+
+    def _resampled_samples(self, rng: np.random.Generator, skipped: Counter) -> Iterator[dict]:
+        iterators = [self._draw_shards(shards, rng, skipped) for shards in self.sources]
+        while True:
+            yield next(iterators[rng.choice(len(iterators), p=self.weights)])
+
+    def _draw_shards(self, shards: list[ShardInfo], rng: np.random.Generator, skipped: Counter) -> Iterator[dict]:
+        empty_draws = 0
+        while True:
+            url = shards[rng.integers(len(shards))].url
+            found = False
+            for sample in read_shard(url, skipped):
+                if self._keep(sample, skipped):
+                    found = True
+                    yield sample
+            empty_draws = 0 if found else empty_draws + 1
+            if empty_draws >= MAX_EMPTY_DRAWS:
+                raise RuntimeError(
+                    f"{MAX_EMPTY_DRAWS} shard draws in a row (last: {url}) gave no readable {self.motion} clip; "
+                    "check the source's shards and the split's motion filter"
+                )
+
+    def _clip_rng(self, key: str, epoch: int) -> np.random.Generator:
+        words = [self.seed, zlib.crc32(key.encode())]
+        return np.random.default_rng(words + [epoch] if self.random_clips else words)
+
+    def __iter__(self) -> Iterator[ClipSample]:
+        epoch = self.epoch + self._iterations
+        self._iterations += 1
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None and info.num_workers != self.streams_per_rank:
+            raise RuntimeError(f"ClipDataset: built for {self.num_workers} workers, runs in {info.num_workers}")
+        stream = self.rank * self.streams_per_rank + worker
+        stream_seed = [self.seed, epoch, self.rank, worker]
+        skipped: Counter = Counter()
+        if self.resample:
+            raw = self._resampled_samples(np.random.default_rng(stream_seed), skipped)
+        else:
+            raw = self._finite_samples(self._plan(epoch)[0][stream], skipped)
+        if self.shuffle and self.shuffle_buffer > 1:
+            raw = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(str(stream_seed)))(raw)
+        quota = self.stream_quota(epoch)
+        produced = 0
+        reported: Counter = Counter()
+        for sample in raw:
+            if quota is not None and produced >= quota:
+                break
+            key = sample.get("__key__", "<unknown>")
+            try:
+                clip = sample_clip(sample, self.clip, self._clip_rng(key, epoch), self.random_clips)
+            except ClipTooShort as error:
+                skipped["too short"] += 1
+                log.warning("skipped %s from %s: %s", key, sample.get("__url__"), error)
+                continue
+            except Exception as error:  # a corrupt sample of any kind is skipped, never the run
+                skipped["corrupt"] += 1
+                log.warning("skipped %s from %s: %s: %s", key, sample.get("__url__"), type(error).__name__, error)
+                continue
+            clip.skipped, reported = dict(skipped - reported), skipped.copy()
+            produced += 1
+            yield clip
+        while quota is not None and produced < quota:
+            clip = blank_sample(self.clip)
+            clip.skipped, reported = dict(skipped - reported), skipped.copy()
+            produced += 1
+            yield clip
