@@ -28,7 +28,8 @@ class Batch:
       frame 0; ``frame_indices [B,T]`` positions in the annotated clip.
     - ``plucker [B,T,6,H,W]`` (``[o x d, d]``): ``None`` until :meth:`prepare` computes it from ``K`` and ``c2w``
       on the device, which keeps 6 float channels per pixel out of worker-to-trainer transfers.
-    - ``depth [B,T,H,W]`` z-depth metres, 0 = invalid; all 0 where ``has_depth [B]`` is false.
+    - ``depth [B,T,H,W]`` z-depth metres, 0 = invalid; all 0 where ``has_depth [B]`` is false. float16 (as stored)
+      from the workers, float32 after :meth:`prepare`.
     - ``dynamic_mask [B,T,H,W]`` bool; all false where ``has_dynamic_mask [B]`` is false.
     - ``track_xyz [B,N,T,3]`` metres in the first camera's frame, ``track_visible [B,N,T]`` (inside the image, in
       front of the camera), ``track_valid [B,N]`` (false for padding: clips with fewer tracks, or none, where
@@ -85,13 +86,13 @@ class Batch:
         return self._map_tensors(lambda value: value.pin_memory())
 
     def prepare(self) -> Batch:
-        """Float video in ``[0, 1]`` and Plücker maps computed on the batch's device; idempotent."""
+        """Float video in ``[0, 1]``, float32 depth and Plücker maps, computed on the batch's device; idempotent."""
         if self.plucker is not None:
             return self
         B, T, _, H, W = self.video.shape
         video = self.video.float() / 255.0 if self.video.dtype == torch.uint8 else self.video
         plucker = plucker_embedding(self.c2w.reshape(B * T, 4, 4), self.K.reshape(B * T, 3, 3), H, W)
-        return dataclasses.replace(self, video=video, plucker=plucker.reshape(B, T, 6, H, W))
+        return dataclasses.replace(self, video=video, depth=self.depth.float(), plucker=plucker.reshape(B, T, 6, H, W))
 
 
 def _stack_optional(values: Sequence[Tensor | None], shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -132,7 +133,7 @@ def collate_clips(samples: Sequence[ClipSample]) -> Batch:
         c2w=torch.stack([s.c2w for s in samples]),
         times=torch.stack([s.times for s in samples]),
         frame_indices=torch.stack([s.frame_indices for s in samples]),
-        depth=_stack_optional([s.depth for s in samples], (T, H, W), torch.float32),
+        depth=_stack_optional([s.depth for s in samples], (T, H, W), torch.float16),
         has_depth=torch.tensor([s.depth is not None for s in samples]),
         dynamic_mask=_stack_optional([s.dynamic_mask for s in samples], (T, H, W), torch.bool),
         has_dynamic_mask=torch.tensor([s.dynamic_mask is not None for s in samples]),

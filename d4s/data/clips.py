@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from d4s.data.schema import (
+    DEPTH,
     GENERIC_PROMPT,
     META,
     REQUIRED_MEMBERS,
@@ -53,7 +54,8 @@ class ClipConfig:
     ``T = 49`` at paper scale, Sec. 4.1). Random sampling draws the frame step from
     ``[frame_step, max_frame_step]`` (a larger step means faster camera motion); fixed sampling uses ``frame_step``.
     The clip is resized to cover ``height x width`` and cropped. ``num_tracks`` tracks are kept (padded when a clip
-    has fewer). ``video_backend`` is ``auto`` (decord when installed, else PyAV), ``decord`` or ``pyav``.
+    has fewer). ``video_backend`` is ``auto`` (PyAV, then decord if PyAV fails), ``pyav`` or ``decord``
+    (see :func:`d4s.utils.video.read_video` for why PyAV comes first).
     """
 
     num_frames: int = 49
@@ -88,7 +90,7 @@ class ClipSample:
 
     ``video [T,3,H,W]`` uint8; ``K [T,3,3]`` pixels of the output size; ``c2w [T,4,4]`` with ``c2w[0] = I``;
     ``times [T]`` seconds since the first frame; ``frame_indices [T]`` positions in the shard's clip;
-    ``depth [T,H,W]`` metres (0 = invalid) or ``None``; ``dynamic_mask [T,H,W]`` bool or ``None``;
+    ``depth [T,H,W]`` float16 metres as stored (0 = invalid) or ``None``; ``dynamic_mask [T,H,W]`` bool or ``None``;
     ``track_xyz [N,T,3]`` first-camera frame metres (0 where unknown) and ``track_visible [N,T]`` (inside the crop,
     in front of the camera) or ``None``, ``N <= num_tracks``. ``skipped`` counts, by reason, the samples the
     stream skipped since the clip before this one.
@@ -147,22 +149,40 @@ class CropBox:
         """``K [..., 3, 3]`` of the source image, carried through the resize and the crop."""
         return crop_intrinsics(resize_intrinsics(K, self.source, self.resized), self.top, self.left)
 
-    def resize_images(self, frames: np.ndarray) -> np.ndarray:
-        """Frames ``[T, H, W, C]`` uint8 resized (area filter when shrinking, bilinear when growing) and cropped."""
-        shrink = self.resized[0] < self.source[0]
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        out = np.empty((len(frames), *self.size, frames.shape[-1]), frames.dtype)
-        for i, frame in enumerate(frames):
-            resized = cv2.resize(frame, self.resized[::-1], interpolation=interpolation)
-            out[i] = resized[self.top : self.top + self.size[0], self.left : self.left + self.size[1]]
-        return out
+    @property
+    def interpolation(self) -> int:
+        """Bilinear, unless the image shrinks by more than 2x: then OpenCV's area filter, which averages away the
+        detail a bilinear sample would alias (and costs ~4x more)."""
+        return cv2.INTER_AREA if self.resized[0] < self.source[0] / 2 else cv2.INTER_LINEAR
 
-    def resize_nearest(self, maps: np.ndarray) -> np.ndarray:
-        """Maps ``[T, H, W]`` (depth, masks) sampled at the output pixel centres: no value mixes with another."""
+    def resize_image(self, image: np.ndarray) -> np.ndarray:
+        """One image ``[H, W, C]`` (or ``[H, W]``) uint8 resized and cropped."""
+        resized = cv2.resize(image, self.resized[::-1], interpolation=self.interpolation)
+        return resized[self.top : self.top + self.size[0], self.left : self.left + self.size[1]]
+
+    def resize_images(self, frames: np.ndarray) -> np.ndarray:
+        """Frames ``[T, H, W, C]`` uint8 resized and cropped (see :meth:`resize_image`)."""
+        return np.stack([self.resize_image(frame) for frame in frames])
+
+    def resize_nearest(self, maps: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Maps ``[T, H, W]`` (depth, masks) of the given ``frames``, sampled at the output pixel centres.
+
+        Returns ``[len(frames), h, w]``: every value is a source value, none mixed with another.
+        """
         (H, W), (Hr, Wr), (h, w) = self.source, self.resized, self.size
         rows = np.minimum(((np.arange(h) + self.top + 0.5) * H / Hr).astype(np.int64), H - 1)
         cols = np.minimum(((np.arange(w) + self.left + 0.5) * W / Wr).astype(np.int64), W - 1)
-        return maps[:, rows[:, None], cols[None, :]]
+        pixels = (rows[:, None] * W + cols[None, :]).ravel()
+        flat = maps.reshape(len(maps), H * W)
+        out = np.empty((len(frames), h * w), maps.dtype)
+        for i, frame in enumerate(frames):  # one flat gather per frame, straight from the source: no copies
+            np.take(flat[frame], pixels, out=out[i])
+        return out.reshape(len(frames), h, w)
+
+
+def finite_float16(array: np.ndarray) -> bool:
+    """Whether a float16 array holds no NaN or inf (those have all five exponent bits set); 3x ``np.isfinite``."""
+    return not ((array.view(np.uint16) & 0x7C00) == 0x7C00).any()
 
 
 def crop_box(source: tuple[int, int], size: tuple[int, int], rng: np.random.Generator, random: bool) -> CropBox:
@@ -221,18 +241,38 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
     depth, mask, tracks = decode_depth(sample), decode_dynamic_mask(sample), decode_tracks(sample)
     size = (len(meta.frame_indices), meta.height, meta.width)
     xyz, visible = tracks if tracks is not None else (None, None)
-    check_arrays(size, meta, **cameras, depth=depth, dynamic_mask=mask, track_xyz=xyz, track_visible=visible)
+    # depth values are checked below, after frame selection and cropping: only the part the clip uses must be finite
+    check_arrays(
+        size,
+        meta,
+        **cameras,
+        depth=depth,
+        dynamic_mask=mask,
+        track_xyz=xyz,
+        track_visible=visible,
+        check_depth_values=False,
+    )
 
     indices = choose_frames(size[0], config, rng, random)
-    frames = read_video(sample[RGB], indices.tolist(), backend=config.video_backend)
-    frames = frames[:, : meta.height, : meta.width]  # drop the even-size padding of the encoder
     box = crop_box((meta.height, meta.width), (config.height, config.width), rng, random)
+    frames = read_video(  # each frame is resized as it is decoded, after dropping the encoder's even-size padding
+        sample[RGB],
+        indices.tolist(),
+        backend=config.video_backend,
+        transform=lambda frame: box.resize_image(frame[: meta.height, : meta.width]),
+    )
 
     K = box.intrinsics(torch.from_numpy(cameras["K"][indices]).double())
     c2w = relative_to_first(torch.from_numpy(cameras["c2w"][indices]).double())
     check_intrinsics(K, f"{RGB}: K")
     check_c2w(c2w, "cameras.npz: c2w")
     times = cameras["timestamps"][indices] - cameras["timestamps"][indices[0]]
+
+    clip_depth = None
+    if depth is not None:
+        clip_depth = box.resize_nearest(depth, indices)
+        if not finite_float16(clip_depth):
+            raise ValueError(f"{DEPTH}: holds NaN or inf")
 
     track_xyz = track_visible = None
     if tracks is not None:
@@ -246,13 +286,13 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
         key=key,
         dataset=meta.dataset,
         caption=meta.caption or GENERIC_PROMPT,
-        video=torch.from_numpy(box.resize_images(frames)).permute(0, 3, 1, 2),
+        video=torch.from_numpy(frames).permute(0, 3, 1, 2),
         K=K.float(),
         c2w=c2w.float(),
         times=torch.from_numpy(times.astype(np.float32)),
         frame_indices=torch.from_numpy(indices),
-        depth=None if depth is None else torch.from_numpy(box.resize_nearest(depth[indices])),
-        dynamic_mask=None if mask is None else torch.from_numpy(box.resize_nearest(mask[indices])),
+        depth=None if clip_depth is None else torch.from_numpy(clip_depth),
+        dynamic_mask=None if mask is None else torch.from_numpy(box.resize_nearest(mask, indices)),
         track_xyz=None if track_xyz is None else track_xyz.float(),
         track_visible=track_visible,
         is_dynamic=is_dynamic(sample),

@@ -212,7 +212,7 @@ class ClipDataModule(L.LightningDataModule):
         for split, config in self.splits.items():
             dataset = self.datasets.get(split) or self.build_dataset(split)
             try:
-                length = f"{len(dataset)} clips per rank"
+                length = f"{dataset.num_clips()} clips per rank"
             except TypeError:
                 length = "length unknown"
             mode = f"resampled to {config.samples_per_epoch}" if config.resample else "finite"

@@ -6,7 +6,10 @@ This module is the single source of truth for both sides. A webdataset sample ho
 ``rgb.mp4``     H.264 (yuv420p, CRF 12) video of the clip, ``[T, H, W, 3]`` uint8 once decoded.
 ``cameras.npz`` ``K [T,3,3]`` float32 pixels, ``c2w [T,4,4]`` float32 OpenCV camera-to-world in metres,
                 ``timestamps [T]`` float64 seconds.
-``depth.npz``   ``depth [T,H,W]`` float16 z-depth in metres, 0 = invalid (absent when the clip has no depth).
+``depth.npy.zst`` ``depth [T,H,W]`` float16 z-depth in metres, 0 = invalid, as a zstd-compressed ``.npy`` (absent
+                when the clip has no depth). zstd's window spans several frames, so it finds what consecutive depth
+                maps share, and it decompresses several times faster than zlib. Schema 1 stored ``depth.npz``
+                (deflate); both read.
 ``masks.npz``   dynamic-object mask ``[T,H,W]`` bool, bit-packed along W (optional).
 ``tracks.npz``  ``xyz [N,T,3]`` float32 world metres (NaN where unknown, only where not visible),
                 ``visible [N,T]`` bool (optional).
@@ -30,15 +33,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from backports import zstd
 
 from d4s.geometry.cameras import unproject_depth
 from d4s.utils.video import encode_video, read_video
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: depth as depth.npy.zst (schema 1: depth.npz)
+DEPTH_ZSTD_LEVEL = 9  # ~45 ms to decompress 49 frames at 576 x 1024; level 19 compresses ~10% better, 20x slower
 VIDEO_CRF = 12  # "high quality": visually lossless H.264; round trips stay well above 35 dB PSNR
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
-RGB, CAMERAS, DEPTH, MASKS, TRACKS, META = "rgb.mp4", "cameras.npz", "depth.npz", "masks.npz", "tracks.npz", "meta.json"
+RGB, CAMERAS, DEPTH, MASKS, TRACKS, META = (
+    "rgb.mp4",
+    "cameras.npz",
+    "depth.npy.zst",
+    "masks.npz",
+    "tracks.npz",
+    "meta.json",
+)
+DEPTH_V1 = "depth.npz"
 REQUIRED_MEMBERS = (RGB, CAMERAS, META)
 OPTIONAL_MEMBERS = (DEPTH, MASKS, TRACKS)
 
@@ -169,8 +182,13 @@ def check_arrays(
     dynamic_mask: np.ndarray | None = None,
     track_xyz: np.ndarray | None = None,
     track_visible: np.ndarray | None = None,
+    check_depth_values: bool = True,
 ) -> None:
-    """Check a clip's arrays against its size ``(T, H, W)`` and its meta; raise ``ValueError`` naming the field."""
+    """Check a clip's arrays against its size ``(T, H, W)`` and its meta; raise ``ValueError`` naming the field.
+
+    Values must be finite (tracks: where visible); ``check_depth_values=False`` leaves depth values to a caller that
+    checks only the part it uses.
+    """
     T, H, W = size
     expected = {
         "K": (K, (T, 3, 3)),
@@ -187,7 +205,12 @@ def check_arrays(
     for name, (value, shape) in expected.items():
         if value is not None and tuple(value.shape) != shape:
             raise ValueError(f"{name}: expected shape {list(shape)}, got {list(value.shape)}")
-    for name, value in (("K", K), ("c2w", c2w), ("timestamps", timestamps), ("depth", depth)):
+    for name, value in (
+        ("K", K),
+        ("c2w", c2w),
+        ("timestamps", timestamps),
+        ("depth", depth if check_depth_values else None),
+    ):
         if value is not None and not np.isfinite(value).all():
             raise ValueError(f"{name}: holds NaN or inf")
     if track_xyz is not None and not np.isfinite(track_xyz[track_visible.astype(bool)]).all():
@@ -206,6 +229,13 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
             with archive.open(info, "w") as member:
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def _zstd_npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as a zstd-compressed ``.npy`` (header and data; the same array always gives the same bytes)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return zstd.compress(buffer.getvalue(), DEPTH_ZSTD_LEVEL)
 
 
 def _load_npz(data: bytes, member: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -234,7 +264,7 @@ def encode_record(record: ClipRecord) -> dict[str, Any]:
     }
     if record.depth is not None:
         depth = np.where(record.depth < FLOAT16_MAX, record.depth, 0.0)  # beyond float16 range: invalid
-        sample[DEPTH] = _npz_bytes(depth=depth.astype(np.float16))
+        sample[DEPTH] = _zstd_npy_bytes(depth.astype(np.float16))
     if record.dynamic_mask is not None:
         mask = record.dynamic_mask.astype(bool)
         sample[MASKS] = _npz_bytes(packed=np.packbits(mask, axis=-1), shape=np.array(mask.shape, np.int64))
@@ -249,10 +279,20 @@ def decode_cameras(sample: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def decode_depth(sample: dict[str, Any]) -> np.ndarray | None:
-    """``depth [T,H,W]`` float32 metres (0 = invalid) of a raw sample, or ``None`` when it has no depth."""
-    if DEPTH not in sample:
+    """``depth [T,H,W]`` float16 metres (0 = invalid), as stored, of a raw sample; ``None`` when it has no depth."""
+    if DEPTH in sample:
+        try:
+            with io.BytesIO(zstd.decompress(sample[DEPTH])) as buffer:
+                depth = np.lib.format.read_array(buffer, allow_pickle=False)
+        except (zstd.ZstdError, ValueError, EOFError) as error:
+            raise ValueError(f"{DEPTH}: cannot read ({error})") from error
+    elif DEPTH_V1 in sample:
+        depth = _load_npz(sample[DEPTH_V1], DEPTH_V1, ("depth",))["depth"]
+    else:
         return None
-    return _load_npz(sample[DEPTH], DEPTH, ("depth",))["depth"].astype(np.float32)
+    if depth.dtype != np.float16 or depth.ndim != 3:
+        raise ValueError(f"{DEPTH}: expected float16 [T, H, W], got {depth.dtype} {list(depth.shape)}")
+    return depth
 
 
 def _packed_masks(sample: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...]] | None:
@@ -311,7 +351,8 @@ def decode_record(sample: dict[str, Any]) -> ClipRecord:
     meta = ClipMeta.from_json(sample[META])
     frames = read_video(sample[RGB])[:, : meta.height, : meta.width]  # drop the even-size padding
     record = ClipRecord(key=key, frames=frames, meta=meta, **decode_cameras(sample))
-    record.depth = decode_depth(sample)
+    depth = decode_depth(sample)
+    record.depth = None if depth is None else depth.astype(np.float32)
     record.dynamic_mask = decode_dynamic_mask(sample)
     tracks = decode_tracks(sample)
     if tracks is not None:

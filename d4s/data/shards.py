@@ -94,7 +94,7 @@ def distributed_topology() -> tuple[int, int]:
     """``(rank, world_size)`` from ``torch.distributed`` when initialised, else ``RANK`` / ``WORLD_SIZE``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
@@ -105,7 +105,7 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
     """
     try:
         stream = open_url(url)
-    except Exception as error:  # any opener failure (missing file, network, pipe) skips the shard, never the run
+    except Exception as error:  # noqa: BLE001 - any opener failure skips the shard, never the run
         skipped["unreadable shard"] += 1
         log.warning("skipped shard %s: cannot open (%s)", url, error)
         return
@@ -212,7 +212,7 @@ class ClipDataset(IterableDataset):
             raise TypeError("the epoch length is unknown: the shards' sample counts are not known")
         return loads[self.rank * self.streams_per_rank : (self.rank + 1) * self.streams_per_rank]
 
-    def __len__(self) -> int:
+    def num_clips(self) -> int:
         """Clips per rank and epoch (fewer when samples are skipped); ``TypeError`` when the counts are unknown."""
         return sum(self._rank_loads())
 
@@ -295,7 +295,9 @@ class ClipDataset(IterableDataset):
         else:
             raw = self._finite_samples(self._plan(epoch)[0][stream], skipped)
         if self.shuffle and self.shuffle_buffer > 1:
-            raw = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(str(stream_seed)))(raw)
+            raw = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(str(stream_seed)))(
+                raw
+            )
         quota = self.stream_quota(epoch)
         produced = 0
         reported: Counter = Counter()
@@ -309,7 +311,7 @@ class ClipDataset(IterableDataset):
                 skipped["too short"] += 1
                 log.warning("skipped %s from %s: %s", key, sample.get("__url__"), error)
                 continue
-            except Exception as error:  # a corrupt sample of any kind is skipped, never the run
+            except Exception as error:  # noqa: BLE001 - a corrupt sample of any kind is skipped, never the run
                 skipped["corrupt"] += 1
                 log.warning("skipped %s from %s: %s: %s", key, sample.get("__url__"), type(error).__name__, error)
                 continue

@@ -84,7 +84,7 @@ def open_url(url: str) -> BinaryIO:
     if url.startswith("pipe:"):
         return gopen_pipe(url)
     if is_local(url):
-        return open(_local_path(url), "rb")  # noqa: SIM115 - the caller closes it
+        return open(_local_path(url), "rb")  # the caller closes it
     return fsspec.open(url, "rb").open()
 
 
@@ -131,7 +131,10 @@ def _from_patterns(source: ShardSource) -> list[str]:
 
 
 def resolve_source(source: ShardSource) -> list[ShardInfo]:
-    """The shards of ``source``; raises ``ValueError`` naming the source when there are none or local ones are missing."""
+    """The shards of ``source``.
+
+    Raises ``ValueError`` naming the source when it has no shards, ``FileNotFoundError`` when local ones are missing.
+    """
     if source.index is not None:
         shards = _from_index(source)
     else:

@@ -46,6 +46,7 @@ def test_prepare_gives_float_video_once(clips):
     assert batch.video.dtype == torch.uint8 and batch.plucker is None
     prepared = batch.prepare()
     assert prepared.video.dtype == torch.float32 and prepared.video.max() <= 1.0
+    assert batch.depth.dtype == torch.float16 and prepared.depth.dtype == torch.float32
     torch.testing.assert_close(prepared.video * 255.0, batch.video.float())
     assert prepared.prepare() is prepared
     torch.testing.assert_close(prepared.condition_image, prepared.video[:, 0])
@@ -53,7 +54,9 @@ def test_prepare_gives_float_video_once(clips):
 
 def test_collation_pads_missing_supervision_and_flags_it(clips):
     no_depth = dataclasses.replace(clips[1], depth=None, dynamic_mask=None, track_xyz=None, track_visible=None)
-    fewer_tracks = dataclasses.replace(clips[2], track_xyz=clips[2].track_xyz[:7], track_visible=clips[2].track_visible[:7])
+    fewer_tracks = dataclasses.replace(
+        clips[2], track_xyz=clips[2].track_xyz[:7], track_visible=clips[2].track_visible[:7]
+    )
     blank = blank_sample(small_clip())
     batch = collate_clips([clips[0], no_depth, fewer_tracks, blank])
     assert batch.has_depth.tolist() == [True, False, True, False]

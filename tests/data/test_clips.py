@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from d4s.data.clips import ClipConfig, ClipTooShort, blank_sample, choose_frames, crop_box, sample_clip
-from d4s.data.schema import GENERIC_PROMPT, META, decode_cameras, decode_depth, decode_tracks
+from d4s.data.schema import DEPTH, DEPTH_V1, GENERIC_PROMPT, META, decode_cameras, decode_depth, decode_tracks
 from d4s.data.shards import read_shard
 from d4s.geometry.cameras import project_points, unproject_pixels
 from tests.data.conftest import small_clip
@@ -52,7 +52,7 @@ def test_resized_images_and_maps_sit_where_the_new_intrinsics_say(source, size):
         assert np.abs(image[..., 0] - (where[..., 0].numpy() - 0.5))[inner.numpy()].max() <= 1.0
         assert np.abs(image[..., 1] - (where[..., 1].numpy() - 0.5))[inner.numpy()].max() <= 1.0
         # nearest neighbour: each output pixel holds exactly the source pixel that contains its centre
-        picked = box.resize_nearest(ids)[0]
+        picked = box.resize_nearest(ids, np.array([0]))[0]
         assert np.array_equal(picked % W, np.clip(np.floor(where[..., 0].numpy() + 1e-9), 0, W - 1))
         assert np.array_equal(picked // W, np.clip(np.floor(where[..., 1].numpy() + 1e-9), 0, H - 1))
 
@@ -131,7 +131,8 @@ def test_depth_is_resized_without_mixing_values(toy4d_shards):
     sample = raw_samples(toy4d_shards)[0]
     depth = decode_depth(sample)
     depth[:, ::3, ::2] = 0.0  # many invalid pixels
-    sample = {**sample, "depth.npz": _replace_depth(sample, depth)}
+    # written the schema-1 way (depth.npz), which loaders still read
+    sample = {**{k: v for k, v in sample.items() if k != DEPTH}, DEPTH_V1: _replace_depth(sample, depth)}
     clip = sample_clip(sample, small_clip(height=20, width=28), np.random.default_rng(0), random=True)
     for t, index in enumerate(clip.frame_indices.tolist()):
         assert set(np.unique(clip.depth[t].numpy())) <= set(np.unique(depth[index]))

@@ -18,7 +18,11 @@ from tests.data.conftest import toy4d_source
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("**/data*.yaml")) + sorted((REPO / "configs" / "data").glob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "configs").glob("**/data*.yaml")) + sorted((REPO / "configs" / "data").glob("*.yaml")),
+    ids=lambda p: str(p.relative_to(REPO)),
+)
 def test_every_data_config_parses(path):
     data = ClipDataModule.from_yaml(path)
     assert (data.clip.num_frames - 1) % data.clip.temporal_compression == 0
@@ -30,7 +34,11 @@ def test_paper_stages_select_static_then_dynamic_data():
     assert [stages[n].clip.height for n in (1, 2, 3)] == [256, 512, 512]  # paper Sec. 3.4
     assert [stages[n].splits["train"].motion for n in (1, 2, 3)] == ["static", "static", "dynamic"]
     assert {s.name for s in stages[3].splits["train"].sources} == {
-        "pointodyssey", "dynamicreplica", "spring", "vkitti2", "stereo4d"
+        "pointodyssey",
+        "dynamicreplica",
+        "spring",
+        "vkitti2",
+        "stereo4d",
     }
 
 
@@ -80,7 +88,7 @@ class RecordingModule(L.LightningModule):
 
 
 def trainer(**kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    defaults = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
     return L.Trainer(**(defaults | kwargs))
 
 

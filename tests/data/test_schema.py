@@ -132,7 +132,7 @@ def test_bad_records_and_samples_are_named():
     sample = encode_record(make_record())
     with pytest.raises(ValueError, match=r"missing members \['cameras.npz'\]"):
         decode_record({k: v for k, v in sample.items() if k != CAMERAS})
-    with pytest.raises(ValueError, match="depth.npz: cannot read"):
+    with pytest.raises(ValueError, match="depth.npy.zst: cannot read"):
         decode_record({**sample, DEPTH: b"not a zip"})
     with pytest.raises(ValueError, match="cannot decode video"):
         decode_record({**sample, RGB: sample[RGB][: len(sample[RGB]) // 2]})

@@ -33,7 +33,11 @@ def make_dataset(sources, rank=0, world_size=1, num_workers=0, batch_size=3, **k
 
 def run_epoch(dataset: ClipDataset, batch_size: int = 3, epoch: int = 0) -> list:
     loader = ClipLoader(
-        dataset, epoch_fn=lambda: epoch, batch_size=batch_size, num_workers=dataset.num_workers, collate_fn=collate_clips
+        dataset,
+        epoch_fn=lambda: epoch,
+        batch_size=batch_size,
+        num_workers=dataset.num_workers,
+        collate_fn=collate_clips,
     )
     batches = list(loader)
     assert len(batches) == len(loader), "the loader's length is exact"
@@ -51,7 +55,9 @@ def test_balanced_split_reads_every_sample_once_and_balances(counts, streams):
             read.update((int(part.url), p) for p in positions)
     assert read == Counter((shard, p) for shard, count in enumerate(counts) for p in range(count))
     assert loads == [sum(len(range(p.part, counts[int(p.url)], p.parts)) for p in parts) for parts in assignment]
-    largest_part = max(max(len(range(p.part, counts[int(p.url)], p.parts)) for p in parts) for parts in assignment if parts)
+    largest_part = max(
+        max(len(range(p.part, counts[int(p.url)], p.parts)) for p in parts) for parts in assignment if parts
+    )
     assert max(loads) - min(loads) <= largest_part
 
 
@@ -221,7 +227,9 @@ def test_a_resampled_source_without_matching_clips_is_an_error(toy4d_shards, tmp
     with wds.TarWriter(str(tmp_path / "static.tar")) as writer:
         for sample in static:
             writer.write({k: v for k, v in sample.items() if k != "__url__"})
-    dataset = make_dataset([[ShardInfo(str(tmp_path / "static.tar"))]], motion="dynamic", resample=True, samples_per_epoch=4)
+    dataset = make_dataset(
+        [[ShardInfo(str(tmp_path / "static.tar"))]], motion="dynamic", resample=True, samples_per_epoch=4
+    )
     with pytest.raises(RuntimeError, match="no readable dynamic clip"):
         list(dataset)
 

@@ -1,4 +1,4 @@
-"""Video writing and depth colour maps."""
+"""Video writing and reading (both backends), and depth colour maps."""
 
 import numpy as np
 import pytest
@@ -57,3 +57,37 @@ def test_truncated_or_empty_video_bytes_are_a_clear_error():
     data = encode_video(np.zeros((3, 16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="cannot decode video"):
         read_video(data[: len(data) // 2])
+
+
+def _textured_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    """Smooth moving colour gradients (codec-friendly, so decoded frames stay close to the originals)."""
+    v, u = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    frames = [np.stack([u * 3 + t * 5, v * 3 + t * 2, (u + v) * 2], -1) % 256 for t in range(num_frames)]
+    return np.stack(frames).astype(np.uint8)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", "auto"])
+def test_read_video_selects_frames_and_transforms_them(backend):
+    data = encode_video(_textured_frames(12, 64, 96), fps=12)
+    every = read_video(data, backend="pyav")
+    assert every.shape == (12, 64, 96, 3)
+    chosen = read_video(data, [7, 2, 9], backend=backend)
+    np.testing.assert_array_equal(chosen, every[[7, 2, 9]])  # both backends: libavcodec, the same frames
+    flipped = read_video(data, [1, 3], backend=backend, transform=lambda frame: frame[::2, ::-1])
+    np.testing.assert_array_equal(flipped, every[[1, 3], ::2, ::-1])
+    with pytest.raises(ValueError, match="asked for frame 12, but the video holds 12 frames"):
+        read_video(data, [0, 12], backend=backend)
+
+
+def test_decord_malformed_widths_are_caught_and_auto_still_reads_them():
+    data = encode_video(_textured_frames(3, 48, 48), fps=12)
+    with pytest.raises(ValueError, match="cannot decode video with decord"):
+        read_video(data, backend="decord")
+    assert read_video(data, backend="auto").shape == (3, 48, 48, 3)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord", "auto"])
+def test_truncated_video_is_an_error_on_every_backend(backend):
+    data = encode_video(_textured_frames(6, 64, 64), fps=12)
+    with pytest.raises(ValueError, match="cannot decode video"):
+        read_video(data[: len(data) // 2], backend=backend)
