@@ -100,10 +100,11 @@ def _stack_optional(values: Sequence[Tensor | None], shape: tuple[int, ...], dty
     return torch.stack([torch.zeros(shape, dtype=dtype) if v is None else v.to(dtype) for v in values])
 
 
-def collate_clips(samples: Sequence[ClipSample]) -> Batch:
+def collate_clips(samples: Sequence[ClipSample], num_tracks: int | None = None) -> Batch:
     """Stack :class:`ClipSample` s (same ``T``, ``H``, ``W``) into a :class:`Batch`, padding tracks to ``N``.
 
-    ``N`` is the largest track count in the batch; the samples' ``skipped`` counts are summed.
+    ``N`` is ``num_tracks`` (the DataModule passes the clip config's, so every batch has the same shapes), or the
+    largest track count in the batch; the samples' ``skipped`` counts are summed.
     """
     if not samples:
         raise ValueError("collate_clips: no samples")
@@ -113,7 +114,10 @@ def collate_clips(samples: Sequence[ClipSample]) -> Batch:
             raise ValueError(
                 f"collate_clips: clip {sample.key} has video {list(sample.video.shape)}, expected {[T, 3, H, W]}"
             )
-    num_tracks = max((0 if s.track_xyz is None else s.track_xyz.shape[0]) for s in samples)
+    most = max((0 if s.track_xyz is None else s.track_xyz.shape[0]) for s in samples)
+    if num_tracks is not None and most > num_tracks:
+        raise ValueError(f"collate_clips: a clip has {most} tracks, more than num_tracks = {num_tracks}")
+    num_tracks = most if num_tracks is None else num_tracks
     track_xyz = torch.zeros(len(samples), num_tracks, T, 3)
     track_visible = torch.zeros(len(samples), num_tracks, T, dtype=torch.bool)
     track_valid = torch.zeros(len(samples), num_tracks, dtype=torch.bool)

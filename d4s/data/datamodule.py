@@ -18,7 +18,7 @@ Configured from YAML (the ``data:`` section of a stage config, or a file of its 
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +35,6 @@ from d4s.data.clips import ClipConfig
 from d4s.data.shards import ClipDataset
 from d4s.data.sources import MOTIONS, ShardSource, resolve_source
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
@@ -182,7 +181,7 @@ class ClipDataModule(L.LightningDataModule):
             epoch_fn=(lambda: self.trainer.current_epoch) if training and self.trainer is not None else None,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate_clips,
+            collate_fn=functools.partial(collate_clips, num_tracks=self.clip.num_tracks),
             pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

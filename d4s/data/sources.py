@@ -106,7 +106,10 @@ def _from_index(source: ShardSource) -> list[ShardInfo]:
     try:
         index = json.loads(_read_text(source.index))
     except (OSError, ValueError) as error:
-        raise ValueError(f"source {source.name!r}: cannot read the index {source.index} ({error})") from error
+        hint = ""
+        if isinstance(error, FileNotFoundError):
+            hint = "; annotation writes it: python -m annotation --dataset <name> --out <dir> (or make annotate)"
+        raise ValueError(f"source {source.name!r}: cannot read the index {source.index} ({error}){hint}") from error
     splits = index.get("splits", {})
     if source.split not in splits:
         raise ValueError(

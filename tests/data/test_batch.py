@@ -68,6 +68,10 @@ def test_collation_pads_missing_supervision_and_flags_it(clips):
     torch.testing.assert_close(batch.track_xyz[2, :7], clips[2].track_xyz[:7])
     assert (batch.track_xyz[2, 7:] == 0).all() and not batch.track_visible[2, 7:].any()
     assert batch.keys[3] == "__padding__" and len(batch) == 4
+    fixed = collate_clips([fewer_tracks, blank], num_tracks=64)  # the DataModule fixes N: same shapes every batch
+    assert fixed.track_xyz.shape == (2, 64, 5, 3) and fixed.track_valid.sum(1).tolist() == [7, 0]
+    with pytest.raises(ValueError, match="more than num_tracks"):
+        collate_clips([clips[0]], num_tracks=10)
 
 
 def test_skip_counts_are_summed(clips):
