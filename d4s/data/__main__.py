@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from argparse import ArgumentError
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         data = ClipDataModule.from_yaml(args.config, **overrides)
         print(data.describe())
         loader = data.build_loader(args.split)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ArgumentError) as error:  # missing files, bad values, unknown keys
         print(f"error: {error}", file=sys.stderr)
         return 2
     start, clips, batch = time.perf_counter(), 0, None

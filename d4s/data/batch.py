@@ -70,7 +70,11 @@ class Batch:
 
     @property
     def weight(self) -> Tensor:
-        """Per-clip loss weight ``[B]``: 1 for real clips, 0 for padding."""
+        """Per-clip loss weight ``[B]``: 1 for real clips, 0 for padding.
+
+        A batch can be all padding (a rank with fewer real clips, in a finite multi-rank epoch): normalise by
+        ``weight.sum().clamp_min(1)``, and still run backward on that rank, or DDP waits for it forever.
+        """
         return (~self.is_padding).to(torch.float32)
 
     def _map_tensors(self, fn) -> Batch:

@@ -255,12 +255,14 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
 
     indices = choose_frames(size[0], config, rng, random)
     box = crop_box((meta.height, meta.width), (config.height, config.width), rng, random)
-    frames = read_video(  # each frame is resized as it is decoded, after dropping the encoder's even-size padding
-        sample[RGB],
-        indices.tolist(),
-        backend=config.video_backend,
-        transform=lambda frame: box.resize_image(frame[: meta.height, : meta.width]),
-    )
+
+    def fit_frame(frame: np.ndarray) -> np.ndarray:
+        """Drop the encoder's even-size padding, then resize and crop: each frame as it is decoded."""
+        if frame.shape[0] < meta.height or frame.shape[1] < meta.width:
+            raise ValueError(f"{RGB}: frames are {list(frame.shape[:2])}, meta.json says {[meta.height, meta.width]}")
+        return box.resize_image(frame[: meta.height, : meta.width])
+
+    frames = read_video(sample[RGB], indices.tolist(), backend=config.video_backend, transform=fit_frame)
 
     K = box.intrinsics(torch.from_numpy(cameras["K"][indices]).double())
     c2w = relative_to_first(torch.from_numpy(cameras["c2w"][indices]).double())

@@ -18,6 +18,7 @@ Configured from YAML (the ``data:`` section of a stage config, or a file of its 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +73,10 @@ class ClipLoader(DataLoader):
     """
 
     def __init__(self, dataset: ClipDataset, epoch_fn: Callable[[], int] | None = None, **kwargs: Any):
+        if kwargs.get("num_workers", 0) != dataset.num_workers:  # each worker is a stream the dataset planned for
+            raise ValueError(
+                f"ClipLoader: num_workers {kwargs.get('num_workers', 0)} differs from the dataset's {dataset.num_workers}"
+            )
         super().__init__(dataset, **kwargs)
         self.epoch_fn = epoch_fn
         self._passes = 0
@@ -85,7 +90,8 @@ class ClipLoader(DataLoader):
         return super().__iter__()
 
     def __len__(self) -> int:
-        """Batches in the coming pass, exactly (``TypeError`` when the shards' sample counts are unknown)."""
+        """Batches in the coming pass (fewer when samples are skipped on a single rank; ``TypeError`` when the
+        shards' sample counts are unknown)."""
         self.dataset.set_epoch(self._epoch())
         return self.dataset.num_batches()
 
@@ -139,7 +145,7 @@ class ClipDataModule(L.LightningDataModule):
         parser = ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(cls, "data")
         config = parser.parse_object({"data": values | overrides})
-        return parser.instantiate_classes(config).data
+        return parser.instantiate(config).data
 
     def build_dataset(self, split: str, rank: int | None = None, world_size: int | None = None) -> ClipDataset:
         """The :class:`ClipDataset` of ``split`` (on ``rank`` of ``world_size``: default the trainer's, or the env)."""
@@ -147,8 +153,8 @@ class ClipDataModule(L.LightningDataModule):
             raise ValueError(f"split {split!r} is not configured (configured: {sorted(self.splits)})")
         config = self.splits[split]
         training = split == "train"
-        dataset = ClipDataset(
-            sources=[resolve_source(source) for source in config.sources],
+        dataset = ClipDataset(  # a source without a split reads the one it is listed under
+            sources=[resolve_source(dataclasses.replace(s, split=s.split or split)) for s in config.sources],
             weights=[source.weight for source in config.sources],
             clip=self.clip,
             motion=config.motion,
@@ -168,13 +174,18 @@ class ClipDataModule(L.LightningDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        for split in self.splits:
+        """Build the datasets of the splits ``stage`` needs (all when ``None``), on the trainer's rank."""
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, SPLITS)
+        for split in self.splits.keys() & set(needed):
             if split not in self.datasets:
                 self.datasets[split] = self.build_dataset(split)
+            elif self.trainer is not None:  # built before the trainer came: take its rank now
+                self.datasets[split].set_distributed(self.trainer.global_rank, self.trainer.world_size)
 
     def build_loader(self, split: str) -> ClipLoader:
         """The DataLoader of ``split`` (what ``train_dataloader`` and friends return)."""
-        self.setup()
+        if split not in self.datasets:
+            self.datasets[split] = self.build_dataset(split)
         training = split == "train"
         return ClipLoader(
             self.datasets[split],

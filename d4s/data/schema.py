@@ -28,6 +28,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,7 +246,7 @@ def _load_npz(data: bytes, member: str, names: tuple[str, ...]) -> dict[str, np.
             if missing:
                 raise ValueError(f"{member}: missing arrays {missing}")
             return {name: npz[name] for name in names}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise ValueError(f"{member}: cannot read ({error})") from error
 
 

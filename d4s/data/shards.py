@@ -3,12 +3,14 @@
 Every (rank, DataLoader worker) pair is one *stream*. Two epoch modes:
 
 - **Finite** (``resample=False``, validation and small runs): each sample is read once per epoch. The shard list
-  is shuffled with a seed shared by all ranks, then split explicitly: :func:`split_by_node` and
-  :func:`split_by_worker` when there is one rank, or :func:`balanced_split` (count-balanced, from the index's sample
-  counts) when there are several. With several ranks every stream then yields the same number of samples, topping
-  up with blank clips flagged ``is_padding``, so ranks run the same number of steps and DDP never hangs.
-- **Resampled** (``resample=True``, multi-node training): each stream draws shards at random, picks each sample's
-  dataset by the sources' weights, and yields exactly ``samples_per_epoch / (ranks x workers)`` clips (rounded up
+  is shuffled with a seed shared by all ranks, then split explicitly into streams: by :func:`balanced_split`
+  (count-balanced, from the index's sample counts) when the counts are known, else (one rank only) by
+  :func:`split_by_node` and :func:`split_by_worker`. With several ranks every stream then yields the same number
+  of samples, topping up with blank clips flagged ``is_padding``, so ranks run the same number of steps and DDP
+  never hangs. With fewer shards than streams a shard is read in parts, each by its own stream (each part reads
+  the whole tar: give validation splits enough shards, or fewer workers).
+- **Resampled** (``resample=True``, multi-node training): each stream draws shards at random (in proportion to
+  their matching clips when the index counts them), picks each sample's dataset by the sources' weights, and yields exactly ``samples_per_epoch / (ranks x workers)`` clips (rounded up
   to whole batches).
 
 Seeds: shard order from ``(seed, epoch)``; a stream's shuffle buffer and shard draws from
@@ -26,7 +28,6 @@ import random
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # a resampled source that yields no sample passing the motion filter in this many shard draws in a row is an error
 MAX_EMPTY_DRAWS = 64
+# a resampled stream that cannot use this many clips in a row (all too short, or corrupt) is an error, not a hang
+MAX_UNUSABLE_IN_A_ROW = 256
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,9 @@ def distributed_topology() -> tuple[int, int]:
 def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
     """Raw samples (``__key__``, ``__url__``, member name -> bytes) of one tar shard.
 
-    An unreadable shard or a broken tar is logged and counted as ``unreadable shard`` / ``broken tar``; the samples
-    before the damage are still yielded.
+    An unreadable shard (cannot open, or a ``pipe:`` command that fails) or a broken tar is logged and counted as
+    ``unreadable shard`` / ``broken tar``; the complete samples before the damage are still yielded, the sample
+    the damage cut short is counted as ``truncated sample`` and dropped.
     """
     try:
         stream = open_url(url)
@@ -110,19 +114,34 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
         log.warning("skipped shard %s: cannot open (%s)", url, error)
         return
 
-    broken = False
+    breaks = 0
 
     def handler(error: Exception) -> bool:
-        nonlocal broken
-        if not broken:  # webdataset reports one break at each level of its reader: count the shard once
+        nonlocal breaks
+        if not breaks:  # webdataset reports one break at each level of its reader: count the shard once
             skipped["broken tar"] += 1
-            log.warning("shard %s: broken tar, the rest of the shard is skipped (%s)", url, error.args[0])
-        broken = True
+            log.warning("shard %s: broken tar data skipped (%s)", url, error)
+        breaks += 1
         return True
 
-    with closing(stream):
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
-        yield from group_by_keys(files, handler=handler)
+    try:
+        seen_breaks = 0
+        for sample in group_by_keys(
+            tar_file_expander([{"url": url, "stream": stream}], handler=handler), handler=handler
+        ):
+            if breaks != seen_breaks:  # the sample being assembled when the tar broke: some members may be missing
+                seen_breaks = breaks
+                skipped["truncated sample"] += 1
+                log.warning("skipped %s from %s: cut short by the broken tar", sample.get("__key__"), url)
+                continue
+            yield sample
+    finally:
+        try:
+            stream.close()
+        except Exception as error:  # noqa: BLE001 - e.g. a pipe: command's non-zero exit status
+            if not breaks:  # not counted yet while reading
+                skipped["unreadable shard"] += 1
+                log.warning("shard %s: %s", url, error)
 
 
 class ClipDataset(IterableDataset):
@@ -244,15 +263,18 @@ class ClipDataset(IterableDataset):
             return True
         try:
             return is_dynamic(sample) == (self.motion == "dynamic")
-        except ValueError as error:
+        except Exception as error:  # noqa: BLE001 - a corrupt masks.npz skips the sample, never the run
             skipped["corrupt"] += 1
             log.warning("skipped %s from %s: %s", sample.get("__key__"), sample.get("__url__"), error)
             return False
 
     def _finite_samples(self, parts: list[ShardPart], skipped: Counter) -> Iterator[dict]:
         for part in parts:
-            for position, sample in enumerate(read_shard(part.url, skipped)):
-                if position % part.parts == part.part and self._keep(sample, skipped):
+            # parts split the samples that pass the filter (the loads count those); only part 0 counts the skips
+            counts = skipped if part.part == 0 else Counter()
+            kept = (sample for sample in read_shard(part.url, counts) if self._keep(sample, counts))
+            for position, sample in enumerate(kept):
+                if position % part.parts == part.part:
                     yield sample
 
     def _resampled_samples(self, rng: np.random.Generator, skipped: Counter) -> Iterator[dict]:
@@ -261,9 +283,17 @@ class ClipDataset(IterableDataset):
             yield next(iterators[rng.choice(len(iterators), p=self.weights)])
 
     def _draw_shards(self, shards: list[ShardInfo], rng: np.random.Generator, skipped: Counter) -> Iterator[dict]:
+        """Samples of shards drawn at random: in proportion to their matching clips when the index counts them (so
+        every clip is equally likely and shards without one are never read), else uniformly."""
+        counts = [shard.count(self.motion) for shard in shards]
+        probabilities = None
+        if all(count is not None for count in counts):
+            if sum(counts) == 0:
+                raise RuntimeError(f"no {self.motion} clip in {len(shards)} shards (from {shards[0].url})")
+            probabilities = np.asarray(counts, np.float64) / sum(counts)
         empty_draws = 0
         while True:
-            url = shards[rng.integers(len(shards))].url
+            url = shards[rng.choice(len(shards), p=probabilities)].url
             found = False
             for sample in read_shard(url, skipped):
                 if self._keep(sample, skipped):
@@ -299,22 +329,28 @@ class ClipDataset(IterableDataset):
                 raw
             )
         quota = self.stream_quota(epoch)
-        produced = 0
+        produced = unusable = 0
         reported: Counter = Counter()
         for sample in raw:
             if quota is not None and produced >= quota:
+                if not self.resample:
+                    log.warning("stream %d: more clips than the index counts, the rest is dropped", stream)
                 break
             key = sample.get("__key__", "<unknown>")
             try:
                 clip = sample_clip(sample, self.clip, self._clip_rng(key, epoch), self.random_clips)
-            except ClipTooShort as error:
-                skipped["too short"] += 1
-                log.warning("skipped %s from %s: %s", key, sample.get("__url__"), error)
+            except Exception as error:  # a corrupt sample of any kind is skipped, never the run
+                reason = "too short" if isinstance(error, ClipTooShort) else "corrupt"
+                skipped[reason] += 1
+                log.warning("skipped %s from %s: %s: %s", key, sample.get("__url__"), reason, error)
+                unusable += 1
+                if self.resample and unusable >= MAX_UNUSABLE_IN_A_ROW:  # resampling would retry forever
+                    raise RuntimeError(
+                        f"{unusable} clips in a row could not be used (skipped so far: {dict(skipped)}); check the "
+                        "shards and the clip settings (num_frames, frame_step) against the annotated clips"
+                    ) from error
                 continue
-            except Exception as error:  # noqa: BLE001 - a corrupt sample of any kind is skipped, never the run
-                skipped["corrupt"] += 1
-                log.warning("skipped %s from %s: %s: %s", key, sample.get("__url__"), type(error).__name__, error)
-                continue
+            unusable = 0
             clip.skipped, reported = dict(skipped - reported), skipped.copy()
             produced += 1
             yield clip

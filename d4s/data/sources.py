@@ -36,13 +36,15 @@ class ShardSource:
       listing one shard per line (relative lines are relative to the file). Counts are unknown unless
       ``samples_per_shard`` gives an upper bound.
 
+    ``split`` is the index's split to read; by default the one the source is listed under in a
+    :class:`~d4s.data.datamodule.SplitConfig` (so a validation source reads ``val``), ``train`` elsewhere.
     ``weight`` is the source's share of samples when epochs are resampled (the paper mixes 9 datasets).
     """
 
     name: str = ""
     index: str | None = None
     shards: str | list[str] | None = None
-    split: str = "train"
+    split: str | None = None
     weight: float = 1.0
     samples_per_shard: int | None = None
 
@@ -110,14 +112,14 @@ def _from_index(source: ShardSource) -> list[ShardInfo]:
         if isinstance(error, FileNotFoundError):
             hint = "; annotation writes it: python -m annotation --dataset <name> --out <dir> (or make annotate)"
         raise ValueError(f"source {source.name!r}: cannot read the index {source.index} ({error}){hint}") from error
-    splits = index.get("splits", {})
-    if source.split not in splits:
+    splits, split = index.get("splits", {}), source.split or "train"
+    if split not in splits:
         raise ValueError(
-            f"source {source.name!r}: the index {source.index} has no split {source.split!r} (it has {sorted(splits)})"
+            f"source {source.name!r}: the index {source.index} has no split {split!r} (it has {sorted(splits)})"
         )
     return [
         ShardInfo(_join(source.index, shard["path"]), int(shard["samples"]), shard.get("dynamic"))
-        for shard in splits[source.split]["shards"]
+        for shard in splits[split]["shards"]
     ]
 
 
