@@ -87,7 +87,8 @@ def open_url(url: str) -> BinaryIO:
         return gopen_pipe(url)
     if is_local(url):
         return open(_local_path(url), "rb")  # the caller closes it
-    return fsspec.open(url, "rb").open()
+    filesystem, path = fsspec.core.url_to_fs(url)
+    return filesystem.open(path, "rb")
 
 
 def _join(base: str, relative: str) -> str:
