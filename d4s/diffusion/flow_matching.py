@@ -1,0 +1,103 @@
+"""Flow matching (paper Sec. 3.4, Eq. 2): the straight path from data to noise and its regression target.
+
+Conventions (the paper's, and diffusers' ``FlowMatchEulerDiscreteScheduler``): ``t`` in ``[0, 1]``, ``t = 0`` is
+data ``z0``, ``t = 1`` is Gaussian noise ``eps``; ``z_t = (1 - t) z0 + t eps``; the model regresses the velocity
+``dz_t/dt = eps - z0``. Sampling integrates from ``t = 1`` down to ``t = 0``.
+
+Timestep input of the transformer: CogVideoX embeds an integer-like timestep in ``[0, 1000)``; we pass
+``t * num_train_timesteps`` (a float: the sinusoidal embedding takes any value), so ``t = 1`` (pure noise) maps to
+1000 and ``t = 0`` (clean data) to 0, the direction the pretrained model already knows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+LOSS_WEIGHTINGS = ("none", "cosmap")
+
+
+def shift_times(t: Tensor, shift: float) -> Tensor:
+    """Shift times towards noise: ``shift t / (1 + (shift - 1) t)`` (SD3; diffusers' ``shift``); 1 = unchanged.
+
+    A shift above 1 spends more training and sampling steps at high noise, which large latents need (their
+    signal survives more noise).
+    """
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+@dataclass(frozen=True)
+class FlowMatching:
+    """The flow-matching objective of Eq. 2, with configurable timestep sampling and weighting ``w(t)``.
+
+    Args:
+        timestep_sampling: ``uniform`` on ``[0, 1]``, or ``logit_normal`` (``sigmoid`` of a normal with
+            ``logit_mean``, ``logit_std``: most samples at mid noise, SD3's choice); the paper does not say which.
+        shift: applied to the sampled times (:func:`shift_times`); 1 keeps them, 3 is SD3's choice at 1024 px.
+        weighting: ``w(t)`` of Eq. 2: ``none`` (1) or ``cosmap`` (``2 / (pi (1 - 2t + 2t^2))``, SD3).
+        num_train_timesteps: the transformer's timestep scale (see the module docstring).
+    """
+
+    timestep_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    weighting: str = "none"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep_sampling: expected one of {TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
+        if self.weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"weighting: expected one of {LOSS_WEIGHTINGS}, got {self.weighting!r}")
+        if not self.shift > 0 or not self.logit_std > 0:
+            raise ValueError(f"shift and logit_std must be positive, got {self.shift} and {self.logit_std}")
+
+    def sample_times(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """Training times ``[B]`` in ``(0, 1)``."""
+        if self.timestep_sampling == "uniform":
+            t = torch.rand(batch_size, generator=generator, device=device)
+        else:
+            normal = torch.randn(batch_size, generator=generator, device=device)
+            t = torch.sigmoid(self.logit_mean + self.logit_std * normal)
+        return shift_times(t, self.shift)
+
+    @staticmethod
+    def interpolate(z0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``z_t = (1 - t) z0 + t eps`` for data ``z0 [B, ...]``, ``noise [B, ...]`` and times ``t [B]``."""
+        t = t.reshape(-1, *([1] * (z0.dim() - 1))).to(z0.dtype)
+        return (1.0 - t) * z0 + t * noise
+
+    @staticmethod
+    def target(z0: Tensor, noise: Tensor) -> Tensor:
+        """The velocity the model regresses: ``eps - z0``."""
+        return noise - z0
+
+    def weight(self, t: Tensor) -> Tensor:
+        """``w(t) [B]`` of Eq. 2."""
+        if self.weighting == "none":
+            return torch.ones_like(t)
+        return 2.0 / (math.pi * (1.0 - 2.0 * t + 2.0 * t**2))
+
+    def model_timestep(self, t: Tensor) -> Tensor:
+        """The transformer's timestep input ``[B]``: ``t * num_train_timesteps``."""
+        return t * self.num_train_timesteps
+
+    def loss(
+        self, prediction: Tensor, z0: Tensor, noise: Tensor, t: Tensor, sample_weight: Tensor | None = None
+    ) -> Tensor:
+        """Eq. 2: ``E[w(t) ||v - (eps - z0)||^2]``, squared error averaged per sample, then over the batch.
+
+        ``sample_weight [B]`` (e.g. ``Batch.weight``: 0 for padding clips) weights the per-sample losses; their
+        weighted mean is normalised by ``max(1, sum of weights)``, so an all-padding batch gives 0, not NaN.
+        """
+        error = (prediction.float() - self.target(z0, noise).float()).pow(2).flatten(1).mean(1)
+        per_sample = self.weight(t.float()) * error
+        if sample_weight is None:
+            return per_sample.mean()
+        sample_weight = sample_weight.to(per_sample.dtype)
+        return (sample_weight * per_sample).sum() / sample_weight.sum().clamp_min(1.0)
