@@ -1,0 +1,164 @@
+"""The LDRM's two decoders (paper Sec. 3.2, 3.3, Appendix C.2): Gaussian attributes and time-conditioned deformation.
+
+Both map transformer tokens on the latent grid ``[B, D, T', h, w]`` back to the Gaussian grid
+``[B, ., T, H/s, W/s]``: ``T = 4 T' - 3`` source frames (the VAE's causal 4x temporal compression undone by a
+transposed 3D convolution with kernel 5, stride 4, padding 2) and one Gaussian per ``s x s`` pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from d4s.gaussians.sh import SH_C0, num_sh_bases
+
+TEMPORAL_STRIDE = 4  # CogVideoX's VAE: 4x temporal compression, first frame kept
+
+
+def temporal_upsampler(in_channels: int, out_channels: int, spatial: int) -> nn.ConvTranspose3d:
+    """``[B, C, T', h, w] -> [B, C', 4T'-3, h*spatial, w*spatial]``: the VAE's causal temporal layout undone."""
+    return nn.ConvTranspose3d(
+        in_channels,
+        out_channels,
+        kernel_size=(TEMPORAL_STRIDE + 1, spatial, spatial),
+        stride=(TEMPORAL_STRIDE, spatial, spatial),
+        padding=(TEMPORAL_STRIDE // 2, 0, 0),
+    )
+
+
+class GaussianHead(nn.Module):
+    """Tokens ``[B, D, T', h, w]`` -> raw Gaussian attributes ``[B, T, H/s, W/s, K_g]`` (one Gaussian per s x s px).
+
+    Channels (``K_g = 1 + 3 K + 3 + 4 + 1``, ``K = (sh_degree + 1)^2``): depth, SH colour, log-scale, rotation,
+    opacity. :meth:`activate` bounds them; an untrained head (raw 0) gives ``init_depth``, ``init_scale``, identity
+    rotations, opacity 0.12 and grey, as the latent reconstruction models of ``MODEL_NOTES.md`` start.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        spatial_upsample: int,
+        sh_degree: int = 0,
+        near: float = 0.1,
+        far: float = 100.0,
+        init_depth: float = 3.0,
+        init_scale: float = 0.01,
+        max_scale: float = 0.3,
+    ):
+        super().__init__()
+        if not near < init_depth < far or not 0 < init_scale < max_scale:
+            raise ValueError("GaussianHead: need near < init_depth < far and 0 < init_scale < max_scale")
+        self.sh_bases = num_sh_bases(sh_degree)
+        self.channels = 1 + 3 * self.sh_bases + 3 + 4 + 1
+        self.near, self.far, self.max_scale, self.init_scale = near, far, max_scale, init_scale
+        w0 = (init_depth - near) / (far - near)
+        self.depth_offset = math.log(w0 / (1.0 - w0))
+        self.norm = nn.GroupNorm(1, width)
+        self.decode = temporal_upsampler(width, self.channels, spatial_upsample)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.decode(self.norm(tokens)).permute(0, 2, 3, 4, 1)
+
+    def activate(self, raw: Tensor) -> dict[str, Tensor]:
+        """Bounded attributes from raw ``[..., K_g]``: ``depth [...]`` z-depth in ``(near, far)`` metres,
+        ``sh [..., K, 3]`` (colour in ``[0, 1]`` through the DC term), ``log_scales [..., 3]`` (scales below
+        ``max_scale``), ``quats [..., 4]`` (unit, wxyz), ``opacity_logits [...]``."""
+        depth, sh, scale, quat, opacity = raw.split([1, 3 * self.sh_bases, 3, 4, 1], dim=-1)
+        w = torch.sigmoid(depth[..., 0] + self.depth_offset)
+        sh = sh.reshape(*sh.shape[:-1], self.sh_bases, 3)
+        dc = (0.5 * torch.tanh(sh[..., :1, :])) / SH_C0  # rgb = 0.5 + SH_C0 * dc lies in [0, 1]
+        log_max = math.log(self.max_scale)
+        return {
+            "depth": self.near + (self.far - self.near) * w,
+            "sh": torch.cat([dc, 0.1 * sh[..., 1:, :]], dim=-2),
+            "log_scales": log_max - nn.functional.softplus(log_max - (scale + math.log(self.init_scale))),
+            "quats": nn.functional.normalize(quat + quat.new_tensor([1.0, 0.0, 0.0, 0.0]), dim=-1),
+            "opacity_logits": opacity[..., 0] - 2.0,
+        }
+
+
+def time_features(times: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features ``[..., dim]`` of times in ``[0, 1]`` (frequencies ``pi 2^k``, k from 0 to 8)."""
+    frequencies = math.pi * torch.logspace(0, 8, dim // 2, base=2.0, device=times.device, dtype=times.dtype)
+    angles = times[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ResidualConvUnit(nn.Module):
+    """DPT's residual unit: ``x + conv(relu(conv(relu(x))))`` (3x3 convolutions)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(), nn.Conv2d(dim, dim, 3, padding=1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+DPT_SCALES = (4.0, 2.0, 1.0, 0.5)  # output resolution of each tapped depth, relative to the token grid
+
+
+def _resample(dim: int, scale: float) -> nn.Module:
+    if scale > 1:
+        return nn.ConvTranspose2d(dim, dim, kernel_size=int(scale), stride=int(scale))
+    if scale < 1:
+        return nn.Conv2d(dim, dim, kernel_size=3, stride=int(1 / scale), padding=1)
+    return nn.Identity()
+
+
+class DeformationHead(nn.Module):
+    """DPT-style deformation head conditioned on the target time (Appendix C.2): ``K_d = 10`` per Gaussian.
+
+    Features of four transformer depths are reassembled at 4x, 2x, 1x and 0.5x the token grid, fused from coarse
+    to fine, modulated by the target time (FiLM from sinusoidal time features, zero-initialised), upsampled to the
+    Gaussian grid like the Gaussian head, and projected by a 1x1 convolution to ``(dmu 3, dq 4, ds 3)``. That
+    projection starts at zero weight with the identity as bias, so the head outputs the identity deformation
+    at initialisation (static pre-training, Sec. 3.4, starts from a field that does not move).
+    """
+
+    def __init__(self, width: int, spatial_upsample: int, dim: int = 128, time_dim: int = 64):
+        super().__init__()
+        self.time_dim = time_dim
+        self.reassemble = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, dim, 1), _resample(dim, scale)) for scale in DPT_SCALES
+        )
+        self.fuse = nn.ModuleList(ResidualConvUnit(dim) for _ in DPT_SCALES)
+        self.film = nn.Sequential(nn.Linear(time_dim, dim), nn.SiLU(), nn.Linear(dim, 2 * dim))
+        nn.init.zeros_(self.film[-1].weight)
+        nn.init.zeros_(self.film[-1].bias)
+        self.refine = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU())
+        self.upsample = temporal_upsampler(dim, dim, spatial_upsample)
+        self.out = nn.Conv3d(dim, 10, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+
+    def forward(self, features: list[Tensor], times: Tensor) -> Tensor:
+        """Raw deformations ``[B, T_target, T, H/s, W/s, 10]``.
+
+        Args:
+            features: ``len(DPT_SCALES)`` token maps ``[B, D, T', h, w]``, shallow to deep.
+            times: ``[B, T_target]`` target times in ``[0, 1]`` (0 = first source frame, 1 = last).
+        """
+        B, _, Tl = features[0].shape[:3]
+        maps = [stage(f.transpose(1, 2).flatten(0, 1)) for stage, f in zip(self.reassemble, features)]
+        fused = self.fuse[-1](maps[-1])
+        for fuse, skip in zip(reversed(self.fuse[:-1]), reversed(maps[:-1])):
+            fused = fuse(skip + nn.functional.interpolate(fused, size=skip.shape[-2:], mode="bilinear"))
+        fused = fused.unflatten(0, (B, Tl))  # [B, T', dim, 4h, 4w]
+        scale, shift = self.film(time_features(times, self.time_dim)).chunk(2, dim=-1)  # [B, Tt, dim] each
+        Tt = times.shape[1]
+        x = fused[:, None] * (1 + scale[:, :, None, :, None, None]) + shift[:, :, None, :, None, None]
+        x = self.refine(x.flatten(0, 2)).unflatten(0, (B * Tt, Tl))  # [B*Tt, T', dim, 4h, 4w]
+        x = self.out(self.upsample(x.transpose(1, 2)))  # [B*Tt, 10, T, H/s, W/s]
+        return x.unflatten(0, (B, Tt)).permute(0, 1, 3, 4, 5, 2)
+
+    @staticmethod
+    def split(raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(dmu [..., 3], dq [..., 4] normalised, ds [..., 3])``; no activation on dmu and ds (Appendix C.2)."""
+        dmu, dq, ds = raw.split([3, 4, 3], dim=-1)
+        return dmu, nn.functional.normalize(dq, dim=-1), ds

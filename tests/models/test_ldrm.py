@@ -1,0 +1,115 @@
+"""The LDRM (Sec. 3.2-3.3): shapes, pixel-aligned Gaussians on their rays, identity deformation at init, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from d4s.geometry import intrinsics_from_fov, look_at, plucker_embedding, project_points
+from d4s.models import LatentDynamicReconstructionModel, LDRMConfig, parameter_count
+from d4s.render import render
+
+TINY = LDRMConfig(
+    latent_channels=4,
+    embed_dim=16,
+    width=32,
+    depth=4,
+    heads=2,
+    feature_layers=(0, 1, 2, 3),
+    gaussian_stride=2,
+    dpt_dim=16,
+    time_dim=8,
+)
+
+
+def inputs(B=2, latent_frames=3, h=4, w=6, seed=0):
+    """Random latents and a moving, turning camera for ``T = 4T' - 3`` frames of ``8h x 8w`` pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    T, H, W = 4 * latent_frames - 3, 8 * h, 8 * w
+    latents = torch.randn(B, latent_frames, TINY.latent_channels, h, w, generator=generator)
+    eye = torch.stack([torch.linspace(0.0, 0.5, T), torch.zeros(T), torch.linspace(0.0, 0.2, T)], -1)
+    c2w = look_at(eye, torch.tensor([0.3, 0.0, 4.0]).expand(T, 3)).expand(B, T, 4, 4).clone()
+    K = intrinsics_from_fov(W, H, 60.0).expand(B, T, 3, 3).clone()
+    return latents, plucker_embedding(c2w, K, H, W), K, c2w
+
+
+def test_shapes_through_the_model_and_into_the_renderer():
+    model = LatentDynamicReconstructionModel(TINY)
+    latents, plucker, K, c2w = inputs()
+    out = model(latents, plucker, K, c2w, torch.rand(2, 5))
+    N = 9 * (32 // 2) * (48 // 2)  # one Gaussian per 2 x 2 pixels of each of the 9 source frames
+    assert out.means.shape == (2, N, 3) and out.sh.shape == (2, N, 1, 3) and out.dmu.shape == (2, 5, N, 3)
+    field = out.fields()[0]
+    assert field.num_frames == 5 and field.num_gaussians == N
+    image = render(field.at(2).detach(), c2w[0, :1], K[0, :1], width=48, height=32, backend="torch")
+    assert image.rgb.shape[-3:] == (32, 48, 3) and torch.isfinite(image.rgb).all()
+
+
+def test_gaussians_lie_on_their_pixels_rays():
+    model = LatentDynamicReconstructionModel(TINY)
+    latents, plucker, K, c2w = inputs()
+    out = model(latents, plucker, K, c2w, torch.rand(2, 1))
+    T, h, w = 9, 16, 24  # the Gaussian grid: frames, rows, columns (stride 2)
+    means = out.means[1].detach().reshape(T, h * w, 3)
+    uv, z = project_points(means, c2w[1], K[1])  # each Gaussian into its own source frame
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    centres = torch.stack([u, v], -1).reshape(-1, 2) * 2.0 + 1.0  # the centre of each 2 x 2 pixel block
+    torch.testing.assert_close(uv, centres.expand(T, -1, -1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z, out.depth[1].detach().reshape(T, -1), atol=1e-4, rtol=1e-4)
+    assert (out.depth > TINY.near).all() and (out.depth < TINY.far).all()
+
+
+def test_deformation_is_the_identity_at_initialisation():
+    model = LatentDynamicReconstructionModel(TINY)
+    out = model(*inputs(), torch.rand(2, 4))
+    assert (out.dmu == 0).all() and (out.ds == 0).all()
+    assert torch.equal(out.dq, torch.tensor([1.0, 0.0, 0.0, 0.0]).expand_as(out.dq))
+    field = out.fields()[1]
+    torch.testing.assert_close(field.at(3).means, field.canonical.means)
+
+
+def test_gradient_reaches_every_parameter():
+    """After two steps: the deformation output and its time FiLM start at zero weight, so gradient reaches the
+    layers behind them only once those have moved."""
+    torch.manual_seed(0)
+    model = LatentDynamicReconstructionModel(TINY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss():
+        out = model(*inputs(), torch.rand(2, 3))
+        return sum((value.float() - 0.5).square().mean() for value in vars(out).values())  # 0.5: not the init
+
+    for _ in range(2):  # two zero-initialised layers in a row (the output, then the time FiLM) need two steps
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    loss().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_gradient_checkpointing_gives_the_same_output():
+    torch.manual_seed(0)
+    plain = LatentDynamicReconstructionModel(TINY)
+    checkpointed = LatentDynamicReconstructionModel(LDRMConfig(**{**vars(TINY), "gradient_checkpointing": True}))
+    checkpointed.load_state_dict(plain.state_dict())
+    times = torch.rand(2, 2)
+    torch.testing.assert_close(checkpointed(*inputs(), times).means, plain(*inputs(), times).means)
+
+
+def test_paper_scale_builds_on_the_meta_device():
+    with torch.device("meta"):
+        model = LatentDynamicReconstructionModel(LDRMConfig())
+    assert len(model.blocks) == 16  # Sec. 4.1
+    assert 1e8 < parameter_count(model) < 1e9
+
+
+def test_bad_inputs_and_settings_are_named():
+    model = LatentDynamicReconstructionModel(TINY)
+    latents, plucker, K, c2w = inputs()
+    with pytest.raises(ValueError, match="plucker: expected"):
+        model(latents, plucker[:, :-1], K[:, :-1], c2w[:, :-1], torch.rand(2, 1))
+    with pytest.raises(ValueError, match="gaussian_stride"):
+        LDRMConfig(latent_patch=2, gaussian_stride=3)
+    with pytest.raises(ValueError, match="feature_layers"):
+        LDRMConfig(depth=4, feature_layers=(0, 1, 2, 9))
