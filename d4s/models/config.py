@@ -1,0 +1,35 @@
+"""Model configs from YAML (``configs/model/paper.yaml``, ``configs/tiny/model.yaml``): video DiT, LDRM, text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from d4s.models.ldrm import LDRMConfig
+from d4s.models.video_dit import VideoDiTConfig
+
+
+@dataclass
+class ModelConfig:
+    """The three model sections of a config file; ``text`` holds ``TextEncoder`` arguments."""
+
+    video_dit: VideoDiTConfig
+    ldrm: LDRMConfig
+    text: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(values) - {"video_dit", "ldrm", "text"}
+        if unknown:
+            raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected video_dit, ldrm, text)")
+        ldrm = dict(values.get("ldrm", {}))
+        if "feature_layers" in ldrm:
+            ldrm["feature_layers"] = tuple(ldrm["feature_layers"])
+        try:
+            return cls(VideoDiTConfig(**values.get("video_dit", {})), LDRMConfig(**ldrm), values.get("text", {}))
+        except TypeError as error:
+            raise ValueError(f"{path}: {error}") from error

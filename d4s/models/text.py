@@ -1,0 +1,66 @@
+"""Text conditioning: T5 caption embeddings ``[B, L, D]`` for the video DiT (CogVideoX: T5-XXL, L = 226, D = 4096).
+
+Three modes, chosen in the config:
+
+- ``t5``: a local T5 encoder directory (``transformers`` format: ``config.json``, weights, tokenizer files);
+- ``cache``: a file of precomputed embeddings, ``torch.save({caption: [L, D] tensor})`` (training on a fixed caption
+  set without holding an 11 GB encoder in memory); a caption missing from the cache is an error;
+- ``null``: zeros, the "no text" condition (also the unconditional branch of classifier-free guidance).
+
+Captions default to the paper's generic prompt (Appendix C.1) when empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from d4s.data.schema import GENERIC_PROMPT
+
+TEXT_MODES = ("t5", "cache", "null")
+
+
+class TextEncoder(nn.Module):
+    """Caption embeddings ``[B, max_length, dim]`` (see the module docstring for the modes). Frozen."""
+
+    def __init__(self, mode: str = "null", path: str | None = None, max_length: int = 226, dim: int = 4096):
+        super().__init__()
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text mode: expected one of {TEXT_MODES}, got {mode!r}")
+        self.mode, self.max_length, self.dim = mode, max_length, dim
+        self.cache: dict[str, Tensor] = {}
+        self.tokenizer = self.encoder = None
+        if mode == "null":
+            return
+        if path is None or not Path(path).exists():
+            expected = "config.json, model weights and tokenizer files" if mode == "t5" else "a torch.save'd dict"
+            raise FileNotFoundError(f"text encoder ({mode}): {path} not found; expected {expected} there")
+        if mode == "cache":
+            self.cache = torch.load(path, map_location="cpu", weights_only=True)
+            return
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.encoder = T5EncoderModel.from_pretrained(path).eval().requires_grad_(False)
+        self.dim = self.encoder.config.d_model
+
+    @torch.no_grad()
+    def forward(self, captions: list[str], device: torch.device | str = "cpu") -> Tensor:
+        captions = [caption or GENERIC_PROMPT for caption in captions]
+        if self.mode == "null":
+            return self.null(len(captions), device)
+        if self.mode == "cache":
+            missing = [c for c in captions if c not in self.cache]
+            if missing:
+                raise KeyError(f"text cache: no embedding for {missing[:3]} ({len(missing)} missing)")
+            return torch.stack([self.cache[c] for c in captions]).to(device)
+        tokens = self.tokenizer(
+            captions, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).to(device)
+        return self.encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+
+    def null(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+        """The no-text condition: zeros ``[B, max_length, dim]``."""
+        return torch.zeros(batch_size, self.max_length, self.dim, device=device)

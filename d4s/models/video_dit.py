@@ -1,0 +1,191 @@
+"""The camera-controlled video DiT (paper Sec. 3, 4.1): CogVideoX image-to-video from diffusers plus Plücker rays.
+
+Layout (diffusers' CogVideoX I2V): the transformer takes ``[noisy latents, image latents]`` concatenated on the
+channel axis (16 + 16), with ``image latents`` = the first frame encoded by the 3D causal VAE (4x temporal, 8x
+spatial compression) and zero-padded in time. Camera conditioning: Plücker maps ``[B, T, 6, H, W]`` are brought
+to the latent grid by a causal 3D patchifier (first frame replicated 3 times, as the VAE does, then a convolution
+of stride 4 x 8 x 8) and appended as extra input channels; the transformer's patch embedding gets a zero-initialised
+projection for them, so a pretrained model computes exactly what it did before the adapter was added.
+
+Weights come from a local directory (``transformer/`` and ``vae/`` in diffusers format, ``camera_adapter.safetensors``
+once trained); ``random_init: true`` builds random ones from the config dicts instead (tiny CPU models, timing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from d4s.models.heads import TEMPORAL_STRIDE
+
+ADAPTER_FILE = "camera_adapter.safetensors"
+ADAPTER_KEY = "transformer.patch_embed.proj.camera."
+
+
+@dataclass
+class VideoDiTConfig:
+    """Where the video DiT comes from. ``path``: a local directory with ``transformer/`` and ``vae/`` (diffusers
+    ``save_pretrained`` layout, e.g. CogVideoX-5b-I2V). ``random_init``: build from ``transformer`` and ``vae``
+    (diffusers config dicts) with random weights, which must be asked for explicitly. ``camera_channels``: width of
+    the Plücker features appended to the transformer input."""
+
+    path: str | None = None
+    random_init: bool = False
+    transformer: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] = field(default_factory=dict)
+    camera_channels: int = 16
+
+
+class CameraPatchEmbed(nn.Module):
+    """The transformer's patch projection, widened: ``proj(x[:, :C]) + camera(x[:, C:])``, ``camera`` zero-init.
+
+    Works for both CogVideoX layouts: a ``Conv2d`` over channels (1.0) or a ``Linear`` over flattened patches
+    whose channel axis is outermost (1.5).
+    """
+
+    def __init__(self, proj: nn.Module, camera_channels: int, patch_elements: int):
+        super().__init__()
+        self.proj = proj
+        if isinstance(proj, nn.Conv2d):
+            self.split, self.dim = proj.in_channels, 1
+            self.camera = nn.Conv2d(camera_channels, proj.out_channels, proj.kernel_size, proj.stride, bias=False)
+        else:
+            self.split, self.dim = proj.in_features, -1
+            self.camera = nn.Linear(camera_channels * patch_elements, proj.out_features, bias=False)
+        nn.init.zeros_(self.camera.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        latent, camera = x.split([self.split, x.shape[self.dim] - self.split], dim=self.dim)
+        return self.proj(latent) + self.camera(camera)
+
+
+class PluckerPatchifier(nn.Module):
+    """Plücker maps ``[B, T, 6, H, W]`` -> camera features ``[B, T', C, H/8, W/8]`` on the latent grid, causally."""
+
+    def __init__(self, channels: int, spatial: int = 8):
+        super().__init__()
+        self.conv = nn.Conv3d(
+            6, channels, kernel_size=(TEMPORAL_STRIDE, spatial, spatial), stride=(TEMPORAL_STRIDE, spatial, spatial)
+        )
+
+    def forward(self, plucker: Tensor) -> Tensor:
+        first = plucker[:, :1].expand(-1, TEMPORAL_STRIDE - 1, -1, -1, -1)
+        return self.conv(torch.cat([first, plucker], dim=1).transpose(1, 2)).transpose(1, 2)
+
+
+class VideoDiT(nn.Module):
+    """CogVideoX I2V + camera adapter. ``forward`` predicts the flow velocity (see ``d4s.diffusion``)."""
+
+    def __init__(self, transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX, camera_channels: int):
+        super().__init__()
+        self.transformer, self.vae = transformer, vae
+        c = transformer.config
+        self.latent_channels = vae.config.latent_channels
+        if c.in_channels != 2 * self.latent_channels:
+            raise ValueError(
+                f"transformer in_channels {c.in_channels} != 2 x VAE latent channels {self.latent_channels}"
+            )
+        self.plucker = PluckerPatchifier(camera_channels, 2 ** (len(vae.config.block_out_channels) - 1))
+        patch_elements = c.patch_size**2 * (c.patch_size_t or 1)
+        embed = transformer.patch_embed
+        embed.proj = CameraPatchEmbed(embed.proj, camera_channels, patch_elements)
+
+    @classmethod
+    def from_config(cls, config: VideoDiTConfig) -> VideoDiT:
+        """Load from ``config.path`` or, when ``config.random_init``, build random weights from the config dicts."""
+        if config.random_init:
+            transformer = CogVideoXTransformer3DModel(**config.transformer)
+            return cls(transformer, AutoencoderKLCogVideoX(**config.vae), config.camera_channels)
+        if config.path is None:
+            raise ValueError("video DiT: give path (a local CogVideoX I2V directory) or set random_init: true")
+        return cls.from_pretrained(config.path, config.camera_channels)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, camera_channels: int = 16) -> VideoDiT:
+        """Load ``path/transformer``, ``path/vae`` and, when present, ``path/camera_adapter.safetensors``."""
+        path = Path(path)
+        missing = [p for p in (path / "transformer" / "config.json", path / "vae" / "config.json") if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"video DiT weights: {path} lacks {[str(p) for p in missing]}; expected a diffusers CogVideoX I2V "
+                "directory (transformer/ and vae/ with config.json and *.safetensors), e.g. a local copy of "
+                "CogVideoX-5b-I2V"
+            )
+        model = cls(
+            CogVideoXTransformer3DModel.from_pretrained(path / "transformer"),
+            AutoencoderKLCogVideoX.from_pretrained(path / "vae"),
+            camera_channels,
+        )
+        if (path / ADAPTER_FILE).is_file():
+            unexpected = model.load_state_dict(load_file(path / ADAPTER_FILE), strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"{path / ADAPTER_FILE}: unexpected weights {unexpected[:3]}")
+        return model
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the ``from_pretrained`` layout: diffusers folders plus the camera adapter's weights."""
+        path = Path(path)
+        embed = self.transformer.patch_embed
+        adapter = embed.proj
+        embed.proj = adapter.proj  # diffusers' own layout on disk, loadable without d4s
+        try:
+            self.transformer.save_pretrained(path / "transformer")
+        finally:
+            embed.proj = adapter
+        self.vae.save_pretrained(path / "vae")
+        camera = {k: v for k, v in self.state_dict().items() if k.startswith(("plucker.", ADAPTER_KEY))}
+        save_file(camera, path / ADAPTER_FILE)
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """Video ``[B, T, 3, H, W]`` in ``[0, 1]`` -> scaled latents ``[B, T', 16, H/8, W/8]`` (``T = 4T' - 3``)."""
+        latents = self.vae.encode(video.transpose(1, 2) * 2.0 - 1.0).latent_dist.sample()
+        return (latents * self.vae.config.scaling_factor).transpose(1, 2)
+
+    def image_latents(self, image: Tensor, latent_frames: int) -> Tensor:
+        """The condition image ``[B, 3, H, W]`` encoded as a one-frame video, zero-padded to ``latent_frames``."""
+        first = self.encode(image[:, None])
+        return torch.cat([first, first.new_zeros(first.shape[0], latent_frames - 1, *first.shape[2:])], dim=1)
+
+    def rotary_embedding(self, latent_frames: int, height: int, width: int, device) -> tuple[Tensor, Tensor] | None:
+        """RoPE ``(cos, sin)`` for a latent grid, as diffusers' I2V pipeline computes it (``None`` when unused)."""
+        c = self.transformer.config
+        if not c.use_rotary_positional_embeddings:
+            return None
+        grid = (height // c.patch_size, width // c.patch_size)
+        base = (c.sample_height // c.patch_size, c.sample_width // c.patch_size)
+        if c.patch_size_t is None:
+            crops = get_resize_crop_region_for_grid(grid, base[1], base[0])
+            return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, latent_frames, device=device)
+        frames = (latent_frames + c.patch_size_t - 1) // c.patch_size_t
+        return get_3d_rotary_pos_embed(
+            c.attention_head_dim, None, grid, frames, grid_type="slice", max_size=base, device=device
+        )
+
+    def forward(self, noisy: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor) -> Tensor:
+        """Flow velocity ``[B, T', 16, h, w]``.
+
+        Args:
+            noisy: ``[B, T', 16, h, w]`` latents on the flow path; image_latents: same shape (``image_latents``).
+            plucker: ``[B, T, 6, 8h, 8w]`` (zeros: no camera); text: ``[B, L, D]`` (``TextEncoder``).
+            timestep: ``[B]`` transformer timesteps (``FlowMatching.model_timestep``).
+        """
+        B, Tl, _, h, w = noisy.shape
+        hidden = torch.cat([noisy, image_latents, self.plucker(plucker).to(noisy.dtype)], dim=2)
+        ofs = noisy.new_full((B,), 2.0) if self.transformer.config.ofs_embed_dim else None  # as the 1.5 pipeline
+        return self.transformer(
+            hidden_states=hidden,
+            encoder_hidden_states=text,
+            timestep=timestep,
+            ofs=ofs,
+            image_rotary_emb=self.rotary_embedding(Tl, h, w, noisy.device),
+            return_dict=False,
+        )[0]

@@ -1,0 +1,89 @@
+"""The camera-controlled video DiT: zero-init camera adapter, loading and saving, text modes, paper-scale sizes."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from d4s.data.schema import GENERIC_PROMPT
+from d4s.models.config import ModelConfig
+from d4s.models.ldrm import LatentDynamicReconstructionModel, parameter_count
+from d4s.models.text import TextEncoder
+from d4s.models.video_dit import VideoDiT, VideoDiTConfig
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ModelConfig.from_yaml(REPO / "configs" / "tiny" / "model.yaml")
+
+
+def tiny_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    noisy = torch.randn(2, 3, 4, 8, 8, generator=generator)
+    image = torch.randn(2, 3, 4, 8, 8, generator=generator)
+    plucker = torch.randn(2, 9, 6, 64, 64, generator=generator)
+    text = torch.randn(2, 8, 32, generator=generator)
+    return noisy, image, plucker, text, torch.tensor([100.0, 900.0])
+
+
+def test_zero_initialised_camera_adapter_leaves_a_pretrained_model_unchanged():
+    torch.manual_seed(0)
+    model = VideoDiT.from_config(TINY.video_dit)
+    pretrained = copy.deepcopy(model.transformer)
+    pretrained.patch_embed.proj = pretrained.patch_embed.proj.proj  # the model as diffusers built it
+    noisy, image, plucker, text, timestep = tiny_inputs()
+    rope = model.rotary_embedding(3, 8, 8, "cpu")
+    before = pretrained(torch.cat([noisy, image], 2), text, timestep, image_rotary_emb=rope, return_dict=False)[0]
+    after = model(noisy, image, plucker, text, timestep)
+    assert torch.equal(before, after)  # exactly: the camera projection adds zeros
+    with torch.no_grad():
+        model.transformer.patch_embed.proj.camera.weight.normal_()
+    assert not torch.allclose(
+        model(noisy, image, plucker, text, timestep), before
+    )  # and cameras do matter once trained
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = VideoDiT.from_config(TINY.video_dit)
+    with torch.no_grad():
+        model.transformer.patch_embed.proj.camera.weight.normal_()
+    model.save_pretrained(tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "camera_adapter.safetensors").is_file()
+    loaded = VideoDiT.from_pretrained(tmp_path / "tiny", camera_channels=TINY.video_dit.camera_channels)
+    inputs = tiny_inputs()
+    torch.testing.assert_close(loaded(*inputs), model(*inputs), rtol=0, atol=0)
+    through_config = VideoDiT.from_config(VideoDiTConfig(path=str(tmp_path / "tiny"), camera_channels=4))
+    torch.testing.assert_close(through_config(*inputs), model(*inputs), rtol=0, atol=0)
+
+
+def test_missing_weights_name_the_path_and_the_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*transformer/config.json.*vae/config.json"):
+        VideoDiT.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="random_init"):
+        VideoDiT.from_config(VideoDiTConfig())  # no path and no explicit request for random weights
+
+
+def test_text_modes(tmp_path):
+    null = TextEncoder("null", max_length=8, dim=32)
+    assert null(["a", ""]).shape == (2, 8, 32) and not null(["a"]).any()
+    cache = {GENERIC_PROMPT: torch.ones(8, 32), "a red box": torch.full((8, 32), 2.0)}
+    torch.save(cache, tmp_path / "captions.pt")
+    cached = TextEncoder("cache", str(tmp_path / "captions.pt"))
+    embeddings = cached(["a red box", ""])  # an empty caption is the paper's generic prompt
+    assert embeddings[0].eq(2).all() and embeddings[1].eq(1).all()
+    with pytest.raises(KeyError, match="no embedding"):
+        cached(["a blue box"])
+    with pytest.raises(FileNotFoundError, match="t5.*missing_t5"):
+        TextEncoder("t5", str(tmp_path / "missing_t5"))
+
+
+def test_paper_scale_models_build_on_the_meta_device():
+    paper = ModelConfig.from_yaml(REPO / "configs" / "model" / "paper.yaml")
+    with torch.device("meta"):
+        dit = VideoDiT.from_config(dataclasses.replace(paper.video_dit, random_init=True))
+        ldrm = LatentDynamicReconstructionModel(paper.ldrm)
+    assert 5.5e9 < parameter_count(dit.transformer) < 5.7e9  # CogVideoX-5B
+    assert len(ldrm.blocks) == 16
