@@ -1,0 +1,59 @@
+"""Model tools: a local T5 encoder, the caption cache it writes, and the parameter summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+from d4s.data.schema import GENERIC_PROMPT
+from d4s.models.__main__ import main
+from d4s.models.text import TextEncoder
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = (
+    "a scene with 4K ultra HD, surround motion realistic tone panoramic shot wide-angle view cinematic quality red box"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory) -> Path:
+    """A tiny random T5 encoder with a word-level tokenizer, saved the way transformers loads local encoders."""
+    path = tmp_path_factory.mktemp("t5")
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(sorted(set(WORDS.split())))}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(path)
+    torch.manual_seed(0)
+    T5EncoderModel(
+        T5Config(vocab_size=len(vocab), d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    ).save_pretrained(path)
+    return path
+
+
+def test_t5_embeddings_and_the_caption_cache_agree(tiny_t5, tmp_path):
+    encoder = TextEncoder("t5", str(tiny_t5), max_length=6)
+    direct = encoder(["a red box", ""])
+    assert direct.shape == (2, 6, 8)
+    config = yaml.safe_load((REPO / "configs" / "tiny" / "model.yaml").read_text())
+    config["text"] = {"mode": "t5", "path": str(tiny_t5), "max_length": 6, "dim": 8}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "captions.txt").write_text("a red box\n\na red box\n")
+    args = ["--config", str(tmp_path / "model.yaml"), "--cache-captions", str(tmp_path / "captions.txt")]
+    assert main([*args, "--out", str(tmp_path / "captions.pt")]) == 0
+    cached = TextEncoder("cache", str(tmp_path / "captions.pt"))
+    assert set(cached.cache) == {"a red box", GENERIC_PROMPT}
+    torch.testing.assert_close(cached(["a red box", ""]), direct)
+
+
+def test_summary_counts_parameters(capsys):
+    assert main(["--config", str(REPO / "configs" / "model" / "paper.yaml"), "--summary"]) == 0
+    table = capsys.readouterr().out
+    transformer = float(table.splitlines()[0].split()[-2])
+    assert 5500 < transformer < 5700 and "LDRM total" in table  # CogVideoX-5B, in millions
