@@ -114,15 +114,16 @@ class DeformationHead(nn.Module):
     """DPT-style deformation head conditioned on the target time (Appendix C.2): ``K_d = 10`` per Gaussian.
 
     Features of four transformer depths are reassembled at 4x, 2x, 1x and 0.5x the token grid, fused from coarse
-    to fine, modulated by the target time (FiLM from sinusoidal time features, zero-initialised), upsampled to the
-    Gaussian grid like the Gaussian head, and projected by a 1x1 convolution to ``(dmu 3, dq 4, ds 3)``. That
-    projection starts at zero weight with the identity as bias, so the head outputs the identity deformation
-    at initialisation (static pre-training, Sec. 3.4, starts from a field that does not move).
+    to fine, modulated by the target time (FiLM from sinusoidal time features, zero-initialised), and decoded to the
+    Gaussian grid by a transposed 3D convolution straight to ``(dmu 3, dq 4, ds 3)``, like the Gaussian head. That
+    layer starts at zero weight with the identity as bias, so the head outputs the identity deformation at
+    initialisation (static pre-training, Sec. 3.4, starts from a field that does not move). Target times are
+    decoded ``time_chunk`` at a time, which bounds memory at paper scale (49 times of millions of Gaussians).
     """
 
-    def __init__(self, width: int, spatial_upsample: int, dim: int = 128, time_dim: int = 64):
+    def __init__(self, width: int, spatial_upsample: int, dim: int = 128, time_dim: int = 64, time_chunk: int = 8):
         super().__init__()
-        self.time_dim = time_dim
+        self.time_dim, self.time_chunk = time_dim, time_chunk
         self.reassemble = nn.ModuleList(
             nn.Sequential(nn.Conv2d(width, dim, 1), _resample(dim, scale)) for scale in DPT_SCALES
         )
@@ -131,8 +132,7 @@ class DeformationHead(nn.Module):
         nn.init.zeros_(self.film[-1].weight)
         nn.init.zeros_(self.film[-1].bias)
         self.refine = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU())
-        self.upsample = temporal_upsampler(dim, dim, spatial_upsample)
-        self.out = nn.Conv3d(dim, 10, kernel_size=1)
+        self.out = temporal_upsampler(dim, 10, spatial_upsample)  # straight to 10 channels: the grid is large
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
             self.out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
@@ -150,12 +150,18 @@ class DeformationHead(nn.Module):
         for fuse, skip in zip(reversed(self.fuse[:-1]), reversed(maps[:-1])):
             fused = fuse(skip + nn.functional.interpolate(fused, size=skip.shape[-2:], mode="bilinear"))
         fused = fused.unflatten(0, (B, Tl))  # [B, T', dim, 4h, 4w]
-        scale, shift = self.film(time_features(times, self.time_dim)).chunk(2, dim=-1)  # [B, Tt, dim] each
-        Tt = times.shape[1]
-        x = fused[:, None] * (1 + scale[:, :, None, :, None, None]) + shift[:, :, None, :, None, None]
-        x = self.refine(x.flatten(0, 2)).unflatten(0, (B * Tt, Tl))  # [B*Tt, T', dim, 4h, 4w]
-        x = self.out(self.upsample(x.transpose(1, 2)))  # [B*Tt, 10, T, H/s, W/s]
-        return x.unflatten(0, (B, Tt)).permute(0, 1, 3, 4, 5, 2)
+        film = self.film(time_features(times, self.time_dim))  # [B, Tt, 2 dim]
+        chunks = [self._at_times(fused, chunk) for chunk in film.split(self.time_chunk, dim=1)]  # bounded memory
+        return torch.cat(chunks, dim=1)
+
+    def _at_times(self, fused: Tensor, film: Tensor) -> Tensor:
+        """Deformations ``[B, Tc, T, H/s, W/s, 10]`` of fused features ``[B, T', dim, 4h, 4w]`` at ``Tc`` times."""
+        B, Tl = fused.shape[:2]
+        Tc = film.shape[1]
+        scale, shift = film[:, :, None, :, None, None].chunk(2, dim=3)
+        x = self.refine((fused[:, None] * (1 + scale) + shift).flatten(0, 2)).unflatten(0, (B * Tc, Tl))
+        x = self.out(x.transpose(1, 2))  # [B*Tc, 10, T, H/s, W/s]
+        return x.unflatten(0, (B, Tc)).permute(0, 1, 3, 4, 5, 2)
 
     @staticmethod
     def split(raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:

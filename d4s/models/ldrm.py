@@ -29,7 +29,8 @@ class LDRMConfig:
     ``embed_dim`` is that per-token embedding (latent and Plücker tokens each; concatenated, then projected to
     ``width``, the transformer's width, which the paper does not give). ``latent_patch`` is ``p``;
     ``gaussian_stride`` is ``s`` (one Gaussian per ``s x s`` pixels; ``s`` must divide ``2p``).
-    ``feature_layers`` are the blocks whose outputs feed the DPT deformation head (shallow to deep).
+    ``feature_layers`` are the blocks whose outputs feed the DPT deformation head (shallow to deep);
+    ``time_chunk`` target times are decoded at once (memory).
     """
 
     latent_channels: int = 16
@@ -45,6 +46,7 @@ class LDRMConfig:
     sh_degree: int = 0
     dpt_dim: int = 256
     time_dim: int = 64
+    time_chunk: int = 8
     near: float = 0.1
     far: float = 100.0
     init_depth: float = 3.0
@@ -144,7 +146,7 @@ class LatentDynamicReconstructionModel(nn.Module):
             c.max_scale,
         )
         self.deformation_head = DeformationHead(
-            c.width, c.pixels_per_token // (4 * c.gaussian_stride), c.dpt_dim, c.time_dim
+            c.width, c.pixels_per_token // (4 * c.gaussian_stride), c.dpt_dim, c.time_dim, c.time_chunk
         )
 
     def _tokens(self, latents: Tensor, plucker: Tensor) -> tuple[Tensor, tuple[int, int, int]]:

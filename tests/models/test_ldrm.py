@@ -113,3 +113,15 @@ def test_bad_inputs_and_settings_are_named():
         LDRMConfig(latent_patch=2, gaussian_stride=3)
     with pytest.raises(ValueError, match="feature_layers"):
         LDRMConfig(depth=4, feature_layers=(0, 1, 2, 9))
+
+
+def test_target_times_decoded_in_chunks_match_one_pass():
+    torch.manual_seed(0)
+    chunked = LatentDynamicReconstructionModel(LDRMConfig(**{**vars(TINY), "time_chunk": 2}))
+    whole = LatentDynamicReconstructionModel(LDRMConfig(**{**vars(TINY), "time_chunk": 64}))
+    with torch.no_grad():
+        chunked.deformation_head.out.weight.normal_(std=0.1)  # away from the identity, so chunks can differ
+        chunked.deformation_head.film[-1].weight.normal_(std=0.1)
+    whole.load_state_dict(chunked.state_dict())
+    times = torch.rand(2, 5)
+    torch.testing.assert_close(chunked(*inputs(), times).dmu, whole(*inputs(), times).dmu)
