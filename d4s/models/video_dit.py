@@ -35,13 +35,15 @@ class VideoDiTConfig:
     """Where the video DiT comes from. ``path``: a local directory with ``transformer/`` and ``vae/`` (diffusers
     ``save_pretrained`` layout, e.g. CogVideoX-5b-I2V). ``random_init``: build from ``transformer`` and ``vae``
     (diffusers config dicts) with random weights, which must be asked for explicitly. ``camera_channels``: width of
-    the Plücker features appended to the transformer input."""
+    the Plücker features appended to the transformer input. ``gradient_checkpointing``: recompute the transformer
+    blocks' activations in the backward pass (diffusers' own switch; needed to train the 5B model at 49 frames)."""
 
     path: str | None = None
     random_init: bool = False
     transformer: dict[str, Any] = field(default_factory=dict)
     vae: dict[str, Any] = field(default_factory=dict)
     camera_channels: int = 16
+    gradient_checkpointing: bool = False
 
 
 class CameraPatchEmbed(nn.Module):
@@ -103,10 +105,14 @@ class VideoDiT(nn.Module):
         """Load from ``config.path`` or, when ``config.random_init``, build random weights from the config dicts."""
         if config.random_init:
             transformer = CogVideoXTransformer3DModel(**config.transformer)
-            return cls(transformer, AutoencoderKLCogVideoX(**config.vae), config.camera_channels)
-        if config.path is None:
+            model = cls(transformer, AutoencoderKLCogVideoX(**config.vae), config.camera_channels)
+        elif config.path is None:
             raise ValueError("video DiT: give path (a local CogVideoX I2V directory) or set random_init: true")
-        return cls.from_pretrained(config.path, config.camera_channels)
+        else:
+            model = cls.from_pretrained(config.path, config.camera_channels)
+        if config.gradient_checkpointing:
+            model.transformer.enable_gradient_checkpointing()
+        return model
 
     @classmethod
     def from_pretrained(cls, path: str | Path, camera_channels: int = 16) -> VideoDiT:

@@ -87,3 +87,16 @@ def test_paper_scale_models_build_on_the_meta_device():
         ldrm = LatentDynamicReconstructionModel(paper.ldrm)
     assert 5.5e9 < parameter_count(dit.transformer) < 5.7e9  # CogVideoX-5B
     assert len(ldrm.blocks) == 16
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = VideoDiT.from_config(TINY.video_dit)
+    checkpointed = VideoDiT.from_config(dataclasses.replace(TINY.video_dit, gradient_checkpointing=True))
+    checkpointed.load_state_dict(plain.state_dict())
+    for model in (plain, checkpointed):
+        model.train()
+        model(*tiny_inputs()).square().mean().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, msg=name)
