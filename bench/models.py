@@ -123,7 +123,7 @@ def gpu_rows(repeats: int) -> list[dict]:
             {
                 "model": "sampler, 30 steps + guidance",
                 "device": torch.cuda.get_device_name(),
-                "params_M": parameter_count(dit) / 1e6,
+                "params_M": parameter_count(dit.transformer) / 1e6,
                 "seconds": statistics.median(seconds),
                 "peak_GiB": torch.cuda.max_memory_allocated() / 2**30,
             }
@@ -131,7 +131,7 @@ def gpu_rows(repeats: int) -> list[dict]:
         torch.cuda.reset_peak_memory_stats()
         latents = torch.randn(latents_shape, device=device, dtype=dtype)
         times = torch.linspace(0, 1, frames, device=device, dtype=dtype)[None]
-        seconds = timed(lambda: ldrm(latents, plucker, K.to(dtype), c2w.to(dtype), times), repeats, device)
+        seconds = timed(lambda: ldrm(latents, plucker, K, c2w, times), repeats, device)  # cameras in float32
         rows.append(
             {
                 "model": "LDRM forward, 49 target times",
@@ -152,7 +152,19 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+    def save(rows: list[dict]) -> None:  # after each section: a later failure keeps what was measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+
     rows = cpu_rows(repeats)
+    save(rows)
     print(f"{'model':32s} {'device':10s} {'params':>10s} {'forward':>10s} {'fwd+bwd':>10s}")
     for row in rows:
         print(
@@ -160,23 +172,15 @@ def main() -> None:
             f"{row['forward_backward_s'] * 1e3:8.1f}ms"
         )
     if torch.cuda.is_available():
-        gpu = gpu_rows(repeats)
-        for row in gpu:
+        for row in gpu_rows(repeats):
             print(
                 f"{row['model']:32s} {row['device']:10s} {row['params_M']:9.2f}M {row['seconds']:9.2f}s "
                 f"peak {row['peak_GiB']:.1f} GiB"
             )
-        rows += gpu
+            rows.append(row)
+        save(rows)
     else:
         print("(no GPU: the paper-scale sampler rows need CUDA)")
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"\nwrote {args.out}")
 
 

@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
         np.save(tmp, depth.numpy())
     save_scene(scene.to("cpu"), args.out / "scene.npz", compress=True)
     save_ply(scene.at(0).to("cpu"), args.out / "scene_t0000.ply")
-    cameras = {"width": args.size, "height": args.size, "frames": [{"c2w": m.tolist(), "K": K.tolist()} for m in c2w.cpu()]}
+    cameras = {
+        "width": args.size,
+        "height": args.size,
+        "frames": [{"c2w": m.tolist(), "K": K.tolist()} for m in c2w.cpu()],
+    }
     with atomic_output(args.out / "cameras.json") as tmp:
         tmp.write_text(json.dumps(cameras))
     summary = {"frames": args.frames, "gaussians": scene.num_gaussians, "seconds": seconds, "backend": backend}

@@ -10,6 +10,9 @@ with ``i`` the step index counted from the first (noisiest) step, so guidance is
 (``1 + gamma_max``) and fades to almost none at the end, which the paper uses against over-sharpened final frames.
 The equation leaves the exponent and the meaning of ``t`` open; we follow the original CogVideoX code (step index,
 ``p = 5``) and make both configurable (``exponent``; ``direction="increasing"`` reverses the schedule).
+
+The unconditional branch drops text and camera together, so training must drop both jointly now and then
+(classifier-free training, e.g. 10% of steps), or that branch is out of distribution and guidance amplifies it.
 """
 
 from __future__ import annotations
@@ -89,9 +92,10 @@ def euler_sample(
         the latents at ``t = 0``, ``[B, ...]``, in ``noise``'s dtype.
     """
     times = time_grid(num_steps, shift, device=noise.device)
+    time_dtype = torch.promote_types(noise.dtype, torch.float32)  # at least float32: bf16 rounds t * 1000 to 4s
     z = noise.clone()
     for step in range(num_steps):
-        t = times[step].to(noise.dtype).expand(noise.shape[0])
+        t = times[step].to(time_dtype).expand(noise.shape[0])
         v = velocity(z, t, True)
         scale = 1.0 if guidance is None else guidance.scale(step, num_steps)
         if scale != 1.0:

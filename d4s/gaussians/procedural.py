@@ -49,7 +49,9 @@ def plane(
     )
 
 
-def sphere(center: tuple[float, float, float], radius: float, count: int, color_fn, opacity: float = 0.97) -> GaussianField:
+def sphere(
+    center: tuple[float, float, float], radius: float, count: int, color_fn, opacity: float = 0.97
+) -> GaussianField:
     """Surface Gaussians on a sphere (Fibonacci lattice), each a disc tangent to the surface.
 
     ``color_fn(unit_normals [M, 3]) -> rgb [M, 3]`` textures the sphere.
@@ -73,7 +75,9 @@ def sphere(center: tuple[float, float, float], radius: float, count: int, color_
     )
 
 
-def rigid_motion(field: GaussianField, center: Tensor, rotations: Tensor, translations: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def rigid_motion(
+    field: GaussianField, center: Tensor, rotations: Tensor, translations: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Deformations ``(dmu [T, N, 3], dq [T, N, 4], ds [T, N, 3])`` that move ``field`` rigidly.
 
     At time ``t`` every Gaussian turns by the world rotation ``rotations[t]`` (wxyz) about ``center [3]`` and
@@ -99,7 +103,11 @@ def showcase_scene(num_frames: int) -> DeformableGaussianField:
 
     def wall(u: Tensor, v: Tensor) -> Tensor:
         s = ((u + 4) / 8)[:, None]
-        return torch.tensor([0.95, 0.55, 0.3]) * (1 - s) + torch.tensor([0.3, 0.5, 0.9]) * s + 0.05 * torch.sin(6 * v)[:, None]
+        return (
+            torch.tensor([0.95, 0.55, 0.3]) * (1 - s)
+            + torch.tensor([0.3, 0.5, 0.9]) * s
+            + 0.05 * torch.sin(6 * v)[:, None]
+        )
 
     def solid(rgb: tuple[float, float, float]):
         return lambda normals: torch.tensor(rgb).expand(normals.shape[0], 3)

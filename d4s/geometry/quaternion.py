@@ -73,15 +73,18 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
             [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
         ).clamp_min(0.0)
     )
-    candidates = torch.stack(
-        [
-            torch.stack([two_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
-            torch.stack([m21 - m12, two_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
-            torch.stack([m02 - m20, m10 + m01, two_abs[..., 2] ** 2, m12 + m21], dim=-1),
-            torch.stack([m10 - m01, m20 + m02, m21 + m12, two_abs[..., 3] ** 2], dim=-1),
-        ],
-        dim=-2,
-    ) / (2.0 * two_abs.clamp_min(1e-12))[..., None]
+    candidates = (
+        torch.stack(
+            [
+                torch.stack([two_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
+                torch.stack([m21 - m12, two_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
+                torch.stack([m02 - m20, m10 + m01, two_abs[..., 2] ** 2, m12 + m21], dim=-1),
+                torch.stack([m10 - m01, m20 + m02, m21 + m12, two_abs[..., 3] ** 2], dim=-1),
+            ],
+            dim=-2,
+        )
+        / (2.0 * two_abs.clamp_min(1e-12))[..., None]
+    )
     best = two_abs.argmax(dim=-1)
     q = torch.gather(candidates, -2, best[..., None, None].expand(best.shape + (1, 4))).squeeze(-2)
     q = torch.where(q[..., :1] < 0, -q, q)

@@ -58,7 +58,9 @@ def _translation_path(num_frames: int, direction: tuple[float, float, float], di
     return c2w
 
 
-def _spiral(num_frames: int, scene_scale: float, spiral_radius: float, spiral_turns: float, spiral_forward: float) -> Tensor:
+def _spiral(
+    num_frames: int, scene_scale: float, spiral_radius: float, spiral_turns: float, spiral_forward: float
+) -> Tensor:
     s = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
     theta = 2.0 * math.pi * spiral_turns * s
     radius = spiral_radius * scene_scale * s

@@ -48,11 +48,11 @@ def cache_captions(config: ModelConfig, captions: Path, out: Path, batch_size: i
     """Encode the captions of ``captions`` (one per line) and the generic prompt; returns how many."""
     text = TextEncoder(**{**config.text, "mode": "t5"})
     lines = [line.strip() for line in captions.read_text().splitlines() if line.strip()]
-    unique = sorted(set(lines) | {GENERIC_PROMPT})
+    unique = sorted(set(lines) | {GENERIC_PROMPT, ""})  # "": the unconditional branch of guidance
     cache = {}
     for start in tqdm(range(0, len(unique), batch_size), desc="captions", unit="batch"):
         chunk = unique[start : start + batch_size]
-        cache.update(zip(chunk, text(chunk).cpu().unbind(0)))
+        cache.update(zip(chunk, text.embed(chunk, "cpu").cpu().unbind(0)))
     with atomic_output(out) as tmp:
         torch.save(cache, tmp)
     return len(cache)

@@ -1,8 +1,10 @@
 """The LDRM's two decoders (paper Sec. 3.2, 3.3, Appendix C.2): Gaussian attributes and time-conditioned deformation.
 
 Both map transformer tokens on the latent grid ``[B, D, T', h, w]`` back to the Gaussian grid
-``[B, ., T, H/s, W/s]``: ``T = 4 T' - 3`` source frames (the VAE's causal 4x temporal compression undone by a
-transposed 3D convolution with kernel 5, stride 4, padding 2) and one Gaussian per ``s x s`` pixels.
+``[B, ., T, H/s, W/s]``: ``T = 4 T' - 3`` source frames (a transposed 3D convolution with kernel 5, stride 4,
+padding 2, as Lyra decodes its latents: token ``k`` reaches frames ``4k-2 .. 4k+2``, centred, while the VAE's
+latent ``k`` covers frames ``4k-3 .. 4k``; global attention leaves the tokens free to carry either) and one
+Gaussian per ``s x s`` pixels.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from d4s.gaussians.sh import SH_C0, num_sh_bases
 
@@ -65,6 +68,7 @@ class GaussianHead(nn.Module):
         """Bounded attributes from raw ``[..., K_g]``: ``depth [...]`` z-depth in ``(near, far)`` metres,
         ``sh [..., K, 3]`` (colour in ``[0, 1]`` through the DC term), ``log_scales [..., 3]`` (scales below
         ``max_scale``), ``quats [..., 4]`` (unit, wxyz), ``opacity_logits [...]``."""
+        raw = raw.float()  # bf16 would quantise depth to centimetres at 3 m
         depth, sh, scale, quat, opacity = raw.split([1, 3 * self.sh_bases, 3, 4, 1], dim=-1)
         w = torch.sigmoid(depth[..., 0] + self.depth_offset)
         sh = sh.reshape(*sh.shape[:-1], self.sh_bases, 3)
@@ -80,9 +84,11 @@ class GaussianHead(nn.Module):
 
 
 def time_features(times: Tensor, dim: int) -> Tensor:
-    """Sinusoidal features ``[..., dim]`` of times in ``[0, 1]`` (frequencies ``pi 2^k``, k from 0 to 8)."""
-    frequencies = math.pi * torch.logspace(0, 8, dim // 2, base=2.0, device=times.device, dtype=times.dtype)
-    angles = times[..., None] * frequencies
+    """Sinusoidal features ``[..., dim]`` of times in ``[0, 1]`` (frequencies ``pi 2^k``, k from 0 to 8).
+
+    Computed in float32 whatever the input dtype (bf16 angles are off by up to 2 at the top frequency)."""
+    frequencies = math.pi * torch.logspace(0, 8, dim // 2, base=2.0, device=times.device, dtype=torch.float32)
+    angles = times.float()[..., None] * frequencies
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
@@ -117,13 +123,23 @@ class DeformationHead(nn.Module):
     to fine, modulated by the target time (FiLM from sinusoidal time features, zero-initialised), and decoded to the
     Gaussian grid by a transposed 3D convolution straight to ``(dmu 3, dq 4, ds 3)``, like the Gaussian head. That
     layer starts at zero weight with the identity as bias, so the head outputs the identity deformation at
-    initialisation (static pre-training, Sec. 3.4, starts from a field that does not move). Target times are
-    decoded ``time_chunk`` at a time, which bounds memory at paper scale (49 times of millions of Gaussians).
+    initialisation (static pre-training, Sec. 3.4, starts from a field that does not move); the paper's last layer
+    is a 1x1 convolution at pixel resolution, ours fuses that projection with the upsampling. Target times are
+    decoded ``time_chunk`` at a time: that bounds memory without gradients, and in training with
+    ``checkpoint_chunks`` (recomputed in the backward pass).
     """
 
-    def __init__(self, width: int, spatial_upsample: int, dim: int = 128, time_dim: int = 64, time_chunk: int = 8):
+    def __init__(
+        self,
+        width: int,
+        spatial_upsample: int,
+        dim: int = 128,
+        time_dim: int = 64,
+        time_chunk: int = 8,
+        checkpoint_chunks: bool = False,
+    ):
         super().__init__()
-        self.time_dim, self.time_chunk = time_dim, time_chunk
+        self.time_dim, self.time_chunk, self.checkpoint_chunks = time_dim, time_chunk, checkpoint_chunks
         self.reassemble = nn.ModuleList(
             nn.Sequential(nn.Conv2d(width, dim, 1), _resample(dim, scale)) for scale in DPT_SCALES
         )
@@ -150,8 +166,13 @@ class DeformationHead(nn.Module):
         for fuse, skip in zip(reversed(self.fuse[:-1]), reversed(maps[:-1])):
             fused = fuse(skip + nn.functional.interpolate(fused, size=skip.shape[-2:], mode="bilinear"))
         fused = fused.unflatten(0, (B, Tl))  # [B, T', dim, 4h, 4w]
-        film = self.film(time_features(times, self.time_dim))  # [B, Tt, 2 dim]
-        chunks = [self._at_times(fused, chunk) for chunk in film.split(self.time_chunk, dim=1)]  # bounded memory
+        film = self.film(time_features(times, self.time_dim).to(fused.dtype))  # [B, Tt, 2 dim]
+        chunks = []
+        for chunk in film.split(self.time_chunk, dim=1):
+            if self.checkpoint_chunks and self.training:  # keep one chunk's activations at a time in training too
+                chunks.append(checkpoint(self._at_times, fused, chunk, use_reentrant=False))
+            else:
+                chunks.append(self._at_times(fused, chunk))
         return torch.cat(chunks, dim=1)
 
     def _at_times(self, fused: Tensor, film: Tensor) -> Tensor:

@@ -146,7 +146,12 @@ class LatentDynamicReconstructionModel(nn.Module):
             c.max_scale,
         )
         self.deformation_head = DeformationHead(
-            c.width, c.pixels_per_token // (4 * c.gaussian_stride), c.dpt_dim, c.time_dim, c.time_chunk
+            c.width,
+            c.pixels_per_token // (4 * c.gaussian_stride),
+            c.dpt_dim,
+            c.time_dim,
+            c.time_chunk,
+            checkpoint_chunks=c.gradient_checkpointing,
         )
 
     def _tokens(self, latents: Tensor, plucker: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
@@ -155,10 +160,8 @@ class LatentDynamicReconstructionModel(nn.Module):
         pose = self.pose_tokens(torch.cat([first, plucker], dim=1).transpose(1, 2))  # causal: [B, E, T', h/p, w/p]
         grid = tuple(latent.shape[2:])
         tokens = self.project(torch.cat([latent, pose], dim=1).flatten(2).transpose(1, 2))  # [B, L, width]
-        frame_position = time_features(
-            torch.linspace(0, 1, grid[0], device=tokens.device, dtype=tokens.dtype), self.config.width
-        )
-        return tokens + frame_position.repeat_interleave(grid[1] * grid[2], dim=0), grid
+        frame_position = time_features(torch.linspace(0, 1, grid[0], device=tokens.device), self.config.width)
+        return tokens + frame_position.to(tokens.dtype).repeat_interleave(grid[1] * grid[2], dim=0), grid
 
     def forward(self, latents: Tensor, plucker: Tensor, K: Tensor, c2w: Tensor, times: Tensor) -> LDRMOutput:
         """Gaussians of every source frame and their deformation to each target time.
@@ -193,7 +196,7 @@ class LatentDynamicReconstructionModel(nn.Module):
         gaussians = self.gaussian_head.activate(self.gaussian_head(final))  # [B, T, H/s, W/s, ...]
         s = c.gaussian_stride
         K_grid = resize_intrinsics(K, (H, W), (H // s, W // s))
-        means = unproject_depth(gaussians["depth"], K_grid, c2w)  # on each pixel's ray, in its frame's camera
+        means = unproject_depth(gaussians["depth"], K_grid.float(), c2w.float())  # on each pixel's ray, float32
         dmu, dq, ds = DeformationHead.split(self.deformation_head(features, times).flatten(2, 4))
         flat = {name: value.flatten(1, 3) for name, value in gaussians.items()}
         return LDRMOutput(means=means.flatten(1, 3), dmu=dmu, dq=dq, ds=ds, **flat)

@@ -5,7 +5,10 @@ Three modes, chosen in the config:
 - ``t5``: a local T5 encoder directory (``transformers`` format: ``config.json``, weights, tokenizer files);
 - ``cache``: a file of precomputed embeddings, ``torch.save({caption: [L, D] tensor})`` (training on a fixed caption
   set without holding an 11 GB encoder in memory); a caption missing from the cache is an error;
-- ``null``: zeros, the "no text" condition (also the unconditional branch of classifier-free guidance).
+- ``null``: zeros, the "no text" condition.
+
+:meth:`TextEncoder.null` is the unconditional branch of classifier-free guidance: T5 of the empty prompt, as in
+CogVideoX (the caption cache stores it under ``""``).
 
 Captions default to the paper's generic prompt (Appendix C.1) when empty.
 """
@@ -25,7 +28,14 @@ TEXT_MODES = ("t5", "cache", "null")
 class TextEncoder(nn.Module):
     """Caption embeddings ``[B, max_length, dim]`` (see the module docstring for the modes). Frozen."""
 
-    def __init__(self, mode: str = "null", path: str | None = None, max_length: int = 226, dim: int = 4096):
+    def __init__(
+        self,
+        mode: str = "null",
+        path: str | None = None,
+        max_length: int = 226,
+        dim: int = 4096,
+        tokenizer_path: str | None = None,
+    ):
         super().__init__()
         if mode not in TEXT_MODES:
             raise ValueError(f"text mode: expected one of {TEXT_MODES}, got {mode!r}")
@@ -42,8 +52,16 @@ class TextEncoder(nn.Module):
             return
         from transformers import AutoTokenizer, T5EncoderModel
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer_path is None:  # CogVideoX keeps the tokenizer in a sibling folder of text_encoder/
+            sibling = Path(path).parent / "tokenizer"
+            tokenizer_path = str(sibling) if sibling.is_dir() else path
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.encoder = T5EncoderModel.from_pretrained(path).eval().requires_grad_(False)
+        if len(self.tokenizer) < self.encoder.config.vocab_size // 2:  # transformers builds a blank one silently
+            raise ValueError(
+                f"text encoder: the tokenizer at {tokenizer_path} has {len(self.tokenizer)} tokens for a model of "
+                f"{self.encoder.config.vocab_size}; point tokenizer_path at the T5 tokenizer files (spiece.model ...)"
+            )
         self.dim = self.encoder.config.d_model
 
     @torch.no_grad()
@@ -56,11 +74,24 @@ class TextEncoder(nn.Module):
             if missing:
                 raise KeyError(f"text cache: no embedding for {missing[:3]} ({len(missing)} missing)")
             return torch.stack([self.cache[c] for c in captions]).to(device)
+        return self.embed(captions, device)
+
+    @torch.no_grad()
+    def embed(self, captions: list[str], device: torch.device | str = "cpu") -> Tensor:
+        """T5 embeddings of exactly these strings (``t5`` mode; no generic-prompt substitution)."""
+        if self.encoder is None:
+            raise ValueError(f"text encoder: embed needs mode 't5', this one is {self.mode!r}")
         tokens = self.tokenizer(
             captions, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).to(device)
-        return self.encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return self.encoder(tokens.input_ids).last_hidden_state  # no attention mask, as CogVideoX was trained
 
+    @torch.no_grad()
     def null(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
-        """The no-text condition: zeros ``[B, max_length, dim]``."""
+        """The no-text condition ``[B, max_length, dim]``: T5 of the empty prompt, as CogVideoX's unconditional
+        branch (``t5`` mode, or the cache's ``""`` entry); zeros in ``null`` mode."""
+        if self.mode == "t5":
+            return self.embed([""], device).expand(batch_size, -1, -1)
+        if self.mode == "cache" and "" in self.cache:
+            return self.cache[""].to(device).expand(batch_size, -1, -1)
         return torch.zeros(batch_size, self.max_length, self.dim, device=device)

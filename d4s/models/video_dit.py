@@ -7,6 +7,10 @@ to the latent grid by a causal 3D patchifier (first frame replicated 3 times, as
 of stride 4 x 8 x 8) and appended as extra input channels; the transformer's patch embedding gets a zero-initialised
 projection for them, so a pretrained model computes exactly what it did before the adapter was added.
 
+The VAE is frozen. Pretrained CogVideoX was trained as a v-prediction DDPM; we fine-tune it with flow matching
+(paper Eq. 2) and feed ``t * 1000`` as its timestep, so untuned pretrained weights do not yet sample well with our
+sampler (a signal-to-noise-matched warm start is possible, ``MODEL_NOTES.md``; not implemented).
+
 Weights come from a local directory (``transformer/`` and ``vae/`` in diffusers format, ``camera_adapter.safetensors``
 once trained); ``random_init: true`` builds random ones from the config dicts instead (tiny CPU models, timing).
 """
@@ -49,8 +53,8 @@ class VideoDiTConfig:
 class CameraPatchEmbed(nn.Module):
     """The transformer's patch projection, widened: ``proj(x[:, :C]) + camera(x[:, C:])``, ``camera`` zero-init.
 
-    Works for both CogVideoX layouts: a ``Conv2d`` over channels (1.0) or a ``Linear`` over flattened patches
-    whose channel axis is outermost (1.5).
+    Works for both CogVideoX patch embeddings: a ``Conv2d`` over channels (1.0) or a ``Linear`` over flattened
+    patches whose channel axis is outermost (1.5).
     """
 
     def __init__(self, proj: nn.Module, camera_channels: int, patch_elements: int):
@@ -63,10 +67,34 @@ class CameraPatchEmbed(nn.Module):
             self.split, self.dim = proj.in_features, -1
             self.camera = nn.Linear(camera_channels * patch_elements, proj.out_features, bias=False)
         nn.init.zeros_(self.camera.weight)
+        self.camera.to(device=proj.weight.device, dtype=proj.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         latent, camera = x.split([self.split, x.shape[self.dim] - self.split], dim=self.dim)
         return self.proj(latent) + self.camera(camera)
+
+
+def interpolate_learned_positions(patch_embed: nn.Module) -> None:
+    """Let a patch embedding with learned positions (CogVideoX-5b-I2V: 480x720, 49 frames) take any latent size.
+
+    diffusers refuses other sizes for such models. We resample the learned video positions trilinearly (time,
+    rows, columns) to the requested grid, and keep the learned text positions; at the trained size the learned
+    table is used unchanged. Training at 256 or 512 px (paper Sec. 3.4) then starts from the pretrained positions.
+    """
+    learned = patch_embed.pos_embedding
+    text_length, p = patch_embed.max_text_seq_length, patch_embed.patch_size
+    frames = (patch_embed.sample_frames - 1) // patch_embed.temporal_compression_ratio + 1
+    grid = (frames, patch_embed.sample_height // p, patch_embed.sample_width // p)
+
+    def positions(height: int, width: int, num_frames: int, device=None) -> Tensor:
+        target = ((num_frames - 1) // patch_embed.temporal_compression_ratio + 1, height // p, width // p)
+        video = learned[:, text_length:].reshape(1, *grid, -1).permute(0, 4, 1, 2, 3).float()
+        video = nn.functional.interpolate(video, size=target, mode="trilinear", align_corners=False)
+        video = video.permute(0, 2, 3, 4, 1).flatten(1, 3).to(learned.dtype)
+        return torch.cat([learned[:, :text_length], video], dim=1).to(device or learned.device)
+
+    patch_embed._get_positional_embeddings = positions
+    patch_embed.use_learned_positional_embeddings, patch_embed.use_positional_embeddings = False, True
 
 
 class PluckerPatchifier(nn.Module):
@@ -88,8 +116,15 @@ class VideoDiT(nn.Module):
 
     def __init__(self, transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX, camera_channels: int):
         super().__init__()
-        self.transformer, self.vae = transformer, vae
+        self.transformer, self.vae = transformer, vae.requires_grad_(False).eval()  # the VAE stays frozen
         c = transformer.config
+        if c.patch_size_t is not None:
+            raise ValueError(
+                "video DiT: CogVideoX 1.5 layouts (patch_size_t) are not supported yet (they need even latent frame "
+                "counts and inverted latent scaling); use a CogVideoX 1.0 I2V model such as CogVideoX-5b-I2V"
+            )
+        if c.use_learned_positional_embeddings:
+            interpolate_learned_positions(transformer.patch_embed)
         self.latent_channels = vae.config.latent_channels
         if c.in_channels != 2 * self.latent_channels:
             raise ValueError(
@@ -131,9 +166,13 @@ class VideoDiT(nn.Module):
             camera_channels,
         )
         if (path / ADAPTER_FILE).is_file():
-            unexpected = model.load_state_dict(load_file(path / ADAPTER_FILE), strict=False).unexpected_keys
-            if unexpected:
-                raise ValueError(f"{path / ADAPTER_FILE}: unexpected weights {unexpected[:3]}")
+            result = model.load_state_dict(load_file(path / ADAPTER_FILE), strict=False)
+            missing = [k for k in result.missing_keys if k.startswith(("plucker.", ADAPTER_KEY))]
+            if result.unexpected_keys or missing:
+                raise ValueError(
+                    f"{path / ADAPTER_FILE}: does not fit camera_channels={camera_channels} (unexpected "
+                    f"{result.unexpected_keys[:3]}, missing {missing[:3]})"
+                )
         return model
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -167,14 +206,8 @@ class VideoDiT(nn.Module):
         if not c.use_rotary_positional_embeddings:
             return None
         grid = (height // c.patch_size, width // c.patch_size)
-        base = (c.sample_height // c.patch_size, c.sample_width // c.patch_size)
-        if c.patch_size_t is None:
-            crops = get_resize_crop_region_for_grid(grid, base[1], base[0])
-            return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, latent_frames, device=device)
-        frames = (latent_frames + c.patch_size_t - 1) // c.patch_size_t
-        return get_3d_rotary_pos_embed(
-            c.attention_head_dim, None, grid, frames, grid_type="slice", max_size=base, device=device
-        )
+        crops = get_resize_crop_region_for_grid(grid, c.sample_width // c.patch_size, c.sample_height // c.patch_size)
+        return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, latent_frames, device=device)
 
     def forward(self, noisy: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor) -> Tensor:
         """Flow velocity ``[B, T', 16, h, w]``.
@@ -184,14 +217,12 @@ class VideoDiT(nn.Module):
             plucker: ``[B, T, 6, 8h, 8w]`` (zeros: no camera); text: ``[B, L, D]`` (``TextEncoder``).
             timestep: ``[B]`` transformer timesteps (``FlowMatching.model_timestep``).
         """
-        B, Tl, _, h, w = noisy.shape
+        Tl, _, h, w = noisy.shape[1:]
         hidden = torch.cat([noisy, image_latents, self.plucker(plucker).to(noisy.dtype)], dim=2)
-        ofs = noisy.new_full((B,), 2.0) if self.transformer.config.ofs_embed_dim else None  # as the 1.5 pipeline
         return self.transformer(
             hidden_states=hidden,
             encoder_hidden_states=text,
             timestep=timestep,
-            ofs=ofs,
             image_rotary_emb=self.rotary_embedding(Tl, h, w, noisy.device),
             return_dict=False,
         )[0]

@@ -103,7 +103,9 @@ def project_gaussians(
         if opacities is not None:
             opacity = opacities.detach()[None].expand_as(z)
             visible &= opacity >= ALPHA_THRESHOLD
-            extent = torch.clamp(torch.sqrt(2.0 * torch.log(opacity.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=RADIUS_SIGMAS)
+            extent = torch.clamp(
+                torch.sqrt(2.0 * torch.log(opacity.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=RADIUS_SIGMAS
+            )
         radius = torch.stack([torch.ceil(extent * torch.sqrt(a)), torch.ceil(extent * torch.sqrt(c))], dim=-1)
         visible &= (radius > 0).any(dim=-1)
         mx, my = means2d.detach().unbind(-1)

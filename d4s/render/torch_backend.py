@@ -78,11 +78,15 @@ def _contributing_pairs(
     rows_per_gauss = (y1[gauss].clamp_max(row_end - 1) - seg_y0 + 1).clamp_min(0)
     seg_gauss = torch.repeat_interleave(gauss, rows_per_gauss)
     seg_first = torch.repeat_interleave(torch.cumsum(rows_per_gauss, 0) - rows_per_gauss, rows_per_gauss)
-    seg_y = torch.repeat_interleave(seg_y0, rows_per_gauss) + torch.arange(len(seg_gauss), device=gauss.device) - seg_first
+    seg_y = (
+        torch.repeat_interleave(seg_y0, rows_per_gauss) + torch.arange(len(seg_gauss), device=gauss.device) - seg_first
+    )
     seg_len = (x1 - x0 + 1)[seg_gauss]
     num_pairs = int(seg_len.sum())
 
-    seg_of_pair = torch.repeat_interleave(torch.arange(len(seg_gauss), device=gauss.device), seg_len, output_size=num_pairs)
+    seg_of_pair = torch.repeat_interleave(
+        torch.arange(len(seg_gauss), device=gauss.device), seg_len, output_size=num_pairs
+    )
 
     def expand(per_segment: Tensor) -> Tensor:
         return per_segment.index_select(0, seg_of_pair)

@@ -48,8 +48,30 @@ def test_t5_embeddings_and_the_caption_cache_agree(tiny_t5, tmp_path):
     args = ["--config", str(tmp_path / "model.yaml"), "--cache-captions", str(tmp_path / "captions.txt")]
     assert main([*args, "--out", str(tmp_path / "captions.pt")]) == 0
     cached = TextEncoder("cache", str(tmp_path / "captions.pt"))
-    assert set(cached.cache) == {"a red box", GENERIC_PROMPT}
+    assert set(cached.cache) == {"a red box", GENERIC_PROMPT, ""}
     torch.testing.assert_close(cached(["a red box", ""]), direct)
+    # the unconditional branch of guidance: T5 of the empty prompt (as CogVideoX), not zeros
+    unconditional = encoder.null(2)
+    assert unconditional.abs().sum() > 0 and torch.equal(unconditional[0], encoder.embed([""])[0])
+    torch.testing.assert_close(cached.null(2), unconditional)
+
+
+def test_the_tokenizer_is_found_beside_the_encoder_and_a_blank_one_is_refused(tiny_t5, tmp_path):
+    root = tmp_path / "CogVideoX"
+    encoder_only = T5EncoderModel.from_pretrained(tiny_t5)
+    encoder_only.save_pretrained(root / "text_encoder")
+    PreTrainedTokenizerFast.from_pretrained(tiny_t5).save_pretrained(root / "tokenizer")
+    torch.testing.assert_close(
+        TextEncoder("t5", str(root / "text_encoder"), max_length=6)(["a red box"]),
+        TextEncoder("t5", str(tiny_t5), max_length=6)(["a red box"]),
+    )
+    big = tmp_path / "big"  # a model whose vocabulary no tokenizer here matches
+    T5EncoderModel(T5Config(vocab_size=32128, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)).save_pretrained(
+        big
+    )
+    PreTrainedTokenizerFast.from_pretrained(tiny_t5).save_pretrained(big)
+    with pytest.raises(ValueError, match="tokens for a model of 32128"):
+        TextEncoder("t5", str(big))
 
 
 def test_summary_counts_parameters(capsys):

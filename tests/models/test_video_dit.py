@@ -100,3 +100,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_learned_positions_are_resampled_to_other_sizes():
+    """CogVideoX-5b-I2V learned its positions at one size; training at 256/512 px (Sec. 3.4) needs others."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        TINY.video_dit,
+        transformer={
+            **TINY.video_dit.transformer,
+            "use_learned_positional_embeddings": True,
+        },
+    )
+    model = VideoDiT.from_config(config)
+    learned = model.transformer.patch_embed.pos_embedding
+    native = model.transformer.patch_embed._get_positional_embeddings(8, 8, 9)
+    torch.testing.assert_close(native, learned)  # at the trained size: the learned table itself
+    noisy, image, _, text, timestep = tiny_inputs()
+    small = model(noisy[..., :4, :4], image[..., :4, :4], torch.zeros(2, 9, 6, 32, 32), text, timestep)
+    assert small.shape == (2, 3, 4, 4, 4) and torch.isfinite(small).all()
+    assert not any(p.requires_grad for p in model.vae.parameters())  # and the VAE is frozen
+
+
+def test_cogvideox_15_layouts_are_refused_clearly():
+    config = dataclasses.replace(TINY.video_dit, transformer={**TINY.video_dit.transformer, "patch_size_t": 2})
+    with pytest.raises(ValueError, match="1.5 layouts"):
+        VideoDiT.from_config(config)
