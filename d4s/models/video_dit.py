@@ -51,26 +51,18 @@ class VideoDiTConfig:
 
 
 class CameraPatchEmbed(nn.Module):
-    """The transformer's patch projection, widened: ``proj(x[:, :C]) + camera(x[:, C:])``, ``camera`` zero-init.
+    """The transformer's patch projection (a ``Conv2d`` over channels), widened:
+    ``proj(x[:, :C]) + camera(x[:, C:])`` with ``camera`` zero-initialised."""
 
-    Works for both CogVideoX patch embeddings: a ``Conv2d`` over channels (1.0) or a ``Linear`` over flattened
-    patches whose channel axis is outermost (1.5).
-    """
-
-    def __init__(self, proj: nn.Module, camera_channels: int, patch_elements: int):
+    def __init__(self, proj: nn.Conv2d, camera_channels: int):
         super().__init__()
-        self.proj = proj
-        if isinstance(proj, nn.Conv2d):
-            self.split, self.dim = proj.in_channels, 1
-            self.camera = nn.Conv2d(camera_channels, proj.out_channels, proj.kernel_size, proj.stride, bias=False)
-        else:
-            self.split, self.dim = proj.in_features, -1
-            self.camera = nn.Linear(camera_channels * patch_elements, proj.out_features, bias=False)
+        self.proj, self.split = proj, proj.in_channels
+        self.camera = nn.Conv2d(camera_channels, proj.out_channels, proj.kernel_size, proj.stride, bias=False)
         nn.init.zeros_(self.camera.weight)
         self.camera.to(device=proj.weight.device, dtype=proj.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        latent, camera = x.split([self.split, x.shape[self.dim] - self.split], dim=self.dim)
+        latent, camera = x.split([self.split, x.shape[1] - self.split], dim=1)
         return self.proj(latent) + self.camera(camera)
 
 
@@ -131,9 +123,8 @@ class VideoDiT(nn.Module):
                 f"transformer in_channels {c.in_channels} != 2 x VAE latent channels {self.latent_channels}"
             )
         self.plucker = PluckerPatchifier(camera_channels, 2 ** (len(vae.config.block_out_channels) - 1))
-        patch_elements = c.patch_size**2 * (c.patch_size_t or 1)
         embed = transformer.patch_embed
-        embed.proj = CameraPatchEmbed(embed.proj, camera_channels, patch_elements)
+        embed.proj = CameraPatchEmbed(embed.proj, camera_channels)
 
     @classmethod
     def from_config(cls, config: VideoDiTConfig) -> VideoDiT:
