@@ -81,6 +81,13 @@ class Batch:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return dataclasses.replace(self, **{k: fn(v) for k, v in values.items() if isinstance(v, Tensor)})
 
+    def take(self, count: int) -> Batch:
+        """The first ``count`` clips as a batch of their own."""
+        sliced = self._map_tensors(lambda value: value[:count])
+        return dataclasses.replace(
+            sliced, keys=self.keys[:count], datasets=self.datasets[:count], captions=self.captions[:count]
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device``."""
         return self._map_tensors(lambda value: value.to(device, non_blocking=non_blocking))

@@ -116,6 +116,9 @@ def _resample(dim: int, scale: float) -> nn.Module:
     return nn.Identity()
 
 
+IDENTITY = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # raw (dmu, dq, ds) of no motion
+
+
 class DeformationHead(nn.Module):
     """DPT-style deformation head conditioned on the target time (Appendix C.2): ``K_d = 10`` per Gaussian.
 
@@ -151,7 +154,11 @@ class DeformationHead(nn.Module):
         self.out = temporal_upsampler(dim, 10, spatial_upsample)  # straight to 10 channels: the grid is large
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
-            self.out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+            self.out.bias.copy_(IDENTITY)
+
+    def is_identity(self) -> bool:
+        """Whether the head outputs the identity deformation for every input (its initial state)."""
+        return bool((self.out.weight == 0).all()) and torch.equal(self.out.bias.detach().cpu(), IDENTITY)
 
     def forward(self, features: list[Tensor], times: Tensor) -> Tensor:
         """Raw deformations ``[B, T_target, T, H/s, W/s, 10]``.

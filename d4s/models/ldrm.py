@@ -77,7 +77,7 @@ class LDRMOutput:
 
     ``means [B, N, 3]`` world metres; ``depth [B, N]`` z-depth; ``quats [B, N, 4]``; ``log_scales [B, N, 3]``;
     ``opacity_logits [B, N]``; ``sh [B, N, K, 3]``; ``dmu [B, T_target, N, 3]``, ``dq [B, T_target, N, 4]`` (unit),
-    ``ds [B, T_target, N, 3]``.
+    ``ds [B, T_target, N, 3]``, all three ``None`` when no target times were asked for (a static scene).
     """
 
     means: Tensor
@@ -86,19 +86,20 @@ class LDRMOutput:
     log_scales: Tensor
     opacity_logits: Tensor
     sh: Tensor
-    dmu: Tensor
-    dq: Tensor
-    ds: Tensor
+    dmu: Tensor | None
+    dq: Tensor | None
+    ds: Tensor | None
+
+    def canonical(self, b: int) -> GaussianField:
+        """The undeformed Gaussians of batch element ``b``."""
+        return GaussianField(self.means[b], self.quats[b], self.log_scales[b], self.opacity_logits[b], self.sh[b])
 
     def fields(self) -> list[DeformableGaussianField]:
         """One :class:`DeformableGaussianField` per batch element, over the requested target times."""
+        if self.dmu is None:
+            raise ValueError("LDRMOutput.fields: no target times were asked for; use canonical(b)")
         return [
-            DeformableGaussianField(
-                GaussianField(self.means[b], self.quats[b], self.log_scales[b], self.opacity_logits[b], self.sh[b]),
-                self.dmu[b],
-                self.dq[b],
-                self.ds[b],
-            )
+            DeformableGaussianField(self.canonical(b), self.dmu[b], self.dq[b], self.ds[b])
             for b in range(self.means.shape[0])
         ]
 
@@ -163,14 +164,15 @@ class LatentDynamicReconstructionModel(nn.Module):
         frame_position = time_features(torch.linspace(0, 1, grid[0], device=tokens.device), self.config.width)
         return tokens + frame_position.to(tokens.dtype).repeat_interleave(grid[1] * grid[2], dim=0), grid
 
-    def forward(self, latents: Tensor, plucker: Tensor, K: Tensor, c2w: Tensor, times: Tensor) -> LDRMOutput:
+    def forward(self, latents: Tensor, plucker: Tensor, K: Tensor, c2w: Tensor, times: Tensor | None) -> LDRMOutput:
         """Gaussians of every source frame and their deformation to each target time.
 
         Args:
             latents: ``[B, T', C, h, w]`` video latents (diffusers' CogVideoX layout).
             plucker: ``[B, T, 6, H, W]`` Plücker maps of the source cameras, ``T = 4T' - 3``, ``H = 8h``.
             K: ``[B, T, 3, 3]`` intrinsics of the ``H x W`` frames; c2w: ``[B, T, 4, 4]`` camera-to-world.
-            times: ``[B, T_target]`` target times in ``[0, 1]`` (0 = first source frame, 1 = last).
+            times: ``[B, T_target]`` target times in ``[0, 1]`` (0 = first source frame, 1 = last), or ``None`` to
+                skip the deformation head (static scenes: the output has no deformation).
         """
         c = self.config
         B, Tl, _, h, w = latents.shape
@@ -190,14 +192,16 @@ class LatentDynamicReconstructionModel(nn.Module):
                 tokens = checkpoint(block, tokens, use_reentrant=False)
             else:
                 tokens = block(tokens)
-            if index in c.feature_layers:
+            if times is not None and index in c.feature_layers:
                 features.append(tokens.transpose(1, 2).unflatten(2, grid))  # [B, width, T', h/p, w/p]
         final = self.norm(tokens).transpose(1, 2).unflatten(2, grid)
         gaussians = self.gaussian_head.activate(self.gaussian_head(final))  # [B, T, H/s, W/s, ...]
         s = c.gaussian_stride
         K_grid = resize_intrinsics(K, (H, W), (H // s, W // s))
         means = unproject_depth(gaussians["depth"], K_grid.float(), c2w.float())  # on each pixel's ray, float32
-        dmu, dq, ds = DeformationHead.split(self.deformation_head(features, times).flatten(2, 4))
+        dmu = dq = ds = None
+        if times is not None:
+            dmu, dq, ds = DeformationHead.split(self.deformation_head(features, times).flatten(2, 4))
         flat = {name: value.flatten(1, 3) for name, value in gaussians.items()}
         return LDRMOutput(means=means.flatten(1, 3), dmu=dmu, dq=dq, ds=ds, **flat)
 

@@ -126,6 +126,12 @@ class VideoDiT(nn.Module):
         embed = transformer.patch_embed
         embed.proj = CameraPatchEmbed(embed.proj, camera_channels)
 
+    def train(self, mode: bool = True) -> VideoDiT:
+        """Set the transformer's mode; the frozen VAE stays in eval mode."""
+        super().train(mode)
+        self.vae.eval()
+        return self
+
     @classmethod
     def from_config(cls, config: VideoDiTConfig) -> VideoDiT:
         """Load from ``config.path`` or, when ``config.random_init``, build random weights from the config dicts."""
@@ -181,14 +187,16 @@ class VideoDiT(nn.Module):
         save_file(camera, path / ADAPTER_FILE)
 
     @torch.no_grad()
-    def encode(self, video: Tensor) -> Tensor:
-        """Video ``[B, T, 3, H, W]`` in ``[0, 1]`` -> scaled latents ``[B, T', 16, H/8, W/8]`` (``T = 4T' - 3``)."""
-        latents = self.vae.encode(video.transpose(1, 2) * 2.0 - 1.0).latent_dist.sample()
+    def encode(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Video ``[B, T, 3, H, W]`` in ``[0, 1]`` -> scaled latents ``[B, T', 16, H/8, W/8]`` (``T = 4T' - 3``),
+        sampled from the VAE's posterior with ``generator``."""
+        posterior = self.vae.encode(video.transpose(1, 2).to(self.vae.dtype) * 2.0 - 1.0).latent_dist
+        latents = posterior.sample(generator=generator)
         return (latents * self.vae.config.scaling_factor).transpose(1, 2)
 
-    def image_latents(self, image: Tensor, latent_frames: int) -> Tensor:
+    def image_latents(self, image: Tensor, latent_frames: int, generator: torch.Generator | None = None) -> Tensor:
         """The condition image ``[B, 3, H, W]`` encoded as a one-frame video, zero-padded to ``latent_frames``."""
-        first = self.encode(image[:, None])
+        first = self.encode(image[:, None], generator)
         return torch.cat([first, first.new_zeros(first.shape[0], latent_frames - 1, *first.shape[2:])], dim=1)
 
     def rotary_embedding(self, latent_frames: int, height: int, width: int, device) -> tuple[Tensor, Tensor] | None:
