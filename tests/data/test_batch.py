@@ -89,3 +89,11 @@ def test_clips_of_different_sizes_are_refused(clips):
 def test_batch_moves_between_devices_as_one(clips):
     batch = collate_clips(clips).to("cpu")
     assert isinstance(batch.keys, list) and batch.video.device.type == "cpu"
+
+
+def test_take_keeps_the_first_clips_of_every_field(clips):
+    batch = collate_clips(clips).prepare()
+    first = batch.take(1)
+    assert first.keys == batch.keys[:1] and first.captions == batch.captions[:1] and len(first) == 1
+    for name in ("video", "K", "c2w", "depth", "plucker", "track_xyz", "is_padding"):
+        assert torch.equal(getattr(first, name), getattr(batch, name)[:1]), name

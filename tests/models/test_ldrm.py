@@ -66,6 +66,22 @@ def test_deformation_is_the_identity_at_initialisation():
     assert torch.equal(out.dq, torch.tensor([1.0, 0.0, 0.0, 0.0]).expand_as(out.dq))
     field = out.fields()[1]
     torch.testing.assert_close(field.at(3).means, field.canonical.means)
+    assert model.deformation_head.is_identity()
+    with torch.no_grad():
+        model.deformation_head.out.weight[0, 0, 0, 0, 0] = 1e-3
+    assert not model.deformation_head.is_identity()
+
+
+def test_without_target_times_the_head_is_skipped_and_the_gaussians_are_unchanged():
+    model = LatentDynamicReconstructionModel(TINY)
+    latents, plucker, K, c2w = inputs()
+    static = model(latents, plucker, K, c2w, None)
+    moving = model(latents, plucker, K, c2w, torch.rand(2, 3))
+    assert static.dmu is None and static.dq is None and static.ds is None
+    torch.testing.assert_close(static.means, moving.means)
+    torch.testing.assert_close(static.canonical(1).means, moving.fields()[1].canonical.means)
+    with pytest.raises(ValueError, match="canonical"):
+        static.fields()
 
 
 def test_gradient_reaches_every_parameter():
