@@ -123,7 +123,8 @@ class DeformationHead(nn.Module):
     """DPT-style deformation head conditioned on the target time (Appendix C.2): ``K_d = 10`` per Gaussian.
 
     Features of four transformer depths are reassembled at 4x, 2x, 1x and 0.5x the token grid, fused from coarse
-    to fine, modulated by the target time (FiLM from sinusoidal time features, zero-initialised), and decoded to the
+    to fine, normalised and modulated by the target time (adaptive normalisation as in MoVieS: a parameter-free
+    group norm, then a FiLM from sinusoidal time features, zero-initialised), and decoded to the
     Gaussian grid by a transposed 3D convolution straight to ``(dmu 3, dq 4, ds 3)``, like the Gaussian head. That
     layer starts at zero weight with the identity as bias, so the head outputs the identity deformation at
     initialisation (static pre-training, Sec. 3.4, starts from a field that does not move); the paper's last layer
@@ -150,7 +151,8 @@ class DeformationHead(nn.Module):
         self.film = nn.Sequential(nn.Linear(time_dim, dim), nn.SiLU(), nn.Linear(dim, 2 * dim))
         nn.init.zeros_(self.film[-1].weight)
         nn.init.zeros_(self.film[-1].bias)
-        self.refine = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU())
+        self.norm = nn.GroupNorm(1, dim, affine=False)  # bounded inputs: the refine units cannot all saturate
+        self.refine = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.SiLU())
         self.out = temporal_upsampler(dim, 10, spatial_upsample)  # straight to 10 channels: the grid is large
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
@@ -172,7 +174,7 @@ class DeformationHead(nn.Module):
         fused = self.fuse[-1](maps[-1])
         for fuse, skip in zip(reversed(self.fuse[:-1]), reversed(maps[:-1])):
             fused = fuse(skip + nn.functional.interpolate(fused, size=skip.shape[-2:], mode="bilinear"))
-        fused = fused.unflatten(0, (B, Tl))  # [B, T', dim, 4h, 4w]
+        fused = self.norm(fused).unflatten(0, (B, Tl))  # [B, T', dim, 4h, 4w]
         film = self.film(time_features(times, self.time_dim).to(fused.dtype))  # [B, Tt, 2 dim]
         chunks = []
         for chunk in film.split(self.time_chunk, dim=1):
