@@ -1,0 +1,539 @@
+"""The training module shared by the three stages of the progressive scheme (paper Sec. 3.4, Appendix C.3).
+
+One step on a :class:`~d4s.data.Batch` of ``B`` clips of ``T`` frames:
+
+1. encode the clip with the frozen VAE: ``z0 [B, T', 16, h, w]``;
+2. flow matching (Eq. 2): noise ``z0`` to time ``t``, predict the velocity with the camera-conditioned DiT from
+   the condition image, the Plücker maps and the caption (text and camera dropped together with probability
+   ``condition_dropout``, which classifier-free guidance needs);
+3. the LDRM reads ``z0`` (``ldrm_input: clean``) or the DiT's one-step estimate ``z_t - t v`` (``one_step``, the
+   default: the rendering losses then reach the DiT, which is how Sec. 3.4's joint optimisation makes the generated
+   latents geometrically consistent) and predicts pixel-aligned Gaussians plus their deformation to ``V`` target
+   times: frame 0 (the input image's time) and ``V - 1`` other frames of the clip;
+4. render each target frame from its camera at its time, and add the photometric (Eq. 3), geometric (Eq. 4 + TV)
+   and, in the dynamic stage, motion (Eq. 5) losses.
+
+Which parts train is the stages' business (``deformation_trains``, ``uses_motion``) plus ``recipe.dit``. A step
+whose loss is not finite on any rank is skipped on every rank (no parameter update) and counted; too many in a row
+stop the run. Frozen pretrained weights loaded from disk (T5, the VAE) are left out of checkpoints and restored
+from their files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from d4s.data.batch import Batch
+from d4s.diffusion.flow_matching import FlowMatching
+from d4s.gaussians.deform import apply_deformation
+from d4s.gaussians.field import GaussianField
+from d4s.losses import (
+    depth_total_variation,
+    lpips_distance,
+    motion_loss,
+    mse,
+    pearson_depth_loss,
+    track_motion,
+    weighted_mean,
+)
+from d4s.models.config import ModelConfig
+from d4s.models.ldrm import LatentDynamicReconstructionModel, LDRMOutput
+from d4s.models.lora import DEFAULT_TARGETS, add_lora, lora_parameters
+from d4s.models.perceptual import LPIPS
+from d4s.models.text import TextEncoder
+from d4s.models.video_dit import VideoDiT
+from d4s.render import render
+from d4s.stages.ema import ParameterEMA
+from d4s.stages.visuals import comparison_grid, comparison_rows, log_video
+
+DIT_TRAINING = ("full", "camera", "lora", "frozen")
+LDRM_INPUTS = ("one_step", "clean")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the terms of the training loss. Paper values: ``lpips`` = lambda_p = 0.5 and ``motion`` =
+    lambda_m = 2 (Sec. 4.1, Appendix C.4); the paper gives no other weight, so the rest are our choices (1 for
+    the main terms, a small TV weight because it regularises). ``motion_magnitude`` weighs Eq. 5's second term,
+    ``||dX_pred||_1``, which Eq. 5 adds without a coefficient (1). A weight of 0 skips its term's computation."""
+
+    flow_matching: float = 1.0
+    mse: float = 1.0
+    lpips: float = 0.5
+    depth_pearson: float = 1.0
+    depth_tv: float = 0.01
+    motion: float = 2.0
+    motion_magnitude: float = 1.0
+
+
+@dataclass
+class LPIPSConfig:
+    """The LPIPS network of Eq. 3 (:class:`d4s.models.perceptual.LPIPS`): backbone weights from a local file;
+    ``random_backbone: true`` builds a random one (tests and tiny CPU runs only)."""
+
+    net: str = "vgg"
+    backbone_path: str | None = "weights/lpips/vgg16-397923af.pth"
+    random_backbone: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with learning rate 1e-5 and weight decay 1e-4, cosine schedule (Sec. 4.1). The warm-up length and
+    the final learning rate (``min_lr_ratio`` x ``lr``) are not in the paper: our choices. The schedule spans the
+    trainer's ``max_steps``."""
+
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class Recipe:
+    """How a step is built; the paper is silent on all of it, so each default is our reading (see the module
+    docstring and ``configs/README.md``).
+
+    ``dit``: which part of the video DiT trains: ``full`` (default: Sec. 3.4 fine-tunes the whole model),
+    ``camera`` (the Plücker adapter only), ``lora`` (adapter + LoRA of rank ``lora_rank`` on the attention
+    projections) or ``frozen`` (no flow-matching loss then, unless ``ldrm_input`` needs the DiT's estimate).
+    ``ldrm_input``: ``one_step`` or ``clean`` (see the module docstring). ``condition_dropout``: probability of
+    dropping text and camera together (for guidance). ``num_target_views``: rendered frames per clip (frame 0 plus
+    random others in training, evenly spaced frames in validation). ``background``: colour behind the Gaussians.
+    ``ema_decay``: keep an EMA of the trainable weights (validation then uses it). ``max_nonfinite_in_a_row``:
+    skipped steps tolerated in a row. ``images_every_n_steps``: TensorBoard image grids (0 = never); validation
+    also logs a video of its first clip. ``seed``: the step randomness is drawn from ``(seed, step, rank)``, so a
+    resumed run continues exactly as an uninterrupted one.
+    """
+
+    dit: str = "full"
+    lora_rank: int = 64
+    ldrm_input: str = "one_step"
+    condition_dropout: float = 0.1
+    flow_matching: FlowMatching = field(default_factory=FlowMatching)
+    num_target_views: int = 4
+    render_backend: str = "auto"
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    ema_decay: float | None = None
+    max_nonfinite_in_a_row: int = 20
+    images_every_n_steps: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.flow_matching, dict):
+            self.flow_matching = FlowMatching(**self.flow_matching)
+        if self.dit not in DIT_TRAINING:
+            raise ValueError(f"recipe.dit: expected one of {DIT_TRAINING}, got {self.dit!r}")
+        if self.ldrm_input not in LDRM_INPUTS:
+            raise ValueError(f"recipe.ldrm_input: expected one of {LDRM_INPUTS}, got {self.ldrm_input!r}")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(
+                f"recipe.condition_dropout: expected a probability in [0, 1), got {self.condition_dropout}"
+            )
+        if self.num_target_views < 1:
+            raise ValueError(f"recipe.num_target_views: expected >= 1, got {self.num_target_views}")
+
+
+class Diff4SplatModule(L.LightningModule):
+    """Video DiT + LDRM + losses; the stages are subclasses that set which parts train.
+
+    Args:
+        model_config: a model YAML (``configs/model/paper.yaml``, :class:`d4s.models.config.ModelConfig`).
+        losses: :class:`LossWeights`. lpips: :class:`LPIPSConfig`. optimizer: :class:`OptimizerConfig`.
+        recipe: :class:`Recipe`.
+        init_from: a checkpoint whose weights (not its optimiser or step) start this stage; the previous stage's
+            hand-off. ``--ckpt_path`` instead resumes a run exactly.
+    """
+
+    #: the deformation head trains (stage 3) or stays frozen at the identity (stages 1-2, Sec. 3.4)
+    deformation_trains: bool = True
+    #: the motion loss (Eq. 5) is part of the objective
+    uses_motion: bool = True
+    #: the stage is meant to start from the previous stage's weights (warn when ``init_from`` is missing)
+    expects_init: bool = False
+
+    def __init__(
+        self,
+        model_config: str = "configs/model/paper.yaml",
+        losses: LossWeights | None = None,
+        lpips: LPIPSConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        recipe: Recipe | None = None,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.losses, self.optim = _config(LossWeights, losses), _config(OptimizerConfig, optimizer)
+        self.recipe = _config(Recipe, recipe)
+        self.init_from = init_from
+        self.model_config = ModelConfig.from_yaml(model_config)
+        self.video_dit = VideoDiT.from_config(self.model_config.video_dit)
+        self.ldrm = LatentDynamicReconstructionModel(self.model_config.ldrm)
+        self.text = TextEncoder(**self.model_config.text)
+        lpips = _config(LPIPSConfig, lpips)
+        self.lpips = LPIPS(lpips.net, lpips.backbone_path, random_backbone=lpips.random_backbone)
+        if not self.losses.lpips:
+            self.lpips = None
+        self._set_trainable()
+        self.ema = ParameterEMA(self.networks, self.recipe.ema_decay) if self.recipe.ema_decay else None
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._step_started: float | None = None
+
+    # ----------------------------------------------------------------------------------------------- structure
+    @property
+    def networks(self) -> nn.ModuleDict:
+        """The trained networks (what the EMA and the optimiser see)."""
+        return nn.ModuleDict({"video_dit": self.video_dit, "ldrm": self.ldrm})
+
+    @property
+    def runs_dit(self) -> bool:
+        """The DiT is evaluated in training steps (for its loss, or for the LDRM's one-step input)."""
+        return self.recipe.dit != "frozen" or self.recipe.ldrm_input == "one_step"
+
+    def _set_trainable(self) -> None:
+        self.requires_grad_(False)
+        self.ldrm.requires_grad_(True)
+        if not self.deformation_trains:
+            self.ldrm.deformation_head.requires_grad_(False)
+        dit = self.recipe.dit
+        if dit == "full":
+            self.video_dit.transformer.requires_grad_(True)
+        if dit == "lora":
+            add_lora(self.video_dit.transformer, DEFAULT_TARGETS, self.recipe.lora_rank)
+            for parameter in lora_parameters(self.video_dit.transformer):
+                parameter.requires_grad_(True)
+        if dit in ("full", "camera", "lora"):
+            self.video_dit.plucker.requires_grad_(True)
+            self.video_dit.transformer.patch_embed.proj.camera.requires_grad_(True)
+        self.video_dit.vae.requires_grad_(False)
+
+    def _frozen_pretrained_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen weights that come from files (left out of checkpoints)."""
+        prefixes = ["text."]
+        if not self.model_config.video_dit.random_init:
+            prefixes.append("video_dit.vae.")
+        return tuple(prefixes)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(self._frozen_pretrained_prefixes())]:
+            del state[key]
+        checkpoint["d4s_model_config"] = asdict(self.model_config)
+        hyper = checkpoint.get("hyper_parameters", {})  # plain values: checkpoints load with weights_only=True
+        checkpoint["hyper_parameters"] = {k: asdict(v) if is_dataclass(v) else v for k, v in hyper.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = self.state_dict()
+        prefixes = self._frozen_pretrained_prefixes()
+        checkpoint["state_dict"].update({k: v for k, v in own.items() if k.startswith(prefixes)})
+
+    def load_init(self, path: str | Path) -> None:
+        """Load the weights of a previous stage's checkpoint (not its optimiser, schedule or step)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from: checkpoint {path} not found")
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = {k: v for k, v in state.items() if not k.startswith(("ema.", "lpips."))}
+        own = self.state_dict()
+        state.update({k: v for k, v in own.items() if k.startswith(self._frozen_pretrained_prefixes() + ("lpips.",))})
+        if self.ema is not None:
+            state.update({k: v for k, v in own.items() if k.startswith("ema.")})
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"init_from {path}: does not fit this model (missing {result.missing_keys[:4]}, unexpected "
+                f"{result.unexpected_keys[:4]}); was it trained with another model_config or recipe.dit?"
+            )
+        if self.ema is not None:
+            self.ema = ParameterEMA(self.networks, self.recipe.ema_decay).to(self.device)
+
+    # ------------------------------------------------------------------------------------------------ the step
+    def step_generator(self, stream: int) -> torch.Generator:
+        """Randomness of one step, a function of ``(seed, global step, rank, stream)`` only."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(stable_seed(self.recipe.seed, self.global_step, self.global_rank, stream))
+        return generator
+
+    def target_frames(self, batch_size: int, num_frames: int, generator: torch.Generator | None) -> Tensor:
+        """``[B, V]`` frame indices to render, sorted: frame 0 plus ``V - 1`` random distinct other frames
+        (``generator`` given), or ``V`` evenly spaced frames from first to last (``None``: validation)."""
+        V = min(self.recipe.num_target_views, num_frames)
+        if generator is None:
+            frames = torch.linspace(0, num_frames - 1, V, device=self.device).round().long()
+            return frames.expand(batch_size, V)
+        scores = torch.rand(batch_size, num_frames - 1, generator=generator, device=self.device)
+        others = scores.argsort(dim=1)[:, : V - 1] + 1
+        first = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+        return torch.cat([first, others], dim=1).sort(dim=1).values
+
+    def reconstruct(
+        self, batch: Batch, frames: Tensor, generator: torch.Generator | None, train: bool
+    ) -> tuple[LDRMOutput, dict[str, Tensor]]:
+        """Gaussians of the clip and their deformation to ``frames [B, V]``; returns ``(output, terms)`` with the
+        flow-matching loss in ``terms`` when the DiT ran. Without ``train`` the LDRM reads clean latents."""
+        terms: dict[str, Tensor] = {}
+        B, T = batch.video.shape[:2]
+        z0 = self.video_dit.encode(batch.video, generator)
+        latents = z0
+        if train and self.runs_dit:
+            fm = self.recipe.flow_matching
+            drop = torch.rand(B, generator=generator, device=self.device) < self.recipe.condition_dropout
+            text = self.text(batch.captions, self.device)
+            text = torch.where(drop[:, None, None], self.text.null(B, self.device).to(text.dtype), text)
+            camera = batch.plucker * (~drop).to(batch.plucker.dtype)[:, None, None, None, None]
+            t = fm.sample_times(B, generator, self.device)
+            noise = torch.randn(z0.shape, generator=generator, device=self.device, dtype=z0.dtype)
+            noisy = fm.interpolate(z0, noise, t)
+            image = self.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.dit != "frozen"):
+                velocity = self.video_dit(noisy, image, camera, text, fm.model_timestep(t))
+            if self.recipe.dit != "frozen":
+                terms["flow_matching"] = fm.loss(velocity, z0, noise, t, batch.weight)
+            if self.recipe.ldrm_input == "one_step":
+                latents = noisy - t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype) * velocity
+        times = frames.float() / max(T - 1, 1) if self.deformation_trains else None  # frozen head: the identity
+        return self.ldrm(latents, batch.plucker, batch.K, batch.c2w, times), terms
+
+    def render_frames(self, output: LDRMOutput, batch: Batch, frames: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Render ``frames [B, V]`` (camera and time of each): ``(rgb [B, V, 3, H, W], depth [B, V, H, W])``, in
+        float32 outside autocast; ``None`` when the predicted Gaussians are not finite."""
+        H, W = batch.video.shape[-2:]
+        background = torch.tensor(self.recipe.background, device=self.device)
+        rgbs, depths = [], []
+        with torch.autocast(self.device.type, enabled=False):
+            for b in range(frames.shape[0]):
+                canonical = output.canonical(b).map(lambda x: x.float())
+                if not all(torch.isfinite(x).all() for x in canonical.tensors().values()):
+                    return None
+                c2w, K = batch.c2w[b, frames[b]].float(), batch.K[b, frames[b]].float()
+                if output.dmu is None:
+                    views = [render(canonical, c2w, K, W, H, self.recipe.render_backend, background)]
+                else:
+                    views = []
+                    for v in range(frames.shape[1]):
+                        field = self._deformed(canonical, output, b, v)
+                        if field is None:
+                            return None
+                        views.append(
+                            render(field, c2w[v : v + 1], K[v : v + 1], W, H, self.recipe.render_backend, background)
+                        )
+                rgbs.append(torch.cat([view.rgb for view in views]).permute(0, 3, 1, 2))
+                depths.append(torch.cat([view.depth for view in views]))
+        return torch.stack(rgbs), torch.stack(depths)
+
+    @staticmethod
+    def _deformed(canonical: GaussianField, output: LDRMOutput, b: int, v: int) -> GaussianField | None:
+        dmu, dq, ds = (x[b, v].float() for x in (output.dmu, output.dq, output.ds))
+        if not (torch.isfinite(dmu).all() and torch.isfinite(dq).all() and torch.isfinite(ds).all()):
+            return None
+        means, quats, log_scales = apply_deformation(
+            canonical.means, canonical.quats, canonical.log_scales, dmu, dq, ds
+        )
+        return GaussianField(means, quats, log_scales, canonical.opacity_logits, canonical.sh)
+
+    def compute_losses(self, batch: Batch, train: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every loss term (scalars) and the pictures behind them; the total is ``terms["loss"]`` (NaN when the
+        predicted Gaussians are not finite)."""
+        batch = batch.prepare()
+        generator = self.step_generator(0) if train else self.step_generator_for_validation(batch)
+        frames = self.target_frames(len(batch), batch.video.shape[1], generator if train else None)
+        output, terms = self.reconstruct(batch, frames, generator, train)
+        rendered = self.render_frames(output, batch, frames)
+        if rendered is None:
+            nan = torch.full((), float("nan"), device=self.device)
+            return {"loss": nan}, {}
+        rgb, depth = rendered
+        index = frames[:, :, None, None, None].expand(-1, -1, *batch.video.shape[2:])
+        rgb_gt = batch.video.gather(1, index).float()
+        depth_gt = batch.depth.gather(1, frames[:, :, None, None].expand(-1, -1, *batch.depth.shape[2:]))
+        weight = batch.weight.to(self.device)
+        w = self.losses
+        terms["mse"] = weighted_mean(mse(rgb, rgb_gt).mean(1), weight)
+        if self.lpips is not None:
+            terms["lpips"] = weighted_mean(lpips_distance(self.lpips, rgb, rgb_gt).mean(1), weight)
+        if w.depth_pearson:
+            pearson, supervised = pearson_depth_loss(depth, depth_gt, depth_gt > 0)
+            per_clip = (pearson * supervised).sum(1) / supervised.sum(1).clamp_min(1)
+            clip_weight = weight * (batch.has_depth & supervised.any(1)).to(weight.dtype)
+            terms["depth_pearson"] = weighted_mean(per_clip, clip_weight)
+        if w.depth_tv:
+            terms["depth_tv"] = weighted_mean(depth_total_variation(depth).mean(1), weight)
+        if self.uses_motion and (w.motion or w.motion_magnitude) and output.dmu is not None:
+            s = self.ldrm.config.gaussian_stride
+            predicted, true, supervised = track_motion(
+                output.dmu,
+                (batch.video.shape[-2] // s, batch.video.shape[-1] // s),
+                batch.track_xyz,
+                batch.track_visible,
+                batch.track_valid,
+                batch.c2w,
+                batch.K,
+                tuple(batch.video.shape[-2:]),
+                frames,
+                generator,
+            )
+            error, magnitude, count = motion_loss(predicted, true, supervised)
+            clip_weight = weight * (batch.has_tracks & (count > 0)).to(weight.dtype)
+            terms["motion"] = weighted_mean(error, clip_weight)
+            terms["motion_magnitude"] = weighted_mean(magnitude, clip_weight)
+        terms["loss"] = sum(getattr(w, name) * value for name, value in terms.items())
+        with torch.no_grad():
+            psnr = -10.0 * torch.log10(mse(rgb, rgb_gt).clamp_min(1e-10))
+            terms["psnr"] = weighted_mean(psnr.mean(1), weight)
+        return terms, {"rgb": rgb, "rgb_gt": rgb_gt, "depth": depth, "depth_gt": depth_gt, "frames": frames}
+
+    def step_generator_for_validation(self, batch: Batch) -> torch.Generator:
+        """Validation randomness (the VAE's posterior sample) fixed per clip, whatever the training step."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(stable_seed(self.recipe.seed, "val", batch.keys))
+        return generator
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        terms, pictures = self.compute_losses(batch, train=True)
+        loss = terms["loss"]
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_total), rank_zero_only=True)
+            if self.nonfinite_in_a_row > self.recipe.max_nonfinite_in_a_row:
+                raise RuntimeError(
+                    f"{self.nonfinite_in_a_row} training steps in a row had a non-finite loss (last at step "
+                    f"{self.global_step}, clips {batch.keys}); stopping. Lower the learning rate, check the data, or "
+                    "resume from an earlier checkpoint"
+                )
+            return None  # every rank skips: no backward, no parameter update
+        self.nonfinite_in_a_row = 0
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch), sync_dist=False)
+        every = self.recipe.images_every_n_steps
+        if every and self.global_step % every == 0 and self.global_rank == 0:
+            self._log_images("train/views", pictures)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        terms, pictures = self.compute_losses(batch, train=False)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
+        if batch_idx == 0 and self.global_rank == 0 and pictures:
+            self._log_images("val/views", pictures)
+            self._log_clip_video(batch.prepare())
+
+    def on_validation_epoch_start(self) -> None:
+        if self.ema is not None:
+            self._ema_context = self.ema.swapped_in(self.networks)
+            self._ema_context.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.ema is not None:
+            self._ema_context.__exit__(None, None, None)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.ema is not None and outputs:
+            self.ema.update(self.networks)
+        if self._step_started is not None:
+            seconds = time.perf_counter() - self._step_started
+            samples = len(batch) * self.trainer.world_size
+            self.log("perf/samples_per_s", samples / seconds, rank_zero_only=True)
+        if self.device.type == "cuda":
+            self.log("perf/gpu_memory_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, rank_zero_only=True)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        skipped = getattr(datamodule, "skipped", None)
+        if skipped is not None:
+            self.log("data/skipped_samples", float(sum(skipped.values())), rank_zero_only=True)
+
+    # ------------------------------------------------------------------------------------------------ pictures
+    def _writer(self):
+        experiment = getattr(self.logger, "experiment", None)
+        return experiment if hasattr(experiment, "add_image") else None
+
+    def _log_images(self, tag: str, pictures: dict[str, Tensor]) -> None:
+        writer = self._writer()
+        if writer is None:
+            return
+        grid = comparison_grid(pictures["rgb"][0], pictures["rgb_gt"][0], pictures["depth"][0], pictures["depth_gt"][0])
+        writer.add_image(tag, grid, self.global_step)
+
+    @torch.no_grad()
+    def _log_clip_video(self, batch: Batch) -> None:
+        """Every frame of the first validation clip, rendered at its camera and time, beside the ground truth."""
+        writer = self._writer()
+        if writer is None:
+            return
+        first = batch.take(1)
+        T = first.video.shape[1]
+        frames = torch.arange(T, device=self.device)[None].expand(len(first), T)
+        output, _ = self.reconstruct(first, frames, self.step_generator_for_validation(first), train=False)
+        rendered = self.render_frames(output, first, frames)
+        if rendered is None:
+            return
+        rgb, depth = rendered
+        rows = comparison_rows(rgb[0], first.video[0].float(), depth[0], first.depth[0])
+        log_video(writer, "val/video", rows, self.global_step)
+
+    # ------------------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError(f"{type(self).__name__}: nothing to train (check recipe.dit and the stage)")
+        o = self.optim
+        optimizer = torch.optim.AdamW(parameters, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, o.warmup_steps, int(total), o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        if self.ema is not None and "FSDP" in type(self.trainer.strategy).__name__:
+            raise ValueError("recipe.ema_decay: the EMA of weights is not available under FSDP; use DDP or no EMA")
+
+    def on_fit_start(self) -> None:
+        """Load ``init_from`` (unless resuming with ``--ckpt_path``) and check the frozen head is the identity."""
+        if self.trainer.ckpt_path is None:
+            if self.init_from is not None:
+                self.load_init(self.init_from)
+            elif self.expects_init:
+                warnings.warn(
+                    f"{type(self).__name__}: no init_from checkpoint, so this stage starts from scratch instead of "
+                    "from the previous stage's weights (Sec. 3.4)",
+                    stacklevel=2,
+                )
+        if not self.deformation_trains and not self.ldrm.deformation_head.is_identity():
+            raise ValueError(
+                f"{type(self).__name__}: the deformation head is frozen in this stage, so it must be the identity "
+                "(its initial state), but the loaded weights hold a trained one; static stages render static scenes"
+            )
+
+
+def _config(cls, value):
+    """``value`` as a ``cls`` dataclass: as given, from a dict (a checkpoint's hyper-parameters), or the defaults."""
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else value
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at
+    ``total_steps`` (constant ``min_ratio`` after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed from ``parts`` that is the same in every process (Python's ``hash`` of strings is not)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1

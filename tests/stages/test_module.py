@@ -1,0 +1,192 @@
+"""The shared training module: trainable parts, condition dropout, EMA, schedule, guards, checkpoints, resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from d4s.stages import DynamicFinetune, StaticPretrain
+from d4s.stages.base import warmup_cosine
+from d4s.stages.checkpoint import AtomicCheckpointIO
+from d4s.stages.ema import ParameterEMA
+from tests.stages.conftest import tiny_data, tiny_module, tiny_trainer
+
+
+def trainable(module) -> set[str]:
+    return {name for name, p in module.named_parameters() if p.requires_grad}
+
+
+def test_which_parts_train_in_each_stage_and_dit_setting():
+    stage1 = tiny_module(StaticPretrain)
+    names = trainable(stage1)
+    assert not any(n.startswith("ldrm.deformation_head.") for n in names)
+    assert any(n.startswith("ldrm.blocks.") for n in names) and any(".transformer_blocks." in n for n in names)
+    assert not any(n.startswith(("video_dit.vae.", "lpips.", "text.")) for n in names)
+    stage3 = tiny_module(DynamicFinetune)
+    assert any(n.startswith("ldrm.deformation_head.") for n in trainable(stage3))
+    camera = trainable(tiny_module(DynamicFinetune, recipe={"dit": "camera"}))
+    dit_camera = {n for n in camera if n.startswith("video_dit.")}
+    assert dit_camera and all(
+        n.startswith(("video_dit.plucker.", "video_dit.transformer.patch_embed.proj.camera.")) for n in dit_camera
+    )
+    lora = {
+        n
+        for n in trainable(tiny_module(DynamicFinetune, recipe={"dit": "lora", "lora_rank": 4}))
+        if n.startswith("video_dit.")
+    }
+    assert any(".down." in n for n in lora) and not any(n.endswith(".base.weight") for n in lora)
+    assert not any(
+        n.startswith("video_dit.") for n in trainable(tiny_module(DynamicFinetune, recipe={"dit": "frozen"}))
+    )
+
+
+def test_text_and_camera_are_dropped_together(toy4d_shards, monkeypatch):
+    module = tiny_module(DynamicFinetune, recipe={"condition_dropout": 0.5})
+    data = tiny_data(toy4d_shards, "any", batch_size=8)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader())).prepare()
+    seen = {}
+    forward = module.video_dit.forward
+
+    def spy(noisy, image, camera, text, timestep):
+        seen.update(camera=camera, text=text)
+        return forward(noisy, image, camera, text, timestep)
+
+    monkeypatch.setattr(module.video_dit, "forward", spy)
+    monkeypatch.setattr(module.text, "forward", lambda captions, device: torch.ones(len(captions), 8, 32))
+    module.compute_losses(batch, train=True)
+    camera_dropped = seen["camera"].flatten(1).abs().sum(1) == 0
+    text_dropped = seen["text"].flatten(1).abs().sum(1) == 0
+    assert torch.equal(camera_dropped, text_dropped)
+    assert 0 < int(camera_dropped.sum()) < 8  # p = 0.5 over 8 clips with this seed
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 10, 110) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 110) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110) == pytest.approx(0.5)  # half way through the cosine
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(35, 10, 110, min_ratio=0.2) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_ema_averages_trainable_weights_and_swaps_back():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[1].requires_grad_(False)
+    ema = ParameterEMA(model, decay=0.9)
+    assert ema.names == ["0.weight", "0.bias"]
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    expected = 0.9 * start + 0.1 * (start + 1.0)
+    with ema.swapped_in(model):
+        torch.testing.assert_close(model[0].weight, expected)
+    torch.testing.assert_close(model[0].weight, start + 1.0)
+    with pytest.raises(ValueError, match="decay"):
+        ParameterEMA(model, decay=1.0)
+
+
+class SaboteurCallback(L.Callback):
+    """Poisons the LDRM with NaN for some steps (the loss is then not finite)."""
+
+    def __init__(self, steps: set[int]):
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        weight = module.ldrm.project.weight
+        if batch_idx in self.steps:
+            self.saved = weight.detach().clone()
+            with torch.no_grad():
+                weight.fill_(float("nan"))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx in self.steps:
+            with torch.no_grad():
+                module.ldrm.project.weight.copy_(self.saved)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(toy4d_shards, tmp_path):
+    module = tiny_module(StaticPretrain, recipe={"max_nonfinite_in_a_row": 2})
+    data = tiny_data(toy4d_shards, "static")
+    trainer = tiny_trainer(tmp_path, max_steps=4, callbacks=[SaboteurCallback({1, 2})])
+    trainer.fit(module, data)
+    assert module.nonfinite_total == 2 and module.nonfinite_in_a_row == 0
+    assert all(torch.isfinite(p).all() for p in module.parameters())  # no NaN reached the weights
+
+    module = tiny_module(StaticPretrain, recipe={"max_nonfinite_in_a_row": 2})
+    trainer = tiny_trainer(tmp_path, max_steps=6, callbacks=[SaboteurCallback({1, 2, 3, 4})])
+    with pytest.raises(RuntimeError, match="3 training steps in a row had a non-finite loss"):
+        trainer.fit(module, data)
+
+
+class Crash(L.Callback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("killed")  # the run dies mid-epoch, without a final checkpoint
+
+
+class Observe(L.Callback):
+    def on_train_start(self, trainer, module):
+        optimizer = trainer.optimizers[0]
+        self.step = trainer.global_step
+        self.adam_steps = {int(s["step"]) for s in optimizer.state.values()} if optimizer.state else set()
+        self.lr = optimizer.param_groups[0]["lr"]
+        self.scheduler_epoch = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())  # its tensors change in place later
+        self.weights = {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def resumable_run(shards, root, max_steps, callbacks=(), ckpt_path=None, ema=True):
+    module = tiny_module(StaticPretrain, lr=1e-3, recipe={"ema_decay": 0.9} if ema else None)
+    data = tiny_data(shards, "static", samples_per_epoch=6)  # 3 steps per epoch
+    checkpoints = ModelCheckpoint(dirpath=root, save_last=True, every_n_epochs=1, save_top_k=-1)
+    trainer = tiny_trainer(
+        root,
+        max_steps=max_steps,
+        enable_checkpointing=True,
+        callbacks=[checkpoints, *callbacks],
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_killed_run_resumes_at_its_step_with_its_optimizer_schedule_and_weights(toy4d_shards, tmp_path):
+    with pytest.raises(RuntimeError, match="killed"):
+        resumable_run(toy4d_shards, tmp_path / "crashed", max_steps=6, callbacks=[Crash(at_step=4)])
+    last = tmp_path / "crashed" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)  # plain tensors and values only
+    assert saved["global_step"] == 3  # the last epoch end before the kill
+    observe = Observe()
+    _, trainer = resumable_run(toy4d_shards, tmp_path / "crashed", 6, callbacks=[observe], ckpt_path=str(last))
+    assert observe.step == 3 and observe.adam_steps == {3} and observe.scheduler_epoch == 3
+    assert observe.lr == pytest.approx(1e-3 * warmup_cosine(3, 10, 6))
+    for key, value in saved["state_dict"].items():  # weights and EMA, bit for bit
+        assert torch.equal(observe.weights[key], value), key
+    moments = saved["optimizer_states"][0]["state"]
+    for index, state in moments.items():
+        assert torch.equal(observe.optimizer_state["state"][index]["exp_avg"], state["exp_avg"])
+    assert trainer.global_step == 6
+
+
+def test_checkpoints_are_atomic(tmp_path):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed while saving")
+
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        io.save_checkpoint({"step": 2, "bad": Unpicklable()}, target)
+    assert torch.load(target, weights_only=False) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind

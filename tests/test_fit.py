@@ -1,0 +1,93 @@
+"""``python -m d4s.fit``: the stage configs parse, paper scale instantiates on the meta device, and a tiny stage 1
+trains with DDP on two CPU processes in bf16-mixed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from d4s.fit import main
+from d4s.models.ldrm import parameter_count
+from d4s.stages import DynamicFinetune, HiResRefine, LPIPSConfig, StaticPretrain
+from tests.data.conftest import toy4d_shards  # noqa: F401  (the session's shards)
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {1: StaticPretrain, 2: HiResRefine, 3: DynamicFinetune}
+
+
+@pytest.mark.parametrize("config", ["stage1", "stage2", "stage3", "tiny/stage1", "tiny/stage2", "tiny/stage3"])
+def test_stage_configs_parse(config, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--config", f"configs/{config}.yaml", "--print_config"])
+    assert exit_code.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    stage = int(config[-1])
+    assert printed["model"]["class_path"] == f"d4s.stages.{STAGES[stage].__name__}"
+    assert printed["trainer"]["precision"] == "bf16-mixed"
+    assert printed["data"]["train"]["motion"] == ("dynamic" if stage == 3 else "static")
+    if not config.startswith("tiny"):
+        assert printed["trainer"]["max_steps"] == {1: 40000, 2: 40000, 3: 20000}[stage]  # Sec. 3.4
+        assert (
+            printed["trainer"]["strategy"] == "ddp" and printed["data"]["clip"]["height"] == (256, 512, 512)[stage - 1]
+        )
+        optimizer = printed["model"]["init_args"]["optimizer"]
+        assert optimizer["lr"] == 1e-5 and optimizer["weight_decay"] == 1e-4  # Sec. 4.1
+        assert printed["model"]["init_args"]["losses"]["lpips"] == 0.5
+        assert printed["model"]["init_args"]["losses"]["motion"] == 2.0
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_paper_scale_stages_instantiate_on_the_meta_device(stage, tmp_path):
+    """The paper's model config with random weights (no files here), built without allocating memory."""
+    paper = yaml.safe_load((ROOT / "configs/model/paper.yaml").read_text())
+    paper["video_dit"]["random_init"] = True
+    paper["text"] = {"mode": "null", "max_length": 226, "dim": 4096}
+    config = tmp_path / "paper.yaml"
+    config.write_text(yaml.safe_dump(paper))
+    with torch.device("meta"):
+        module = STAGES[stage](str(config), lpips=LPIPSConfig(backbone_path=None, random_backbone=True))
+    assert parameter_count(module.video_dit.transformer) > 5e9  # CogVideoX-5B
+    assert all(p.device.type == "meta" for p in module.parameters())
+    assert any(p.requires_grad for p in module.ldrm.deformation_head.parameters()) == (stage == 3)
+
+
+def test_tiny_stage1_runs_with_ddp_on_two_cpu_processes_in_bf16(toy4d_shards, tmp_path):  # noqa: F811
+    index = toy4d_shards / "index.json"
+    command = [
+        sys.executable,
+        "-m",
+        "d4s.fit",
+        "--config",
+        "configs/tiny/stage1.yaml",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.val_check_interval=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.train.sources=[{{name: toy4d, index: {index}}}]",
+        f"--data.val.sources=[{{name: toy4d, index: {index}, split: val}}]",
+        "--data.num_workers=1",
+        "--data.clip.height=32",
+        "--data.clip.width=32",
+        "--data.clip.num_frames=5",
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bfloat16" in result.stderr + result.stdout  # Lightning announces bf16 autocast
+    checkpoint = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
+    assert checkpoint["global_step"] == 2
+    saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
+    assert saved["trainer"]["precision"] == "bf16-mixed" and str(saved["trainer"]["devices"]) == "2"
