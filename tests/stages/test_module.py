@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from d4s.models.config import ModelConfig
+from d4s.models.video_dit import VideoDiT
 from d4s.stages import DynamicFinetune, StaticPretrain
 from d4s.stages.base import warmup_cosine
 from d4s.stages.checkpoint import AtomicCheckpointIO
 from d4s.stages.ema import ParameterEMA
-from tests.stages.conftest import tiny_data, tiny_module, tiny_trainer
+from tests.stages.conftest import RANDOM_LPIPS, TINY_MODEL, tiny_data, tiny_module, tiny_trainer
 
 
 def trainable(module) -> set[str]:
@@ -190,3 +194,23 @@ def test_checkpoints_are_atomic(tmp_path):
         io.save_checkpoint({"step": 2, "bad": Unpicklable()}, target)
     assert torch.load(target, weights_only=False) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_checkpoints_leave_out_frozen_weights_that_come_from_files(tmp_path):
+    tiny = yaml.safe_load(Path(TINY_MODEL).read_text())
+    torch.manual_seed(0)
+    VideoDiT.from_config(ModelConfig.from_yaml(TINY_MODEL).video_dit).save_pretrained(tmp_path / "dit")
+    tiny["video_dit"] = {"path": str(tmp_path / "dit"), "camera_channels": tiny["video_dit"]["camera_channels"]}
+    config = tmp_path / "model.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    module = StaticPretrain(str(config), lpips=RANDOM_LPIPS)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(key.startswith("video_dit.vae.") for key in checkpoint["state_dict"])
+    assert any(key.startswith("video_dit.transformer.") for key in checkpoint["state_dict"])
+    assert checkpoint["d4s_model_config"]["video_dit"]["path"] == str(tmp_path / "dit")
+    restored = StaticPretrain(str(config), lpips=RANDOM_LPIPS)
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])  # strict: the VAE came back from its files
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
