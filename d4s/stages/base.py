@@ -181,9 +181,9 @@ class Diff4SplatModule(L.LightningModule):
         self.ldrm = LatentDynamicReconstructionModel(self.model_config.ldrm)
         self.text = TextEncoder(**self.model_config.text)
         lpips = _config(LPIPSConfig, lpips)
-        self.lpips = LPIPS(lpips.net, lpips.backbone_path, random_backbone=lpips.random_backbone)
-        if not self.losses.lpips:
-            self.lpips = None
+        self.lpips = None
+        if self.losses.lpips:  # no LPIPS network (nor its weight file) when its loss weight is 0
+            self.lpips = LPIPS(lpips.net, lpips.backbone_path, random_backbone=lpips.random_backbone)
         self._set_trainable()
         self.ema = ParameterEMA(self.networks, self.recipe.ema_decay) if self.recipe.ema_decay else None
         self.nonfinite_in_a_row = 0
