@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> FitCLI:
         subclass_mode_model=True,
         args=argv,
         run=False,
+        parser_kwargs={"prog": "python -m d4s.fit", "description": __doc__},
         save_config_kwargs={"overwrite": True},
     )
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config["ckpt_path"])
