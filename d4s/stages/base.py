@@ -243,7 +243,7 @@ class Diff4SplatModule(L.LightningModule):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from: checkpoint {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         state = {k: v for k, v in state.items() if not k.startswith(("ema.", "lpips."))}
         own = self.state_dict()
         state.update({k: v for k, v in own.items() if k.startswith(self._frozen_pretrained_prefixes() + ("lpips.",))})
