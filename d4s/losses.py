@@ -124,19 +124,26 @@ def track_motion(
     return predicted, true, supervised
 
 
-def motion_loss(predicted: Tensor, true: Tensor, supervised: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def motion_loss(
+    predicted: Tensor, true: Tensor, supervised: Tensor, squared_scale: float | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The two terms of Eq. 5 per clip, averaged over its supervised (track, target time) pairs.
 
     Args:
         predicted, true: ``[B, V, N, 3]`` displacements (metres); supervised: ``[B, V, N]`` bool.
+        squared_scale: ``None`` for Eq. 5's norm ``||e||_2``; a length ``c`` (metres) for ``||e||_2^2 / c`` instead.
+            With mostly static tracks the plain norm behaves like a median and holds an untrained head at zero
+            motion; the squared error's gradient vanishes on the static pairs it already fits (an option, not the
+            paper's loss; see ``configs/README.md``).
     Returns:
-        ``(error [B], magnitude [B], count [B])``: ``mean ||dX_pred - dX||_2`` (weighted by ``lambda_m`` in
-        Eq. 5), ``mean ||dX_pred||_1`` (the unweighted second term), and the number of supervised pairs (both
-        terms are 0 where it is 0).
+        ``(error [B], magnitude [B], count [B])``: the mean error term (weighted by ``lambda_m`` in Eq. 5),
+        ``mean ||dX_pred||_1`` (the second term), and the number of supervised pairs (both terms are 0 where it is 0).
     """
     mask = supervised.float()
     count = mask.flatten(1).sum(-1)
     error = (predicted.float() - true.float()).norm(dim=-1)
+    if squared_scale is not None:
+        error = error.pow(2) / squared_scale
     magnitude = predicted.float().abs().sum(-1)
     denominator = count.clamp_min(1.0)
     return (error * mask).flatten(1).sum(-1) / denominator, (magnitude * mask).flatten(1).sum(-1) / denominator, count

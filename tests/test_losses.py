@@ -143,3 +143,14 @@ def test_weighted_mean_drops_zero_weight_clips_and_stays_finite_without_any():
     values = torch.tensor([1.0, 5.0, 3.0])
     assert weighted_mean(values, torch.tensor([1.0, 0.0, 1.0])).item() == 2.0
     assert weighted_mean(values, torch.zeros(3)).item() == 0.0
+
+
+def test_motion_loss_squared_option_matches_a_loop():
+    generator = torch.Generator().manual_seed(6)
+    predicted, true = torch.randn(1, 2, 4, 3, generator=generator), torch.randn(1, 2, 4, 3, generator=generator)
+    supervised = torch.rand(1, 2, 4, generator=generator) > 0.3
+    error, magnitude, _ = motion_loss(predicted, true, supervised, squared_scale=0.1)
+    pairs = [(v, n) for v in range(2) for n in range(4) if supervised[0, v, n]]
+    expected = sum((predicted[0, v, n] - true[0, v, n]).pow(2).sum() / 0.1 for v, n in pairs) / len(pairs)
+    assert error[0].item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(magnitude, motion_loss(predicted, true, supervised)[1])

@@ -65,7 +65,10 @@ class LossWeights:
     """Weights of the terms of the training loss. Paper values: ``lpips`` = lambda_p = 0.5 and ``motion`` =
     lambda_m = 2 (Sec. 4.1, Appendix C.4); the paper gives no other weight, so the rest are our choices (1 for
     the main terms, a small TV weight because it regularises). ``motion_magnitude`` weighs Eq. 5's second term,
-    ``||dX_pred||_1``, which Eq. 5 adds without a coefficient (1). A weight of 0 skips its term's computation."""
+    ``||dX_pred||_1``, which Eq. 5 adds without a coefficient (1). A weight of 0 skips its term's computation.
+    ``motion_squared_scale``: ``None`` keeps Eq. 5's ``||e||_2``; a length in metres switches the motion error to
+    ``||e||^2 / scale`` (:func:`d4s.losses.motion_loss`), which an untrained head learns from faster when most
+    tracks are static (then ``motion_l2`` still logs Eq. 5's norm)."""
 
     flow_matching: float = 1.0
     mse: float = 1.0
@@ -74,6 +77,7 @@ class LossWeights:
     depth_tv: float = 0.01
     motion: float = 2.0
     motion_magnitude: float = 1.0
+    motion_squared_scale: float | None = None
 
 
 @dataclass
@@ -383,12 +387,14 @@ class Diff4SplatModule(L.LightningModule):
                 frames,
                 generator,
             )
-            error, magnitude, count = motion_loss(predicted, true, supervised)
+            error, magnitude, count = motion_loss(predicted, true, supervised, w.motion_squared_scale)
             clip_weight = weight * (batch.has_tracks & (count > 0)).to(weight.dtype)
             terms["motion"] = weighted_mean(error, clip_weight)
             terms["motion_magnitude"] = weighted_mean(magnitude, clip_weight)
         terms["loss"] = sum(getattr(w, name) * value for name, value in terms.items())
         with torch.no_grad():
+            if "motion" in terms and w.motion_squared_scale is not None:
+                terms["motion_l2"] = weighted_mean(motion_loss(predicted, true, supervised)[0], clip_weight)
             psnr = -10.0 * torch.log10(mse(rgb, rgb_gt).clamp_min(1e-10))
             terms["psnr"] = weighted_mean(psnr.mean(1), weight)
         return terms, {"rgb": rgb, "rgb_gt": rgb_gt, "depth": depth, "depth_gt": depth_gt, "frames": frames}

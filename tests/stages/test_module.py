@@ -214,3 +214,14 @@ def test_checkpoints_leave_out_frozen_weights_that_come_from_files(tmp_path):
     restored.load_state_dict(checkpoint["state_dict"])  # strict: the VAE came back from its files
     for key, value in module.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
+
+
+def test_squared_motion_option_still_logs_eq5(toy4d_shards):
+    module = tiny_module(DynamicFinetune, losses={"motion_squared_scale": 0.1})
+    data = tiny_data(toy4d_shards, "dynamic", samples_per_epoch=None, frame_step=2, batch_size=8)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader())).prepare()
+    terms, _ = module.compute_losses(batch, train=True)
+    # the untrained head predicts no motion: motion = mean |dX|^2 / 0.1 >= (mean |dX|)^2 / 0.1 = motion_l2^2 / 0.1
+    assert terms["motion_l2"] > 0
+    assert terms["motion"] >= terms["motion_l2"] ** 2 / 0.1 * (1 - 1e-5)
