@@ -70,15 +70,23 @@ class ClipLoader(DataLoader):
     """A DataLoader that tells its :class:`ClipDataset` the epoch before each pass.
 
     ``epoch_fn`` gives the epoch (the DataModule passes the trainer's); without it the loader counts its passes.
+    ``skip_fn`` gives the number of batches to drop at the start of the coming pass: a run resumed mid-epoch has
+    already trained on them (the epoch's stream is deterministic, so dropping them continues it exactly).
     """
 
-    def __init__(self, dataset: ClipDataset, epoch_fn: Callable[[], int] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        dataset: ClipDataset,
+        epoch_fn: Callable[[], int] | None = None,
+        skip_fn: Callable[[], int] | None = None,
+        **kwargs: Any,
+    ):
         if kwargs.get("num_workers", 0) != dataset.num_workers:  # each worker is a stream the dataset planned for
             raise ValueError(
                 f"ClipLoader: num_workers {kwargs.get('num_workers', 0)} differs from the dataset's {dataset.num_workers}"
             )
         super().__init__(dataset, **kwargs)
-        self.epoch_fn = epoch_fn
+        self.epoch_fn, self.skip_fn = epoch_fn, skip_fn
         self._passes = 0
 
     def _epoch(self) -> int:
@@ -87,7 +95,10 @@ class ClipLoader(DataLoader):
     def __iter__(self):
         self.dataset.set_epoch(self._epoch())
         self._passes += 1
-        return super().__iter__()
+        batches = super().__iter__()
+        for _ in range(self.skip_fn() if self.skip_fn is not None else 0):
+            next(batches, None)
+        return batches
 
     def __len__(self) -> int:
         """Batches in the coming pass (fewer when samples are skipped on a single rank; ``TypeError`` when the
@@ -190,6 +201,7 @@ class ClipDataModule(L.LightningDataModule):
         return ClipLoader(
             self.datasets[split],
             epoch_fn=(lambda: self.trainer.current_epoch) if training and self.trainer is not None else None,
+            skip_fn=self._batches_already_trained if training and self.trainer is not None else None,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate_clips, num_tracks=self.clip.num_tracks),
@@ -206,6 +218,12 @@ class ClipDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> ClipLoader:
         return self.build_loader("test")
+
+    def _batches_already_trained(self) -> int:
+        """Batches of the current epoch that a run resumed mid-epoch (``--ckpt_path``) trained on before it stopped:
+        Lightning restores that count and continues its batch index from there, but restarts the loader."""
+        loop = self.trainer.fit_loop.epoch_loop  # Lightning 2.6 internals (pinned)
+        return loop.batch_progress.current.ready if loop.restarting else 0
 
     def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Count the samples the workers skipped (``self.skipped``, by reason)."""

@@ -193,6 +193,7 @@ class Diff4SplatModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self._step_started: float | None = None
+        self._step_skipped = False
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -409,6 +410,7 @@ class Diff4SplatModule(L.LightningModule):
         terms, pictures = self.compute_losses(batch, train=True)
         loss = terms["loss"]
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        self._step_skipped = not finite
         if not finite:
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
@@ -446,9 +448,13 @@ class Diff4SplatModule(L.LightningModule):
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if self.ema is not None and outputs:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update (here, so a checkpoint written after this batch includes it)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None and not self._step_skipped:
             self.ema.update(self.networks)
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self._step_started is not None:
             seconds = time.perf_counter() - self._step_started
             samples = len(batch) * self.trainer.world_size

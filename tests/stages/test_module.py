@@ -148,10 +148,10 @@ class Observe(L.Callback):
         self.weights = {k: v.clone() for k, v in module.state_dict().items()}
 
 
-def resumable_run(shards, root, max_steps, callbacks=(), ckpt_path=None, ema=True):
-    module = tiny_module(StaticPretrain, lr=1e-3, recipe={"ema_decay": 0.9} if ema else None)
-    data = tiny_data(shards, "static", samples_per_epoch=6)  # 3 steps per epoch
-    checkpoints = ModelCheckpoint(dirpath=root, save_last=True, every_n_epochs=1, save_top_k=-1)
+def resumable_run(shards, root, max_steps, callbacks=(), ckpt_path=None):
+    module = tiny_module(StaticPretrain, lr=1e-3, recipe={"ema_decay": 0.9})
+    data = tiny_data(shards, "static", samples_per_epoch=8)  # 4 steps per epoch
+    checkpoints = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=2, save_top_k=-1)
     trainer = tiny_trainer(
         root,
         max_steps=max_steps,
@@ -163,22 +163,26 @@ def resumable_run(shards, root, max_steps, callbacks=(), ckpt_path=None, ema=Tru
     return module, trainer
 
 
-def test_killed_run_resumes_at_its_step_with_its_optimizer_schedule_and_weights(toy4d_shards, tmp_path):
+def test_killed_run_resumes_exactly_where_it_stopped(toy4d_shards, tmp_path):
+    straight, _ = resumable_run(toy4d_shards, tmp_path / "straight", max_steps=6)
     with pytest.raises(RuntimeError, match="killed"):
-        resumable_run(toy4d_shards, tmp_path / "crashed", max_steps=6, callbacks=[Crash(at_step=4)])
+        resumable_run(toy4d_shards, tmp_path / "crashed", max_steps=6, callbacks=[Crash(at_step=3)])
     last = tmp_path / "crashed" / "last.ckpt"
     saved = torch.load(last, weights_only=True)  # plain tensors and values only
-    assert saved["global_step"] == 3  # the last epoch end before the kill
+    assert saved["global_step"] == 2  # mid-epoch: the last checkpoint before the kill
     observe = Observe()
-    _, trainer = resumable_run(toy4d_shards, tmp_path / "crashed", 6, callbacks=[observe], ckpt_path=str(last))
-    assert observe.step == 3 and observe.adam_steps == {3} and observe.scheduler_epoch == 3
-    assert observe.lr == pytest.approx(1e-3 * warmup_cosine(3, 10, 6))
+    resumed, trainer = resumable_run(toy4d_shards, tmp_path / "crashed", 6, callbacks=[observe], ckpt_path=str(last))
+    assert observe.step == 2 and observe.adam_steps == {2} and observe.scheduler_epoch == 2
+    assert observe.lr == pytest.approx(1e-3 * warmup_cosine(2, 10, 6))
     for key, value in saved["state_dict"].items():  # weights and EMA, bit for bit
         assert torch.equal(observe.weights[key], value), key
     moments = saved["optimizer_states"][0]["state"]
     for index, state in moments.items():
         assert torch.equal(observe.optimizer_state["state"][index]["exp_avg"], state["exp_avg"])
     assert trainer.global_step == 6
+    # the rest of the interrupted epoch's data, then the next epoch: the same run as without the kill
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
 
 
 def test_checkpoints_are_atomic(tmp_path):
