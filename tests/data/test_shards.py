@@ -305,3 +305,14 @@ def test_finite_multi_rank_epochs_need_counts(toy4d_shards):
     dataset = ClipDataset([[ShardInfo(s.url) for s in resolve_source(toy4d_source(toy4d_shards))]], [1.0], small_clip())
     with pytest.raises(ValueError, match="need per-shard sample counts"):
         dataset.set_distributed(0, 2)
+
+
+def test_a_resumed_pass_drops_the_batches_already_trained(toy4d_shards):
+    source = resolve_source(toy4d_source(toy4d_shards))
+    full = [batch.keys for batch in run_epoch(make_dataset([source], num_workers=2), epoch=1)]
+    dataset = make_dataset([source], num_workers=2)
+    resumed = ClipLoader(
+        dataset, epoch_fn=lambda: 1, skip_fn=lambda: 2, batch_size=3, num_workers=2, collate_fn=collate_clips
+    )
+    assert [batch.keys for batch in resumed] == full[2:]
+    assert len(resumed) == len(full)  # Lightning counts the epoch's batches from its restored index
