@@ -225,7 +225,11 @@ def test_squared_motion_option_still_logs_eq5(toy4d_shards):
     data = tiny_data(toy4d_shards, "dynamic", samples_per_epoch=None, frame_step=2, batch_size=8)
     data.setup("fit")
     batch = next(iter(data.train_dataloader())).prepare()
-    terms, _ = module.compute_losses(batch, train=True)
+    squared, _ = module.compute_losses(batch, train=True)
+    module.losses.motion_squared_scale = None
+    plain, _ = module.compute_losses(batch, train=True)  # same step: same tracks, frames and predictions
+    assert "motion_l2" not in plain
+    assert squared["motion_l2"] > 0 and squared["motion_l2"] == plain["motion"]
     # the untrained head predicts no motion: motion = mean |dX|^2 / 0.1 >= (mean |dX|)^2 / 0.1 = motion_l2^2 / 0.1
-    assert terms["motion_l2"] > 0
-    assert terms["motion"] >= terms["motion_l2"] ** 2 / 0.1 * (1 - 1e-5)
+    assert squared["motion"] != plain["motion"]
+    assert squared["motion"] >= squared["motion_l2"] ** 2 / 0.1 * (1 - 1e-5)
