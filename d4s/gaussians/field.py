@@ -24,7 +24,7 @@ from torch import Tensor
 
 from d4s.gaussians.deform import apply_deformation, identity_deformation
 from d4s.gaussians.sh import rgb_to_sh_dc, sh_dc_to_rgb, sh_degree_from_bases
-from d4s.geometry.quaternion import quat_normalize
+from d4s.geometry.quaternion import quat_normalize, quat_slerp
 from d4s.utils.checks import check_finite, check_floating, check_shape
 
 
@@ -224,6 +224,29 @@ class DeformableGaussianField:
             self.canonical.means, self.canonical.quats, self.canonical.log_scales, self.dmu[t], self.dq[t], self.ds[t]
         )
         return replace(self.canonical, means=means, quats=quats, log_scales=log_scales)
+
+    def at_time(self, time: float) -> GaussianField:
+        """The field at a fractional time in ``[0, num_frames - 1]`` (a slow-motion or resampled schedule).
+
+        Between stored times ``i`` and ``i + 1`` the deformation is interpolated: ``dmu`` and ``ds`` linearly,
+        ``dq`` by slerp. Integer times give exactly :meth:`at`.
+        """
+        if not (isinstance(time, (int, float)) and 0.0 <= time <= self.num_frames - 1):
+            raise ValueError(f"time: expected a number in [0, {self.num_frames - 1}], got {time!r}")
+        lower = min(int(time), self.num_frames - 1)
+        weight = float(time) - lower
+        if weight == 0.0:
+            return self.at(lower)
+        dmu = torch.lerp(self.dmu[lower], self.dmu[lower + 1], weight)
+        ds = torch.lerp(self.ds[lower], self.ds[lower + 1], weight)
+        dq = quat_slerp(self.dq[lower], self.dq[lower + 1], weight)
+        c = self.canonical
+        means, quats, log_scales = apply_deformation(c.means, c.quats, c.log_scales, dmu, dq, ds)
+        return replace(c, means=means, quats=quats, log_scales=log_scales)
+
+    def select(self, index: Tensor | slice) -> DeformableGaussianField:
+        """The Gaussians selected by a boolean mask ``[N]``, index tensor or slice, with their deformations."""
+        return DeformableGaussianField(self.canonical[index], self.dmu[:, index], self.dq[:, index], self.ds[:, index])
 
     def frames(self) -> Iterator[GaussianField]:
         """The field at every time, in order."""

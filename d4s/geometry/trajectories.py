@@ -14,13 +14,17 @@ Our choices where the paper gives no definition (documented, configurable throug
   ``spiral_radius * scene_scale`` over ``spiral_turns`` turns) while dollying in by
   ``spiral_forward * scene_scale``, always looking at the focus.
 - ``orbit``: a full revolution about the vertical axis through the focus. The last pose repeats the first, so
-  ``T`` frames hold ``T - 1`` distinct views and close the loop (what cycle-consistency checks need).
+  ``T`` frames hold ``T - 1`` distinct views and close the loop (what cycle-consistency checks need). With
+  ``orbit_degrees`` below 360 the camera swings instead (bullet-time views of a single-image scene, whose back is
+  never seen): out to ``+orbit_degrees / 2`` about the same axis, across to ``-orbit_degrees / 2`` and back, a
+  closed loop too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from torch import Tensor
 from d4s.geometry.cameras import check_c2w, check_intrinsics, look_at, relative_to_first, rigid_inverse
 from d4s.geometry.quaternion import quat_slerp, quat_to_rotmat, rotmat_to_quat
 from d4s.utils.checks import check_positive_int
+from d4s.utils.fileio import atomic_output
 
 TRAJECTORY_NAMES = ("spiral", "forward", "backward", "upward", "downward", "orbit", "from_file")
 
@@ -69,8 +74,12 @@ def _spiral(
     return look_at(eye, focus)
 
 
-def _orbit(num_frames: int, scene_scale: float) -> Tensor:
-    theta = torch.linspace(0.0, 2.0 * math.pi, num_frames, dtype=torch.float64)
+def _orbit(num_frames: int, scene_scale: float, degrees: float) -> Tensor:
+    s = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
+    if degrees == 360.0:
+        theta = 2.0 * math.pi * s
+    else:  # a swing: out to +degrees/2, across to -degrees/2, back to the start
+        theta = math.radians(degrees) / 2.0 * torch.sin(2.0 * math.pi * s)
     cos, sin = torch.cos(theta), torch.sin(theta)
     rot = torch.zeros(num_frames, 3, 3, dtype=torch.float64)
     rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = cos, sin, 1.0, -sin, cos
@@ -212,6 +221,29 @@ def load_camera_path(path: str | Path) -> CameraPath:
     return camera_path
 
 
+def save_camera_path(
+    path: str | Path, c2w: Tensor, K: Tensor, image_size: tuple[int, int], times: Sequence[float] | None = None
+) -> Path:
+    """Write cameras as the JSON that :func:`load_camera_path` reads (atomically); returns the path.
+
+    Args:
+        c2w: ``[T, 4, 4]`` camera-to-world poses; K: ``[T, 3, 3]`` or ``[3, 3]`` intrinsics in pixels of an
+            ``image_size = (height, width)`` image.
+        times: the scene time shown in each frame (stored as ``"time"``, which readers of camera paths ignore).
+    """
+    check_c2w(c2w, "c2w")
+    K = check_intrinsics(K, "K").expand(c2w.shape[0], 3, 3)
+    if times is not None and len(times) != c2w.shape[0]:
+        raise ValueError(f"times: {len(times)} values for {c2w.shape[0]} cameras")
+    frames = [{"c2w": pose.tolist(), "K": k.tolist()} for pose, k in zip(c2w.double().cpu(), K.double().cpu())]
+    for frame, time in zip(frames, times if times is not None else []):
+        frame["time"] = float(time)
+    document = {"height": int(image_size[0]), "width": int(image_size[1]), "frames": frames}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=1))
+    return Path(path)
+
+
 def resample_poses(c2w: Tensor, num_frames: int) -> Tensor:
     """Resample a pose sequence ``[T, 4, 4]`` to ``num_frames`` poses evenly spaced in frame index.
 
@@ -241,6 +273,7 @@ def make_trajectory(
     spiral_radius: float = 0.15,
     spiral_turns: float = 1.0,
     spiral_forward: float = 0.2,
+    orbit_degrees: float = 360.0,
 ) -> Tensor:
     """Camera-to-world poses ``[num_frames, 4, 4]`` (float32) of a named trajectory; frame 0 is the identity.
 
@@ -253,6 +286,7 @@ def make_trajectory(
         travel: dolly/pedestal distance as a fraction of ``scene_scale``.
         spiral_radius, spiral_turns, spiral_forward: the spiral's final radius (fraction of ``scene_scale``),
             number of turns and forward dolly (fraction of ``scene_scale``).
+        orbit_degrees: the orbit's sweep in ``(0, 360]``: 360 is a full revolution, less a swing (module docstring).
     """
     check_positive_int(num_frames, "num_frames")
     if not (math.isfinite(scene_scale) and scene_scale > 0):
@@ -262,6 +296,8 @@ def make_trajectory(
             raise ValueError(f"{option}: must be a finite number, got {value}")
     if not (math.isfinite(spiral_forward) and spiral_forward < 1.0):
         raise ValueError(f"spiral_forward: must be below 1 (the camera would reach the focus), got {spiral_forward}")
+    if not 0.0 < orbit_degrees <= 360.0:
+        raise ValueError(f"orbit_degrees: must lie in (0, 360], got {orbit_degrees}")
     distance = travel * scene_scale
     if name == "forward":
         c2w = _translation_path(num_frames, (0.0, 0.0, 1.0), distance)
@@ -274,7 +310,7 @@ def make_trajectory(
     elif name == "spiral":
         c2w = _spiral(num_frames, scene_scale, spiral_radius, spiral_turns, spiral_forward)
     elif name == "orbit":
-        c2w = _orbit(num_frames, scene_scale)
+        c2w = _orbit(num_frames, scene_scale, orbit_degrees)
     elif name == "from_file":
         if path is None:
             raise ValueError("path: the 'from_file' trajectory needs a camera file (.json or RealEstate10K .txt)")

@@ -107,3 +107,34 @@ def test_deformable_shapes_and_time_index_checked():
             static.at(bad)
     with pytest.raises(ValueError, match="field.dmu"):
         DeformableGaussianField(field, torch.full((3, 6, 3), float("nan")), static.dq, static.ds).check_finite()
+
+
+def test_fractional_times_interpolate_the_deformation():
+    field = random_field(20, seed=4, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    dmu = torch.randn(3, 20, 3, generator=g, dtype=torch.float64)
+    ds = torch.randn(3, 20, 3, generator=g, dtype=torch.float64) * 0.1
+    angles = torch.tensor([0.0, 0.8, 1.2], dtype=torch.float64)  # dq: rotations about z by these angles
+    dq = torch.zeros(3, 20, 4, dtype=torch.float64)
+    dq[..., 0], dq[..., 3] = torch.cos(angles / 2)[:, None], torch.sin(angles / 2)[:, None]
+    deformable = DeformableGaussianField(field, dmu, dq, ds)
+    for t in range(3):  # stored times: exactly at()
+        assert torch.equal(deformable.at_time(float(t)).means, deformable.at(t).means)
+    middle = deformable.at_time(1.25)
+    torch.testing.assert_close(middle.means, field.means + 0.75 * dmu[1] + 0.25 * dmu[2])
+    torch.testing.assert_close(middle.log_scales, field.log_scales + 0.75 * ds[1] + 0.25 * ds[2])
+    # slerp between rotations about one axis turns by the interpolated angle: 0.8 + 0.25 * 0.4 = 0.9 rad
+    expected = Rotation.from_matrix(quat_to_rotmat(field.quats).numpy()) * Rotation.from_rotvec([0.0, 0.0, 0.9])
+    np.testing.assert_allclose(quat_to_rotmat(middle.quats).numpy(), expected.as_matrix(), atol=1e-10)
+    with pytest.raises(ValueError, match="time"):
+        deformable.at_time(2.5)
+
+
+def test_select_keeps_the_deformations_of_the_selected_gaussians():
+    field = random_field(10, seed=6)
+    deformable = DeformableGaussianField.static(field, 4)
+    deformable.dmu.normal_(generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(10) % 3 == 0
+    selected = deformable.select(mask)
+    assert selected.num_gaussians == 4 and selected.num_frames == 4
+    assert torch.equal(selected.at(2).means, deformable.at(2).means[mask])

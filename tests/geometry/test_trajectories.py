@@ -8,6 +8,7 @@ import torch
 
 from d4s.geometry import TRAJECTORY_NAMES, load_camera_path, make_trajectory, resample_poses, rigid_inverse
 from d4s.geometry.cameras import look_at
+from d4s.geometry.trajectories import save_camera_path
 
 GENERATED = [name for name in TRAJECTORY_NAMES if name != "from_file"]
 
@@ -19,7 +20,9 @@ def test_every_trajectory_starts_at_identity_with_valid_rotations(name, num_fram
     assert c2w.shape == (num_frames, 4, 4) and c2w.dtype == torch.float32
     torch.testing.assert_close(c2w[0], torch.eye(4))
     R = c2w[:, :3, :3].double()
-    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(torch.linalg.det(R), torch.ones(num_frames, dtype=torch.float64), atol=1e-6, rtol=0)
     torch.testing.assert_close(c2w[:, 3], torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(num_frames, 4))
 
@@ -35,11 +38,14 @@ def test_orbit_is_a_closed_full_turn_around_the_focus():
     to_focus = torch.nn.functional.normalize(focus - c2w[:, :3, 3], dim=-1)
     torch.testing.assert_close(forward, to_focus, atol=1e-6, rtol=0)
     # half-way round, the camera is behind the focus looking back
-    torch.testing.assert_close(c2w[18, :3, 3], torch.tensor([0.0, 0.0, 2 * scale], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        c2w[18, :3, 3], torch.tensor([0.0, 0.0, 2 * scale], dtype=torch.float64), atol=1e-6, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
-    "name,direction", [("forward", (0, 0, 1)), ("backward", (0, 0, -1)), ("upward", (0, -1, 0)), ("downward", (0, 1, 0))]
+    "name,direction",
+    [("forward", (0, 0, 1)), ("backward", (0, 0, -1)), ("upward", (0, -1, 0)), ("downward", (0, 1, 0))],
 )
 def test_translations_move_along_their_axis_by_travel_times_scale(name, direction):
     c2w = make_trajectory(name, 11, scene_scale=4.0, travel=0.25)
@@ -73,7 +79,9 @@ def test_realestate10k_file_is_inverted_and_made_relative(tmp_path):
     cameras = load_camera_path(path)
     torch.testing.assert_close(cameras.c2w, c2w_true, atol=1e-8, rtol=0)
     assert cameras.image_size == (1, 1)
-    torch.testing.assert_close(cameras.K[0], torch.tensor([[0.5, 0, 0.5], [0, 0.9, 0.5], [0, 0, 1]], dtype=torch.float64))
+    torch.testing.assert_close(
+        cameras.K[0], torch.tensor([[0.5, 0, 0.5], [0, 0.9, 0.5], [0, 0, 1]], dtype=torch.float64)
+    )
     traj = make_trajectory("from_file", 5, scene_scale=2.0, path=path).double()
     expected = rigid_inverse(c2w_true[:1]) @ c2w_true
     expected[:, :3, 3] *= 2.0
@@ -117,7 +125,14 @@ def test_json_list_without_intrinsics(tmp_path):
         ("shear.json", json.dumps([{"c2w": [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]), "orthonormal"),
         ("short.txt", "url\n1 2 3\n", "line 2: expected 19 numbers"),
         ("nan.txt", "url\n" + " ".join(["0"] * 7 + ["nan"] * 12) + "\n", "frame 0 has a non-finite pose"),
-        ("zero_focal.txt", "url\n" + " ".join(["0", "0", "0.5", "0.5", "0.5", "0", "0"] + ["1", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1", "0"]), "focal"),
+        (
+            "zero_focal.txt",
+            "url\n"
+            + " ".join(
+                ["0", "0", "0.5", "0.5", "0.5", "0", "0"] + ["1", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1", "0"]
+            ),
+            "focal",
+        ),
         ("none.txt", "url only\n", "no camera lines"),
     ],
 )
@@ -144,3 +159,33 @@ def test_missing_file_and_unknown_names():
         make_trajectory("forward", 4, travel=math.nan)
     with pytest.raises(ValueError, match="spiral_forward"):
         make_trajectory("spiral", 4, spiral_forward=1.0, spiral_radius=0.0)
+
+
+def test_orbit_below_360_degrees_swings_and_closes():
+    scale, degrees = 2.0, 40.0
+    c2w = make_trajectory("orbit", 41, scene_scale=scale, orbit_degrees=degrees).double()
+    assert torch.equal(c2w[-1], c2w[0])
+    focus = torch.tensor([0.0, 0.0, scale], dtype=torch.float64)
+    offset = c2w[:, :3, 3] - focus
+    torch.testing.assert_close(offset.norm(dim=-1), torch.full((41,), scale, dtype=torch.float64))
+    angle = torch.rad2deg(torch.atan2(-offset[:, 0], -offset[:, 2]))  # 0 at the start, about the vertical axis
+    assert angle.max().item() == pytest.approx(degrees / 2, abs=1e-4)
+    assert angle.min().item() == pytest.approx(-degrees / 2, abs=1e-4)
+    forward = c2w[:, :3, 2]
+    torch.testing.assert_close(forward, torch.nn.functional.normalize(-offset, dim=-1), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="orbit_degrees"):
+        make_trajectory("orbit", 5, orbit_degrees=0.0)
+
+
+def test_saved_cameras_load_back_exactly(tmp_path):
+    c2w = make_trajectory("spiral", 7, scene_scale=1.7)
+    K = torch.tensor([[50.5, 0.0, 31.25], [0.0, 51.0, 24.0], [0.0, 0.0, 1.0]])
+    path = save_camera_path(tmp_path / "cameras.json", c2w, K, (48, 64), times=[0, 1, 2, 3, 4, 5, 6.5])
+    loaded = load_camera_path(path)
+    assert torch.equal(loaded.c2w.float(), c2w) and torch.equal(loaded.K.float(), K.expand(7, 3, 3))
+    assert loaded.image_size == (48, 64)
+    assert json.loads(path.read_text())["frames"][-1]["time"] == 6.5
+    # a camera file replays as given: from_file keeps the poses (they already start at the identity)
+    assert torch.equal(make_trajectory("from_file", 7, path=path), c2w)
+    with pytest.raises(ValueError, match="times"):
+        save_camera_path(tmp_path / "bad.json", c2w, K, (48, 64), times=[0.0])
