@@ -13,20 +13,19 @@ import numpy as np
 from PIL import Image
 
 from annotation.errors import InputError
+from d4s.utils.image import open_image
 
 _PNG16_MODES = ("I;16", "I;16B", "I;16L")
 
 
 def _open_decoded(path: Path) -> Image.Image:
     """The fully decoded image at ``path``; raises InputError when it is missing or cannot be decoded."""
-    if not path.is_file():
-        raise InputError(path, "image file is missing")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise InputError(path, f"cannot decode image ({error})") from error
+        return open_image(path)
+    except FileNotFoundError as error:
+        raise InputError(path, "image file is missing") from error
+    except ValueError as error:
+        raise InputError(path, f"cannot decode image ({error.__cause__})") from error
 
 
 def load_image(path: str | Path) -> np.ndarray:
