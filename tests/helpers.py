@@ -18,3 +18,17 @@ def orbit_cameras(num: int, width: int, height: int, dtype: torch.dtype = torch.
     K[:, 1, 2] -= 0.7
     return c2w, K
 
+
+
+def save_tiny_checkpoint(path, seed: int = 0, recipe: dict | None = None, model_config: str = "configs/tiny/model.yaml"):
+    """A stage-3 checkpoint of the tiny random models, written through the module's own checkpoint hook (what
+    Lightning calls when it saves), so it holds exactly what a ``python -m d4s.fit`` checkpoint holds."""
+    from d4s.stages import DynamicFinetune, LPIPSConfig, Recipe
+
+    torch.manual_seed(seed)
+    lpips = LPIPSConfig(net="alex", backbone_path=None, random_backbone=True)
+    module = DynamicFinetune(model_config, lpips=lpips, recipe=Recipe(**(recipe or {})))
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path

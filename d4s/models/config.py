@@ -22,14 +22,19 @@ class ModelConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        """Read a model YAML; ``ValueError`` names the file for unknown sections or arguments."""
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "model config") -> ModelConfig:
+        """Build from plain values (a YAML file's, or ``asdict`` of a config as checkpoints store it)."""
         unknown = set(values) - {"video_dit", "ldrm", "text"}
         if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected video_dit, ldrm, text)")
+            raise ValueError(f"{source}: unknown sections {sorted(unknown)} (expected video_dit, ldrm, text)")
         ldrm = dict(values.get("ldrm", {}))
         if "feature_layers" in ldrm:
             ldrm["feature_layers"] = tuple(ldrm["feature_layers"])
         try:
-            return cls(VideoDiTConfig(**values.get("video_dit", {})), LDRMConfig(**ldrm), values.get("text", {}))
+            return cls(VideoDiTConfig(**values.get("video_dit", {})), LDRMConfig(**ldrm), dict(values.get("text", {})))
         except TypeError as error:
-            raise ValueError(f"{path}: {error}") from error
+            raise ValueError(f"{source}: {error}") from error
