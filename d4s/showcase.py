@@ -10,21 +10,17 @@ Writes ``rgb.mp4``, ``depth.mp4`` (colour-mapped inverse depth), ``depth.npy`` (
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
+from d4s.export import follow_times, render_sequence, save_render
 from d4s.gaussians.io import save_ply, save_scene
 from d4s.gaussians.procedural import showcase_scene
 from d4s.geometry.cameras import intrinsics_from_fov
 from d4s.geometry.trajectories import TRAJECTORY_NAMES, make_trajectory
-from d4s.render import BACKENDS, render, resolve_backend
-from d4s.utils.fileio import atomic_output
-from d4s.utils.video import colorize_depth, write_video
+from d4s.render import BACKENDS, resolve_backend
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,30 +52,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{scene.num_gaussians} Gaussians, {args.frames} frames at {args.size}x{args.size}, {backend} renderer")
 
     background = torch.full((3,), 0.05, device=device)
-    rgb, depth = [], []
     start = time.perf_counter()
-    with torch.no_grad():
-        for t in tqdm(range(args.frames), desc="rendering", unit="frame"):
-            out = render(scene.at(t), c2w[t : t + 1], K[None], args.size, args.size, backend, background)
-            rgb.append(out.rgb[0].cpu())
-            depth.append(out.depth[0].cpu())
+    times = follow_times(args.frames, args.frames)
+    result = render_sequence(scene, c2w, K, times, (args.size, args.size), backend, background, desc="rendering")
     seconds = time.perf_counter() - start
-    rgb, depth = torch.stack(rgb), torch.stack(depth)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_video(args.out / "rgb.mp4", rgb, fps=args.fps)
-    write_video(args.out / "depth.mp4", colorize_depth(depth), fps=args.fps)
-    with atomic_output(args.out / "depth.npy") as tmp:
-        np.save(tmp, depth.numpy())
+    save_render(result, args.out, fps=args.fps)
     save_scene(scene.to("cpu"), args.out / "scene.npz", compress=True)
     save_ply(scene.at(0).to("cpu"), args.out / "scene_t0000.ply")
-    cameras = {
-        "width": args.size,
-        "height": args.size,
-        "frames": [{"c2w": m.tolist(), "K": K.tolist()} for m in c2w.cpu()],
-    }
-    with atomic_output(args.out / "cameras.json") as tmp:
-        tmp.write_text(json.dumps(cameras))
     summary = {"frames": args.frames, "gaussians": scene.num_gaussians, "seconds": seconds, "backend": backend}
     print(f"wrote {args.out}/rgb.mp4 and depth.mp4: {seconds / args.frames * 1000:.0f} ms per frame ({backend})")
     return summary
