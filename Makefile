@@ -31,12 +31,13 @@ test: $(STAMP)  ## run the test suite (CPU)
 demo: $(STAMP)  ## the main job; for now the renderer showcase: outputs/showcase/{rgb,depth}.mp4
 	$(BIN)/python -m d4s.showcase --out outputs/showcase
 
-bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, training steps): tables on stdout, JSON in bench/results/
+bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, training steps, generation): tables on stdout, JSON in bench/results/
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/annotate.py
 	$(BIN)/python bench/dataloader.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/generate.py
 
 annotate: $(STAMP)  ## annotate a dataset into shards: make annotate DATASET=realestate10k ROOT=/data/re10k OUT=shards/re10k
 	$(BIN)/python -m annotation --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) --out $(OUT)

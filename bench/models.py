@@ -11,16 +11,15 @@ step), the LDRM forward at 49 frames, and peak GPU memory. Prints a table and wr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import bench_parser, machine_info
 
 from d4s.diffusion import FlowMatching, Guidance, euler_sample
 from d4s.geometry import intrinsics_from_fov, plucker_embedding
@@ -145,19 +144,11 @@ def gpu_rows(repeats: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/models.json"))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="one timed repeat (a smoke run)")
+    parser = bench_parser(__doc__, "models", 5, "one timed repeat (a smoke run)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
 
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    machine = machine_info()
 
     def save(rows: list[dict]) -> None:  # after each section: a later failure keeps what was measured
         args.out.parent.mkdir(parents=True, exist_ok=True)

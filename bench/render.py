@@ -10,16 +10,14 @@ with 1M Gaussians, and the parity of their outputs and gradients. Prints a table
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import bench_parser, machine_info
 
 from d4s.gaussians.field import GaussianField
 from d4s.gaussians.procedural import random_field
@@ -116,7 +114,10 @@ def gpu_parity(field: GaussianField, size: int) -> dict:
         objective(out).backward()
         results[backend] = out
         grads[backend] = {k: p.grad for k, p in params.items()}
-    report = {f"max_abs_diff_{name}": float((a - b).abs().max()) for name, a, b in zip(("rgb", "depth", "alpha"), *results.values())}
+    report = {
+        f"max_abs_diff_{name}": float((a - b).abs().max())
+        for name, a, b in zip(("rgb", "depth", "alpha"), *results.values())
+    }
     for key in grads["torch"]:
         a, b = grads["torch"][key], grads["gsplat"][key]
         report[f"grad_rel_diff_{key}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
@@ -134,10 +135,7 @@ def format_row(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/render.json"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="10k Gaussians at 64² only (a smoke run)")
+    parser = bench_parser(__doc__, "render", 3, "10k Gaussians at 64² only (a smoke run)")
     args = parser.parse_args()
 
     rows = []
@@ -159,12 +157,7 @@ def main() -> None:
 
     if parity:
         print("\ntorch vs gsplat parity:", json.dumps(parity, indent=1))
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+    machine = machine_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "rows": rows, "parity": parity}, indent=1))
     print(f"\nwrote {args.out}")

@@ -49,6 +49,7 @@ from d4s.utils.image import IMAGE_SUFFIXES, load_photo
 from d4s.utils.timing import StageTimer, peak_memory
 
 DEFAULT_FOV = 60.0
+DEFAULT_SCENE_SCALE = 2.0  # metres: a room-sized scene (the paper gives no trajectory scale)
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DONE_FILE = "timings.json"
 
@@ -89,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.5, help="maximum CFG scale gamma_max of Eq. 6 (0: no CFG)")
     gen.add_argument("--guidance-schedule", default="cosine", choices=GUIDANCE_SCHEDULES, help="CFG schedule")
     gen.add_argument("--seed", type=int, default=0, help="noise seed (the same noise on every device)")
-    gen.add_argument("--scene-scale", type=float, default=2.0, help="metres from the camera to the trajectory focus")
+    gen.add_argument(
+        "--scene-scale",
+        type=float,
+        help=f"metres from the camera to the focus of a named trajectory (default {DEFAULT_SCENE_SCALE:g}); "
+        "the factor on a camera file's translations (default 1)",
+    )
     gen.add_argument(
         "--fov", type=float, help=f"horizontal field of view of the input image, degrees (default {DEFAULT_FOV:g})"
     )
@@ -132,7 +138,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--steps and --gaussian-stride must be >= 1, --guidance >= 0 and --min-opacity in [0, 1)")
     if args.bullet_time is not None and not 0 <= args.bullet_time < args.frames:
         parser.error(f"--bullet-time must be a frame time in [0, {args.frames}), got {args.bullet_time}")
-    if not (math.isfinite(args.scene_scale) and args.scene_scale > 0):
+    if args.scene_scale is not None and not (math.isfinite(args.scene_scale) and args.scene_scale > 0):
         parser.error(f"--scene-scale must be a positive number of metres, got {args.scene_scale}")
 
 
@@ -164,15 +170,12 @@ def input_view(args: argparse.Namespace, image: np.ndarray, size: tuple[int, int
     """The condition image ``[3, H, W]`` in ``[0, 1]`` (resized to cover ``size``, centre-cropped) and its
     intrinsics ``[3, 3]`` (module docstring: which source they come from)."""
     source = image.shape[:2]
+    camera_file = load_camera_path(args.trajectory_file) if args.trajectory_file is not None else None
     if args.intrinsics is not None:
         fx, fy, cx, cy = args.intrinsics
         K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    elif (
-        args.fov is None
-        and args.trajectory_file is not None
-        and (path := load_camera_path(args.trajectory_file)).K is not None
-    ):
-        K = resize_intrinsics(path.K[0].float(), path.image_size or source, source)
+    elif args.fov is None and camera_file is not None and camera_file.K is not None:
+        K = resize_intrinsics(camera_file.K[0].float(), camera_file.image_size or source, source)
     else:
         K = intrinsics_from_fov(source[1], source[0], DEFAULT_FOV if args.fov is None else args.fov)
     from d4s.data.clips import crop_box  # imports Lightning: loaded once needed, so --help answers at once
@@ -195,7 +198,8 @@ def generate_one(pipeline, job: Job, args: argparse.Namespace) -> dict:
 
     size = parse_size(args.resolution)
     image, K = input_view(args, load_photo(job.image), size)
-    c2w = make_trajectory(args.trajectory_name, args.frames, args.scene_scale, path=args.trajectory_file)
+    scale = args.scene_scale or (1.0 if args.trajectory_file is not None else DEFAULT_SCENE_SCALE)
+    c2w = make_trajectory(args.trajectory_name, args.frames, scale, path=args.trajectory_file)
     guidance = Guidance(args.guidance, args.guidance_schedule) if args.guidance > 0 else None
     start = time.perf_counter()
     if pipeline.device.type == "cuda":
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = collect_jobs(args.image, args.prompt, args.out)
     batch = len(jobs) > 1 or args.image.is_dir() or args.image.suffix.lower() == ".txt"
     todo = [job for job in jobs if args.overwrite or not (job.out / DONE_FILE).is_file()]
-    if batch and len(todo) < len(jobs):
+    if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} scenes already done in {args.out} (--overwrite redoes them)")
     if not todo:
         return 0

@@ -231,3 +231,18 @@ def test_bad_inputs_give_one_line_errors(checkpoint, tmp_path, capsys):
     assert exit_info.value.code == 2 and "4k + 1" in capsys.readouterr().err
 
     assert "not found" in one_line_error(capsys, render_scene.main, [str(tmp_path / "nothing.npz")])
+
+
+def test_a_camera_file_replays_as_written_with_its_intrinsics(generated, checkpoint, tmp_path):
+    """cameras.json of one generation drives another: same poses (no scene-scale factor), same intrinsics."""
+    image = write_photo(tmp_path / "photo.png", 80, 80)
+    args = ["--ckpt", str(checkpoint), "--image", str(image), "--out", str(tmp_path / "again"), "--no-ply", *FAST]
+    assert run_cli(generate.main, args + ["--trajectory", str(generated / "cameras.json")]) == 0
+    before, after = load_camera_path(generated / "cameras.json"), load_camera_path(tmp_path / "again" / "cameras.json")
+    assert torch.equal(after.c2w, before.c2w)
+    torch.testing.assert_close(after.K, before.K)
+    # an explicit field of view wins over the file's intrinsics
+    args[args.index(str(tmp_path / "again"))] = str(tmp_path / "fov")
+    assert run_cli(generate.main, args + ["--trajectory", str(generated / "cameras.json"), "--fov", "90"]) == 0
+    K = load_camera_path(tmp_path / "fov" / "cameras.json").K[0]
+    assert float(K[0, 0]) == pytest.approx(SIZE / 2)  # tan(45 deg) = 1: fx is half the width
