@@ -99,10 +99,14 @@ def follow_times(num_frames: int, scene_frames: int) -> list[float]:
     return torch.linspace(0.0, scene_frames - 1, num_frames, dtype=torch.float64).tolist()
 
 
-def focus_depth(field: GaussianField) -> float:
-    """The opacity-weighted median z-depth (metres) of the Gaussians in front of the first camera (the identity),
-    the natural ``scene_scale`` of trajectories around a generated scene."""
-    z, weight = field.means[:, 2], field.opacities
+def focus_depth(field: GaussianField, c2w: Tensor | None = None) -> float:
+    """The opacity-weighted median z-depth (metres) of the Gaussians in front of the camera ``c2w [4, 4]`` (default:
+    the identity, a generation's first camera), the natural ``scene_scale`` of trajectories around a scene."""
+    means = field.means
+    if c2w is not None:
+        c2w = c2w.to(means.device, means.dtype)
+        means = (means - c2w[:3, 3]) @ c2w[:3, :3]  # into the camera's frame
+    z, weight = means[:, 2], field.opacities
     front = (z > 0) & torch.isfinite(z)
     if not front.any():
         raise ValueError("scene: no Gaussian lies in front of the first camera, so it has no focus depth")

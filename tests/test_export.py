@@ -68,3 +68,10 @@ def test_focus_depth_is_the_opacity_weighted_median_of_the_depths_in_front():
     )
     with pytest.raises(ValueError, match="in front"):
         focus_depth(behind)
+
+
+def test_focus_depth_from_another_camera_is_the_depth_in_its_frame():
+    field = random_field(200, seed=9)
+    c2w = torch.eye(4)
+    c2w[:3, 3] = torch.tensor([0.3, -0.2, -1.5])  # a camera 1.5 m further back: every depth grows by 1.5
+    assert focus_depth(field, c2w) == pytest.approx(focus_depth(field) + 1.5, abs=1e-4)
