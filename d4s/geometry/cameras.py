@@ -95,8 +95,12 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
     return c2w
 
 
+#: horizontal field of view assumed for an image whose intrinsics nobody gave (the showcase, generation, viewers)
+DEFAULT_FOV_DEGREES = 60.0
+
+
 def intrinsics_from_fov(
-    width: int, height: int, fov_x_degrees: float = 60.0, dtype: torch.dtype = torch.float32
+    width: int, height: int, fov_x_degrees: float = DEFAULT_FOV_DEGREES, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Intrinsics ``[3, 3]`` of a centred pinhole camera with square pixels and horizontal FoV in degrees."""
     if not 0.0 < fov_x_degrees < 180.0:
