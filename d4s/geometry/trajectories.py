@@ -49,11 +49,14 @@ class CameraPath:
             RealEstate10K stores normalised intrinsics; they are returned as the intrinsics of a 1x1 image
             (``image_size == (1, 1)``), so ``resize_intrinsics(K, (1, 1), (H, W))`` gives pixels.
         image_size: ``(height, width)`` that ``K`` refers to, or ``None`` when unknown.
+        times: ``[T]`` the scene time each frame shows, when the file says (the cameras ``d4s.generate`` and
+            ``d4s.render_scene`` write do), else ``None``.
     """
 
     c2w: Tensor
     K: Tensor | None
     image_size: tuple[int, int] | None
+    times: Tensor | None = None
 
 
 def _translation_path(num_frames: int, direction: tuple[float, float, float], distance: float) -> Tensor:
@@ -108,10 +111,18 @@ def _read_json_path(path: Path) -> CameraPath:
         raise ValueError(f"{path}: every frame needs 'c2w' as a 4x4 list of numbers ({err!s})") from err
     if any(has_K) and not all(has_K):
         raise ValueError(f"{path}: 'K' is given for some frames but not all")
+    times = None
+    if all(isinstance(frame, dict) and "time" in frame for frame in frames):
+        try:
+            times = torch.tensor([float(frame["time"]) for frame in frames], dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: every frame's 'time' must be a number ({err!s})") from err
+        if not torch.isfinite(times).all() or (times < 0).any():
+            raise ValueError(f"{path}: frame times must be finite and >= 0")
     size = None
     if isinstance(data, dict) and "width" in data and "height" in data:
         size = (int(data["height"]), int(data["width"]))
-    return CameraPath(c2w=c2w, K=K, image_size=size)
+    return CameraPath(c2w=c2w, K=K, image_size=size, times=times)
 
 
 @dataclass(frozen=True)
