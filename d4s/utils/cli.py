@@ -44,7 +44,8 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except (OSError, ValueError, KeyError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)  # no repr quotes
+        message = text.strip().splitlines()[0] if text.strip() else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
