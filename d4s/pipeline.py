@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (give a .ckpt written by python -m d4s.fit)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no copy of the
+        # optimiser moments (~45 GB at paper scale), which inference never reads
     except Exception as error:  # torch raises many types for corrupt or foreign files
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
@@ -109,6 +110,38 @@ def _mismatch_report(weights: dict[str, Tensor], own: dict[str, Tensor], optiona
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     return ", ".join(parts)
+
+
+#: model-config entries that may differ from the checkpoint's: where weights live and how training saved memory
+PORTABLE_SETTINGS = ("video_dit.path", "video_dit.gradient_checkpointing", "ldrm.gradient_checkpointing", "text.")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _check_same_architecture(config: ModelConfig, stored: dict[str, Any], path: Path | str, source: str) -> None:
+    """Refuse a model config that builds another model than the checkpoint's (same weight shapes can still hide
+    other heads, depth ranges or scale limits); weight locations, checkpointing and text settings may differ."""
+    ours, theirs = _flatten(asdict(config)), _flatten(stored)
+    differing = sorted(
+        key
+        for key in ours.keys() | theirs.keys()
+        if not key.startswith(PORTABLE_SETTINGS) and ours.get(key) != theirs.get(key)
+    )
+    if differing:
+        key = differing[0]
+        raise ValueError(
+            f"{path} was trained with another model config than {source}: {len(differing)} settings differ (e.g. "
+            f"{key}: {theirs.get(key)!r} in the checkpoint, {ours.get(key)!r} in {source}); leave out --config (the "
+            "checkpoint stores its own), or change only weight paths and text settings"
+        )
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -156,18 +189,19 @@ class Diff4SplatPipeline:
         use_ema: bool = True,
         offload_text: bool = False,
         vae_tiling: bool = False,
-        vae_slicing: bool = False,
     ) -> Diff4SplatPipeline:
         """Build the models from the checkpoint's stored model config (or ``config``, a model YAML) and load the
         trained weights.
 
-        ``vae_tiling`` / ``vae_slicing``: diffusers' memory savers for encoding large condition images.
+        ``vae_tiling``: diffusers' tiled VAE encoding, for large condition images.
         Raises ``ValueError`` with one line saying what to do when the weights do not fit the config.
         """
         checkpoint = read_checkpoint(path)
         if config is not None:
             model_config = ModelConfig.from_yaml(config)
             source = str(config)
+            if "d4s_model_config" in checkpoint:
+                _check_same_architecture(model_config, checkpoint["d4s_model_config"], path, source)
         elif "d4s_model_config" in checkpoint:
             model_config = ModelConfig.from_dict(checkpoint["d4s_model_config"], f"{path} (stored model config)")
             source = "the config stored in the checkpoint"
@@ -190,8 +224,6 @@ class Diff4SplatPipeline:
         networks.load_state_dict(weights, strict=False)
         if vae_tiling:
             video_dit.vae.enable_tiling()
-        if vae_slicing:
-            video_dit.vae.enable_slicing()
         flow = recipe.get("flow_matching")
         flow = FlowMatching(**flow) if isinstance(flow, dict) else None
         return cls(video_dit, ldrm, TextEncoder(**model_config.text), flow, device, dtype, offload_text)
@@ -294,17 +326,17 @@ class Diff4SplatPipeline:
 
             def velocity(z: Tensor, t: Tensor, conditional: bool) -> Tensor:
                 condition, camera = (text, dit_plucker) if conditional else (null, no_camera)
-                return self.video_dit(z, image_latents, camera, condition, self.flow.model_timestep(t))
+                v = self.video_dit(z.to(self.dtype), image_latents, camera, condition, self.flow.model_timestep(t))
+                return v.float()
 
-            latents = euler_sample(
-                velocity, noise.to(self.device, self.dtype), num_steps, guidance, self.flow.shift, progress
-            )
+            # the ODE state and its steps stay float32 (bf16 steps of 1/30 would not even sum to 1)
+            latents = euler_sample(velocity, noise.to(self.device), num_steps, guidance, self.flow.shift, progress)
         with timer("ldrm"), self._autocast():
             times = torch.linspace(0.0, 1.0, T, device=self.device)[None]
             output = self.ldrm(latents, plucker, K[None], c2w[None], times)
             field = output.fields()[0].map(lambda x: x.float())
         s = self.ldrm.config.gaussian_stride
-        return Generation(field, (T, H // s, W // s), latents[0].float(), timer.seconds)
+        return Generation(field, (T, H // s, W // s), latents[0], timer.seconds)
 
 
 def thin_field(

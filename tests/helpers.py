@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import yaml
 
 from d4s.gaussians.procedural import random_field  # noqa: F401  (re-exported for tests)
 from d4s.geometry import intrinsics_from_fov, look_at
@@ -19,15 +22,43 @@ def orbit_cameras(num: int, width: int, height: int, dtype: torch.dtype = torch.
     return c2w, K
 
 
+#: prompts with an embedding in the caption cache of ``save_tiny_checkpoint(lively=True)``
+CACHED_PROMPTS = ("a small test scene", "a red room", "default prompt")
 
-def save_tiny_checkpoint(path, seed: int = 0, recipe: dict | None = None, model_config: str = "configs/tiny/model.yaml"):
+
+def save_tiny_checkpoint(path, seed: int = 0, recipe: dict | None = None, lively: bool = True):
     """A stage-3 checkpoint of the tiny random models, written through the module's own checkpoint hook (what
-    Lightning calls when it saves), so it holds exactly what a ``python -m d4s.fit`` checkpoint holds."""
+    Lightning calls when it saves), so it holds exactly what a ``python -m d4s.fit`` checkpoint holds.
+
+    ``lively``: make every input matter, as after training: the zero-initialised camera projection, time FiLM and
+    deformation output get random weights, captions come from a cache of distinct random embeddings
+    (``CACHED_PROMPTS``, the empty prompt and the generic one; written beside ``path``), and the flow-matching time
+    shift is 3. Without it, a fresh model ignores the camera, the time and the text.
+    """
+    from d4s.data.schema import GENERIC_PROMPT
     from d4s.stages import DynamicFinetune, LPIPSConfig, Recipe
 
+    path = Path(path)
     torch.manual_seed(seed)
+    model_config, recipe = "configs/tiny/model.yaml", dict(recipe or {})
+    if lively:
+        values = yaml.safe_load(Path(model_config).read_text())
+        cache = {text: torch.randn(8, 32) for text in ("", GENERIC_PROMPT, *CACHED_PROMPTS)}
+        torch.save(cache, path.with_suffix(".captions.pt"))
+        values["text"] = {"mode": "cache", "path": str(path.with_suffix(".captions.pt")), "max_length": 8, "dim": 32}
+        model_config = path.with_suffix(".model.yaml")
+        model_config.write_text(yaml.safe_dump(values))
+        recipe.setdefault("flow_matching", {"shift": 3.0})
     lpips = LPIPSConfig(net="alex", backbone_path=None, random_backbone=True)
-    module = DynamicFinetune(model_config, lpips=lpips, recipe=Recipe(**(recipe or {})))
+    module = DynamicFinetune(str(model_config), lpips=lpips, recipe=Recipe(**recipe))
+    if lively:
+        with torch.no_grad():
+            for weight in (
+                module.video_dit.transformer.patch_embed.proj.camera.weight,
+                module.ldrm.deformation_head.film[-1].weight,
+                module.ldrm.deformation_head.out.weight,
+            ):
+                weight.normal_(std=0.05)
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)

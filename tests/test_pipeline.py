@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,30 +26,51 @@ def inputs(seed: int = 0):
 
 
 def test_sampling_chain_matches_the_equations(tmp_path):
-    """Two Euler steps of Eq. 2's flow with constant CFG, written out by hand against the same networks, then the
-    LDRM on the result: the pipeline must compute exactly this."""
-    pipeline = Diff4SplatPipeline.from_checkpoint(save_tiny_checkpoint(tmp_path / "a.ckpt"))
+    """Two Euler steps of Eq. 2's flow on the training time shift with constant CFG, written out by hand against the
+    same networks, then the LDRM on the result: the pipeline must compute exactly this."""
+    path = save_tiny_checkpoint(tmp_path / "a.ckpt")  # camera, text, time and shift all matter (see the helper)
+    pipeline = Diff4SplatPipeline.from_checkpoint(path)
+    assert pipeline.flow.shift == 3.0
     image, c2w, K = inputs()
     guidance = Guidance(max_scale=2.0, schedule="constant")  # gamma = 3 at every step
-    result = pipeline(image, c2w, K, "", num_steps=2, guidance=guidance, seed=7)
+    result = pipeline(image, c2w, K, "a red room", num_steps=2, guidance=guidance, seed=7)
 
     dit, ldrm = pipeline.video_dit, pipeline.ldrm
+    captions = torch.load(path.with_suffix(".captions.pt"))
+    text, null = captions["a red room"][None], captions[""][None]
     latents = dit.image_latents(image[None], 2, torch.Generator().manual_seed(7))
     z = torch.randn(latents.shape, generator=torch.Generator().manual_seed(7))
     plucker = plucker_embedding(c2w, K.expand(T, 3, 3), SIZE, SIZE)[None]
-    text = torch.zeros(1, 8, 32)  # the tiny config's "null" text mode: zeros for the prompt and for no prompt
+    times = [1.0, 3 * 0.5 / (1 + 2 * 0.5), 0.0]  # 1, 1/2, 0 shifted by 3: t' = 3t / (1 + 2t)
     with torch.no_grad():
-        for t, t_next in ((1.0, 0.5), (0.5, 0.0)):
+        for t, t_next in itertools.pairwise(times):
             timestep = torch.tensor([t * 1000.0])
             v_cond = dit(z, latents, plucker, text, timestep)
-            v_uncond = dit(z, latents, torch.zeros_like(plucker), text, timestep)
+            v_uncond = dit(z, latents, torch.zeros_like(plucker), null, timestep)
+            assert (v_cond - v_uncond).abs().max() > 1e-3  # guidance has something to amplify
             z = z + (t_next - t) * (v_uncond + 3.0 * (v_cond - v_uncond))
         expected = ldrm(z, plucker, K.expand(1, T, 3, 3), c2w[None], torch.linspace(0, 1, T)[None]).fields()[0]
     torch.testing.assert_close(result.latents, z[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result.field.canonical.means, expected.canonical.means, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(result.field.dmu, expected.dmu, rtol=1e-4, atol=1e-4)
+    assert result.field.dmu[1:].abs().max() > 1e-4  # the scene moves: time reaches the deformation head
     assert result.grid == (T, SIZE // 2, SIZE // 2) and result.field.num_frames == T
     assert set(result.timings) == {"text", "encode", "sampling", "ldrm"}
+    unguided = pipeline(image, c2w, K, "a red room", num_steps=2, guidance=None, seed=7)
+    assert (unguided.latents - result.latents).abs().max() > 1e-3
+
+
+def test_a_config_that_builds_another_model_is_refused(tmp_path):
+    path = save_tiny_checkpoint(tmp_path / "a.ckpt")
+    stored = path.with_suffix(".model.yaml").read_text()
+    (tmp_path / "near.yaml").write_text(stored.replace("ldrm:\n", "ldrm:\n  near: 0.5\n"))
+    with pytest.raises(ValueError, match="ldrm.near: 0.1 in the checkpoint, 0.5 in"):
+        Diff4SplatPipeline.from_checkpoint(path, config=tmp_path / "near.yaml")
+    (tmp_path / "text.yaml").write_text(stored.replace("mode: cache", "mode: 'null'"))  # text settings may differ
+    assert Diff4SplatPipeline.from_checkpoint(path, config=tmp_path / "text.yaml").text.mode == "null"
+    (tmp_path / "broken.yaml").write_text("ldrm: [unclosed")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        Diff4SplatPipeline.from_checkpoint(path, config=tmp_path / "broken.yaml")
 
 
 def test_ema_weights_are_used_unless_asked_not_to(tmp_path):
@@ -87,6 +111,10 @@ def test_unreadable_checkpoints_are_named(tmp_path):
     with pytest.raises(ValueError, match="--config"):
         Diff4SplatPipeline.from_checkpoint(path)
     assert Diff4SplatPipeline.from_checkpoint(path, config="configs/tiny/model.yaml").ldrm.config.width == 32
+    wider = tmp_path / "wider.yaml"  # without a stored config, only the weights can tell
+    wider.write_text(Path("configs/tiny/model.yaml").read_text().replace("width: 32", "width: 64"))
+    with pytest.raises(ValueError, match="does not fit the model config .* tensors of another shape .*ldrm"):
+        Diff4SplatPipeline.from_checkpoint(path, config=wider)
 
 
 def test_inputs_are_checked(tmp_path):

@@ -23,7 +23,13 @@ class ModelConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
         """Read a model YAML; ``ValueError`` names the file for unknown sections or arguments."""
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected sections video_dit, ldrm and text, got a {type(values).__name__}")
+        return cls.from_dict(values, str(path))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "model config") -> ModelConfig:
