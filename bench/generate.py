@@ -52,17 +52,19 @@ def random_pipeline(config_path: Path, device: torch.device, text_null: bool) ->
     return Diff4SplatPipeline(dit, ldrm, TextEncoder(**text), device=device)
 
 
-def scene_rows(pipeline, label: str, frames: int, size: int, repeats: int, extra: list[str]) -> tuple[dict, Path]:
-    """Median seconds per stage of ``generate_one`` over ``repeats`` scenes (after a warm-up); returns the row and
-    the last scene's folder."""
-    work = Path(tempfile.mkdtemp(prefix="d4s-bench-generate-"))
+def scene_rows(
+    pipeline, label: str, frames: int, size: int, repeats: int, extra: list[str], work: Path
+) -> tuple[dict, Path]:
+    """Median seconds per stage of ``generate_one`` over ``repeats`` scenes (after a warm-up) written under
+    ``work``; returns the row and the last scene's folder."""
+    work.mkdir(parents=True, exist_ok=True)
     photo = work / "photo.png"
     torch.manual_seed(0)
     Image.fromarray((torch.rand(size, size + size // 2, 3) * 255).byte().numpy()).save(photo)
     argv = ["--ckpt", "unused", "--image", str(photo), "--out", str(work / "scene"), "--frames", str(frames)]
     argv += ["--resolution", str(size), "--device", str(pipeline.device), *extra]
     args = generate.build_parser().parse_args(argv)
-    args.trajectory_name, args.trajectory_file = "spiral", None
+    args.trajectory_name, args.trajectory_file, args.camera_path = "spiral", None, None
     job = generate.Job(photo, "", work / "scene")
     runs = [generate.generate_one(pipeline, job, args) for _ in range(repeats + 1)][1:]
     row = {stage: statistics.median(run[stage] for run in runs) for stage in STAGES}
@@ -105,6 +107,28 @@ def viewer_row(scene_dir: Path, device: torch.device, repeats: int, size: int = 
             "time_change_ms": change}  # fmt: skip
 
 
+def measure(report: dict, save, repeats: int, quick: bool, work: Path) -> None:
+    """Fill ``report``'s scene and viewer rows (module docstring), saving after each; scenes are written under
+    ``work``."""
+    cpu = torch.device("cpu")
+    tiny = random_pipeline(REPO / "configs" / "tiny" / "model.yaml", cpu, text_null=False)
+    sizes = [(9, 64)] if quick else [(9, 64), (49, 64)]
+    for frames, size in sizes:
+        row, scene_dir = scene_rows(tiny, "tiny", frames, size, repeats, ["--backend", "torch"], work / f"cpu{frames}")
+        report["scenes"].append(row)
+        save()
+    report["viewer"].append({"model": "tiny", "device": "cpu", **viewer_row(scene_dir, cpu, repeats)})
+    save()
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        paper = random_pipeline(REPO / "configs" / "model" / "paper.yaml", gpu, text_null=True)
+        row, scene_dir = scene_rows(paper, "paper", 49, 512, max(1, repeats // 3), ["--no-ply"], work / "gpu")
+        report["scenes"].append(row)
+        save()
+        report["viewer"].append({"model": "paper", "device": row["device"], **viewer_row(scene_dir, gpu, repeats)})
+        save()
+
+
 def main() -> None:
     parser = bench_parser(__doc__, "generate", 3, "one timed repeat, small sizes only (a smoke run)")
     args = parser.parse_args()
@@ -117,23 +141,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
 
-    cpu = torch.device("cpu")
-    tiny = random_pipeline(REPO / "configs" / "tiny" / "model.yaml", cpu, text_null=False)
-    sizes = [(9, 64)] if args.quick else [(9, 64), (49, 64)]
-    for frames, size in sizes:
-        row, scene_dir = scene_rows(tiny, "tiny", frames, size, repeats, ["--backend", "torch"])
-        report["scenes"].append(row)
-        save()
-    report["viewer"].append({"model": "tiny", "device": "cpu", **viewer_row(scene_dir, cpu, repeats)})
-    save()
-    if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        paper = random_pipeline(REPO / "configs" / "model" / "paper.yaml", gpu, text_null=True)
-        row, scene_dir = scene_rows(paper, "paper", 49, 512, max(1, repeats // 3), ["--no-ply"])
-        report["scenes"].append(row)
-        save()
-        report["viewer"].append({"model": "paper", "device": row["device"], **viewer_row(scene_dir, gpu, repeats)})
-        save()
+    with tempfile.TemporaryDirectory(prefix="d4s-bench-generate-") as work:  # scenes of ~0.3 GB: not kept
+        measure(report, save, repeats, args.quick, Path(work))
 
     print(f"{'model':6s} {'device':24s} {'scene':>10s} {'gauss.':>9s} " + " ".join(f"{s:>9s}" for s in STAGES)
           + f" {'peak GiB':>9s}")  # fmt: skip

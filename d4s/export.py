@@ -30,6 +30,8 @@ from d4s.utils.video import colorize_depth, write_video
 
 #: cameras rendered together when consecutive frames show the same time (bullet time)
 CAMERAS_PER_CALL = 8
+#: default sweep of orbits around a generated scene: a swing (a single image never shows the scene's back)
+BULLET_TIME_DEGREES = 30.0
 
 
 @dataclass

@@ -5,18 +5,18 @@ depth and novel views.
         --prompt "a cat walks across the room" --out outputs/generate/room
 
 ``--image`` may also be a folder (every image in it) or a .txt list (one image per line, optionally followed by a tab
-and its prompt); each image then gets its own folder ``OUT/<name>/``, images already done are skipped (resumable),
-and a failing image is reported and skipped. Files written per scene:
+and its prompt); each image then gets its own folder ``OUT/<name>/``. A scene whose folder is complete for the same
+settings is skipped (re-running resumes a batch), and a failing image is reported and skipped. Files per scene:
 
-    scene.npz            canonical Gaussians + deformation to every frame time (python -m d4s.render_scene, d4s.view)
-    ply/frame_XXXX.ply   the scene at each time as a standard 3DGS file (an animation for splat viewers)
-    rgb.mp4, depth.mp4   frame t: the scene at time t from camera t (depth colour-mapped, near = warm)
-    depth.npy            raw z-depth in metres, float32 [T, H, W], 0 where nothing was hit
-    novel_orbit.mp4      bullet time: the camera swings around the scene (--orbit-degrees) at one time (--bullet-time)
-    novel_<name>.mp4     a second trajectory (--novel-trajectory), time playing; both with *_depth.mp4 and cameras
-    cameras.json         the generation cameras (c2w, K in pixels, time); a valid --trajectory file
-    input.png            the condition image as the model saw it (resized and centre-cropped)
-    generation.json      the settings of this run; timings.json: seconds per stage and peak memory (written last)
+    scene.npz              canonical Gaussians + deformation to every frame time (d4s.render_scene, d4s.view)
+    input.png              the condition image as the model saw it (resized and centre-cropped)
+    ply/frame_XXXX.ply     the scene at each time as a standard 3DGS file (an animation for splat viewers)
+    rgb.mp4, depth.mp4     frame t: the scene at time t from camera t (depth colour-mapped, near = warm)
+    depth.npy              raw z-depth in metres, float32 [T, H, W], 0 where nothing was hit
+    cameras.json           the generation cameras (c2w, K in pixels, time): a valid --trajectory file
+    novel_bullet_time.mp4  the camera swings around the scene (--orbit-degrees) at one time (--bullet-time)
+    novel_<name>.mp4       a second trajectory (--novel-trajectory), time playing; both with _depth.mp4, _cameras.json
+    generation.json        the settings of this run; timings.json: seconds per stage and peak memory (written last)
 
 The input image is resized to cover --resolution and centre-cropped. Its intrinsics: --intrinsics (pixels of the
 original image), else --fov, else the trajectory file's, else a 60 degree horizontal field of view.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,20 +39,28 @@ from PIL import Image
 from tqdm import tqdm
 
 from d4s.diffusion.sampler import GUIDANCE_SCHEDULES, Guidance
-from d4s.export import focus_depth, follow_times, render_sequence, save_render
+from d4s.export import BULLET_TIME_DEGREES, focus_depth, follow_times, render_sequence, save_render
 from d4s.gaussians.io import save_ply_sequence, save_scene
-from d4s.geometry.cameras import intrinsics_from_fov, resize_intrinsics
-from d4s.geometry.trajectories import load_camera_path, make_trajectory
+from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resize_intrinsics
+from d4s.geometry.crop import crop_box
+from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
 from d4s.render import BACKENDS
 from d4s.utils.cli import NAMED_TRAJECTORIES, parse_size, parse_trajectory, run_cli
 from d4s.utils.fileio import atomic_output
 from d4s.utils.image import IMAGE_SUFFIXES, load_photo
 from d4s.utils.timing import StageTimer, peak_memory
 
-DEFAULT_FOV = 60.0
 DEFAULT_SCENE_SCALE = 2.0  # metres: a room-sized scene (the paper gives no trajectory scale)
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DONE_FILE = "timings.json"
+SETTINGS_FILE = "generation.json"
+#: the options that change what a scene folder holds: a complete folder made with others is generated again
+RESULT_SETTINGS = (
+    "ckpt", "config", "trajectory", "frames", "resolution", "steps", "guidance", "guidance_schedule", "seed",
+    "scene_scale", "fov", "intrinsics", "no_ema", "bullet_time", "orbit_degrees", "novel_trajectory", "fps",
+    "no_ply", "gaussian_stride", "min_opacity", "compress",
+)  # fmt: skip
+ERRORS = (OSError, ValueError, KeyError)  # bad input of one scene: reported, the batch goes on
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the factor on a camera file's translations (default 1)",
     )
     gen.add_argument(
-        "--fov", type=float, help=f"horizontal field of view of the input image, degrees (default {DEFAULT_FOV:g})"
+        "--fov",
+        type=float,
+        help=f"horizontal field of view of the input image, degrees (default {DEFAULT_FOV_DEGREES:g})",
     )
     gen.add_argument(
         "--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="in input-image pixels"
@@ -107,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     views = parser.add_argument_group("rendering")
     views.add_argument("--bullet-time", type=int, help="scene time of the orbit video (default: the middle frame)")
     views.add_argument(
-        "--orbit-degrees", type=float, default=30.0, help="sweep of the bullet-time orbit (360: full turn)"
+        "--orbit-degrees", type=float, default=BULLET_TIME_DEGREES, help="sweep of the bullet-time orbit (360: a turn)"
     )
     views.add_argument(
         "--novel-trajectory",
@@ -122,7 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     memory.add_argument("--dtype", default="auto", choices=DTYPES, help="DiT precision (auto: bfloat16 on CUDA)")
     memory.add_argument("--vae-tiling", action="store_true", help="encode the image in tiles (large inputs)")
-    memory.add_argument("--vae-slicing", action="store_true", help="encode batch elements one at a time")
     memory.add_argument("--offload-text", action="store_true", help="keep the text encoder on the CPU between prompts")
     memory.add_argument("--gaussian-stride", type=int, default=1, help="keep every k-th Gaussian per row and column")
     memory.add_argument("--min-opacity", type=float, default=0.0, help="drop Gaussians below this opacity")
@@ -131,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject option values that cannot work, before any model is loaded."""
+    """Reject option values that cannot work, before any model is loaded or any scene sampled."""
     if args.frames < 1 or (args.frames - 1) % 4:
         parser.error(f"--frames must be 4k + 1 (the VAE compresses time 4x), e.g. 49; got {args.frames}")
     if args.steps < 1 or args.guidance < 0 or args.gaussian_stride < 1 or not 0 <= args.min_opacity < 1:
@@ -140,11 +150,23 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--bullet-time must be a frame time in [0, {args.frames}), got {args.bullet_time}")
     if args.scene_scale is not None and not (math.isfinite(args.scene_scale) and args.scene_scale > 0):
         parser.error(f"--scene-scale must be a positive number of metres, got {args.scene_scale}")
+    if not 0 < args.orbit_degrees <= 360 or not args.fps > 0:
+        parser.error(f"--orbit-degrees must be in (0, 360] and --fps > 0, got {args.orbit_degrees} and {args.fps}")
+    if args.fov is not None and not 0 < args.fov < 180:
+        parser.error(f"--fov must be in (0, 180) degrees, got {args.fov}")
+    if args.intrinsics is not None and not (args.intrinsics[0] > 0 and args.intrinsics[1] > 0):
+        parser.error(f"--intrinsics: the focal lengths FX and FY must be positive, got {args.intrinsics[:2]}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: not a torch device: {args.device!r} (e.g. cpu, cuda, cuda:1)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible here; use --device cpu")
 
 
 def collect_jobs(image: Path, prompt: str, out: Path) -> list[Job]:
     """One job for an image file; one per image for a folder or a .txt list (``path[<TAB>prompt]`` per line,
-    relative to the list's folder), each writing to ``out/<image name>``."""
+    relative to the list's folder), each writing to ``out/<image stem>`` (``<stem>_<position>`` where stems repeat)."""
     if image.is_dir():
         entries = [(path, prompt) for path in sorted(image.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
         if not entries:
@@ -162,27 +184,60 @@ def collect_jobs(image: Path, prompt: str, out: Path) -> list[Job]:
     else:
         return [Job(image, prompt, out)]
     stems = [path.stem for path, _ in entries]
-    names = [path.stem if stems.count(path.stem) == 1 else path.name for path, _ in entries]
+    names = [stem if stems.count(stem) == 1 else f"{stem}_{i}" for i, stem in enumerate(stems, start=1)]
     return [Job(path, text, out / name) for (path, text), name in zip(entries, names)]
 
 
-def input_view(args: argparse.Namespace, image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The condition image ``[3, H, W]`` in ``[0, 1]`` (resized to cover ``size``, centre-cropped) and its
-    intrinsics ``[3, 3]`` (module docstring: which source they come from)."""
-    source = image.shape[:2]
-    camera_file = load_camera_path(args.trajectory_file) if args.trajectory_file is not None else None
+def input_intrinsics(args: argparse.Namespace, source: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Intrinsics ``[3, 3]`` of the model frame ``size`` cut from a photo of ``source (H, W)`` pixels (module
+    docstring: which source they come from). A camera file's pixel intrinsics belong to its own frame size, which
+    is fitted to the model frame the way the photo is (cover, then centre-crop), so no axis is stretched."""
+    box = crop_box(source, size)
+    camera_file: CameraPath | None = args.camera_path
     if args.intrinsics is not None:
         fx, fy, cx, cy = args.intrinsics
-        K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    elif args.fov is None and camera_file is not None and camera_file.K is not None:
-        K = resize_intrinsics(camera_file.K[0].float(), camera_file.image_size or source, source)
-    else:
-        K = intrinsics_from_fov(source[1], source[0], DEFAULT_FOV if args.fov is None else args.fov)
-    from d4s.data.clips import crop_box  # imports Lightning: loaded once needed, so --help answers at once
+        return box.intrinsics(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
+    if args.fov is None and camera_file is not None and camera_file.K is not None:
+        K = camera_file.K[0].float()
+        if camera_file.image_size in (None, (1, 1)):  # normalised (RealEstate10K) or unsized: the photo's own
+            return box.intrinsics(resize_intrinsics(K, camera_file.image_size or source, source))
+        return crop_box(camera_file.image_size, size).intrinsics(K)
+    fov = DEFAULT_FOV_DEGREES if args.fov is None else args.fov
+    return box.intrinsics(intrinsics_from_fov(source[1], source[0], fov))
 
-    box = crop_box(source, size, rng=None, random=False)
-    crop = box.resize_image(image)
-    return torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0, box.intrinsics(K)
+
+def input_image(photo: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """The condition image ``[3, H, W]`` in ``[0, 1]``: the photo resized to cover ``size`` and centre-cropped."""
+    crop = crop_box(photo.shape[:2], size).resize_image(photo)
+    return torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0
+
+
+def result_settings(args: argparse.Namespace, job: Job) -> dict:
+    """What decides a scene folder's content (``RESULT_SETTINGS``, the image and the prompt), as JSON values."""
+    settings = {key: getattr(args, key) for key in RESULT_SETTINGS}
+    settings.update(image=job.image, prompt=job.prompt)
+    return json.loads(json.dumps(settings, default=str))
+
+
+def completed(job: Job, args: argparse.Namespace) -> bool:
+    """The job's folder holds a finished scene made with the same settings."""
+    if not (job.out / DONE_FILE).is_file() or not (job.out / SETTINGS_FILE).is_file():
+        return False
+    try:
+        stored = json.loads((job.out / SETTINGS_FILE).read_text()).get("settings")
+    except (OSError, ValueError):
+        return False
+    return stored == result_settings(args, job)
+
+
+def clear_outputs(out: Path, keep_ply: bool) -> None:
+    """Mark ``out`` incomplete and remove outputs an earlier run wrote that this one may not replace."""
+    (out / DONE_FILE).unlink(missing_ok=True)
+    for stale in out.glob("novel_*"):
+        if stale.is_file():
+            stale.unlink()
+    if not keep_ply and (out / "ply").is_dir():
+        shutil.rmtree(out / "ply")
 
 
 def second_trajectory(args: argparse.Namespace) -> str:
@@ -193,57 +248,61 @@ def second_trajectory(args: argparse.Namespace) -> str:
 
 def generate_one(pipeline, job: Job, args: argparse.Namespace) -> dict:
     """Generate and write one scene (module docstring) with a :class:`~d4s.pipeline.Diff4SplatPipeline`; returns
-    its timings."""
+    its timings. The scene itself is on disk before any rendering starts."""
     from d4s.pipeline import thin_field
 
     size = parse_size(args.resolution)
-    image, K = input_view(args, load_photo(job.image), size)
+    photo = load_photo(job.image)
+    image, K = input_image(photo, size), input_intrinsics(args, photo.shape[:2], size)
     scale = args.scene_scale or (1.0 if args.trajectory_file is not None else DEFAULT_SCENE_SCALE)
     c2w = make_trajectory(args.trajectory_name, args.frames, scale, path=args.trajectory_file)
     guidance = Guidance(args.guidance, args.guidance_schedule) if args.guidance > 0 else None
+    pipeline.check_inputs(image, c2w, K)
     start = time.perf_counter()
     if pipeline.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipeline.device)
-    pipeline.check_inputs(image, c2w, K)
-    with tqdm(total=args.steps, desc="denoising", unit="step", leave=False) as bar:
-        result = pipeline(image, c2w, K, job.prompt, args.steps, guidance, args.seed, lambda step, total: bar.update(1))
+    bars: list[tqdm] = []  # opened at the first step: a prompt that fails to encode leaves no empty bar behind
+
+    def progress(step: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="denoising", unit="step", leave=False))
+        bars[0].update(1)
+
+    try:
+        result = pipeline(image, c2w, K, job.prompt, args.steps, guidance, args.seed, progress)
+    finally:
+        for bar in bars:
+            bar.close()
     scene = thin_field(result.field, result.grid, args.gaussian_stride, args.min_opacity)
-    timer = StageTimer(pipeline.device)
-    with timer("rendering"):
-        frames = args.frames
-        main = render_sequence(scene, c2w, K, follow_times(frames, frames), size, args.backend, desc="rendering")
-        bullet = frames // 2 if args.bullet_time is None else args.bullet_time
-        focus = focus_depth(scene.at(bullet))
-        orbit_c2w = make_trajectory("orbit", frames, focus, orbit_degrees=args.orbit_degrees)
-        orbit = render_sequence(scene, orbit_c2w, K, [float(bullet)] * frames, size, args.backend, desc="orbit")
-        novel_name = second_trajectory(args)
-        novel_c2w = make_trajectory(novel_name, frames, focus)
-        novel = render_sequence(scene, novel_c2w, K, follow_times(frames, frames), size, args.backend, desc=novel_name)
+    timer, frames = StageTimer(pipeline.device), args.frames
     with timer("writing"):
         job.out.mkdir(parents=True, exist_ok=True)
-        (job.out / DONE_FILE).unlink(missing_ok=True)  # the folder is incomplete until timings.json is back
+        clear_outputs(job.out, keep_ply=not args.no_ply)
         cpu_scene = scene.to("cpu")
         save_scene(cpu_scene, job.out / "scene.npz", compress=args.compress)
-        if not args.no_ply:
-            save_ply_sequence(cpu_scene, job.out / "ply")
-        save_render(main, job.out, fps=args.fps)
-        for name, render in (("orbit", orbit), (novel_name, novel)):
-            save_render(
-                render,
-                job.out,
-                f"novel_{name}.mp4",
-                f"novel_{name}_depth.mp4",
-                None,
-                f"novel_{name}_cameras.json",
-                args.fps,
-            )
         with atomic_output(job.out / "input.png") as tmp:
             Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
-        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-        write_json(
-            job.out / "generation.json",
-            {**settings, "image": str(job.image), "prompt": job.prompt, "focus_depth": focus, "bullet_time": bullet},
-        )
+        if not args.no_ply:
+            save_ply_sequence(cpu_scene, job.out / "ply")
+    with timer("rendering"):
+        main = render_sequence(scene, c2w, K, follow_times(frames, frames), size, args.backend, desc="rendering")
+    with timer("writing"):
+        save_render(main, job.out, fps=args.fps)
+    focus = focus_depth(scene.at(0))  # the input view's depth: the scale of the novel trajectories
+    bullet = frames // 2 if args.bullet_time is None else args.bullet_time
+    novel_name = second_trajectory(args)
+    novel_views = {
+        "bullet_time": (make_trajectory("orbit", frames, focus, orbit_degrees=args.orbit_degrees), [bullet] * frames),
+        novel_name: (make_trajectory(novel_name, frames, focus), follow_times(frames, frames)),
+    }
+    for name, (novel_c2w, times) in novel_views.items():
+        with timer("rendering"):
+            render = render_sequence(scene, novel_c2w, K, times, size, args.backend, desc=name)
+        with timer("writing"):
+            names = (f"novel_{name}.mp4", f"novel_{name}_depth.mp4", None, f"novel_{name}_cameras.json")
+            save_render(render, job.out, *names, fps=args.fps)
+    details = {"focus_depth": focus, "bullet_time": bullet, "novel_trajectory": novel_name}
+    write_json(job.out / SETTINGS_FILE, {"settings": result_settings(args, job), **details})
     timings = {
         **result.timings,
         **timer.seconds,
@@ -268,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     args.trajectory_name, args.trajectory_file = parse_trajectory(args.trajectory)
     parse_size(args.resolution)
-    if args.trajectory_file is not None:
-        load_camera_path(args.trajectory_file)  # a malformed file fails now, not after the model has loaded
+    # a malformed camera file fails now, not after the model has loaded
+    args.camera_path = load_camera_path(args.trajectory_file) if args.trajectory_file is not None else None
     jobs = collect_jobs(args.image, args.prompt, args.out)
     batch = len(jobs) > 1 or args.image.is_dir() or args.image.suffix.lower() == ".txt"
-    todo = [job for job in jobs if args.overwrite or not (job.out / DONE_FILE).is_file()]
+    todo = [job for job in jobs if args.overwrite or not completed(job, args)]
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} scenes already done in {args.out} (--overwrite redoes them)")
     if not todo:
@@ -282,14 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     from d4s.pipeline import Diff4SplatPipeline  # imports diffusers: after the checks, so bad arguments answer at once
 
     pipeline = Diff4SplatPipeline.from_checkpoint(
-        args.ckpt,
-        args.config,
-        args.device,
-        DTYPES[args.dtype],
-        not args.no_ema,
-        args.offload_text,
-        args.vae_tiling,
-        args.vae_slicing,
+        args.ckpt, args.config, args.device, DTYPES[args.dtype], not args.no_ema, args.offload_text, args.vae_tiling
     )
     failures = []
     for index, job in enumerate(todo, start=1):
@@ -297,11 +349,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{index}/{len(todo)}] {job.image}")
         try:
             timings = generate_one(pipeline, job, args)
-        except (OSError, ValueError) as error:
+        except ERRORS as error:
             if not batch:
                 raise
-            failures.append(f"{job.image}: {error}")
-            print(f"  skipped: {error}", file=sys.stderr)
+            message = " ".join(str(error).split())
+            failures.append(f"{job.image}: {message}")
+            print(f"  skipped: {message}", file=sys.stderr)
             continue
         stages = ", ".join(
             f"{k} {timings[k]:.2f}s" for k in ("text", "encode", "sampling", "ldrm", "rendering", "writing")

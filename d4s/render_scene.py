@@ -7,14 +7,17 @@ Writes rgb.mp4, depth.mp4 (colour-mapped), depth.npy (raw z-depth in metres, flo
 into --out (default: renders/<trajectory> beside the scene).
 
 Time schedules (--time): ``follow`` plays the scene once over the frames (frame f of an F-frame path shows time
-f (T - 1) / (F - 1)); a number holds that time (bullet time); ``A:B`` sweeps from time A to time B. Times are
-scene time indices in [0, T - 1]; fractional times interpolate the deformation.
+f (T - 1) / (F - 1)); a number holds that time (bullet time); ``A:B`` sweeps from time A to time B; ``auto`` (the
+default) takes the times a camera file stores (generate's cameras files do), else follows. Times are scene time
+indices in [0, T - 1]; fractional times interpolate the deformation.
 
 Cameras: named trajectories start at the generation's first camera and move around the scene's focus
-(--scene-scale, default: the opacity-weighted median depth of the scene); a camera file is used as written
-(relative to its first camera, which generate's cameras.json already is), with its own intrinsics and image size
-when it has them. Otherwise the intrinsics and size come from --resolution/--fov, else from the cameras.json that
-generate wrote beside the scene, else a 512 px frame with a 60 degree horizontal field of view.
+(--scene-scale, default: the opacity-weighted median depth of the scene at time 0; orbits swing by
+--orbit-degrees); a camera file is used as written (relative to its first camera, which generate's cameras files
+already are), with its intrinsics and image size when it has them. Otherwise the intrinsics come from --fov, else
+from the cameras.json that generate wrote beside the scene, else a 60 degree horizontal field of view; the size from
+--resolution, else the same sources, else 512 x 512. Intrinsics of another frame size are carried over as an image
+is: resized to cover the new size, then centre-cropped.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from d4s.export import focus_depth, follow_times, render_sequence, save_render
+from d4s.export import BULLET_TIME_DEGREES, focus_depth, follow_times, render_sequence, save_render
 from d4s.gaussians.io import load_scene
-from d4s.geometry.cameras import intrinsics_from_fov, resize_intrinsics
+from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resize_intrinsics
+from d4s.geometry.crop import crop_box
 from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
 from d4s.render import BACKENDS
 from d4s.utils.cli import NAMED_TRAJECTORIES, parse_size, parse_trajectory, run_cli
 
-DEFAULT_FOV = 60.0
 DEFAULT_SIZE = (512, 512)
 
 
@@ -50,12 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="orbit",
         help=f"camera path: {', '.join(NAMED_TRAJECTORIES)}, or a camera file (.json, RealEstate10K .txt)",
     )
-    parser.add_argument("--time", default="follow", help="time schedule: follow, a time (e.g. 24), or A:B")
+    parser.add_argument("--time", default="auto", help="time schedule: auto, follow, a time (e.g. 24), or A:B")
     parser.add_argument("--frames", type=int, help="frames to render (default: the camera file's, else the scene's)")
     parser.add_argument("--resolution", help="frame size: 512 or HEIGHTxWIDTH (default: as generated)")
     parser.add_argument("--fov", type=float, help="horizontal field of view in degrees (default: as generated)")
     parser.add_argument("--scene-scale", type=float, help="metres to the trajectory focus (default: scene depth)")
-    parser.add_argument("--orbit-degrees", type=float, default=360.0, help="orbit sweep (below 360: a swing)")
+    parser.add_argument(
+        "--orbit-degrees", type=float, default=BULLET_TIME_DEGREES, help="orbit sweep (360: a full turn)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: renders/<trajectory> beside the scene)")
     parser.add_argument("--fps", type=float, default=12.0, help="video frame rate")
     parser.add_argument("--background", type=float, nargs=3, metavar=("R", "G", "B"), help="colour in [0, 1]")
@@ -64,10 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_times(spec: str, num_frames: int, scene_frames: int) -> list[float]:
-    """The scene time of each of ``num_frames`` frames for ``--time`` (module docstring); ``ValueError`` for a
-    malformed schedule or a time outside ``[0, scene_frames - 1]``."""
+def parse_times(spec: str, num_frames: int, scene_frames: int, stored: Tensor | None = None) -> list[float]:
+    """The scene time of each of ``num_frames`` frames for ``--time`` (module docstring; ``stored``: the camera
+    file's times); ``ValueError`` for a malformed schedule or a time outside ``[0, scene_frames - 1]``."""
     last = scene_frames - 1
+    if spec == "auto":
+        if stored is None or len(stored) != num_frames:
+            return follow_times(num_frames, scene_frames)
+        if not bool((stored <= last).all()):
+            raise ValueError(f"time: the camera file's times reach {float(stored.max()):g}, the scene's end at {last}")
+        return stored.tolist()
     if spec == "follow":
         return follow_times(num_frames, scene_frames)
     try:
@@ -75,7 +87,7 @@ def parse_times(spec: str, num_frames: int, scene_frames: int) -> list[float]:
     except ValueError:
         ends = []
     if len(ends) not in (1, 2) or not all(math.isfinite(t) for t in ends):
-        raise ValueError(f"time: expected follow, a time such as 12, or a range A:B; got {spec!r}")
+        raise ValueError(f"time: expected auto, follow, a time such as 12, or a range A:B; got {spec!r}")
     if not all(0.0 <= t <= last for t in ends):
         raise ValueError(f"time: {spec!r} leaves the scene's times [0, {last}]")
     if len(ends) == 1:
@@ -89,22 +101,26 @@ def generated_cameras(scene: Path) -> CameraPath | None:
     return load_camera_path(path) if path.is_file() else None
 
 
-def cameras(args: argparse.Namespace, scene_frames: int, focus: float) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+def cameras(args: argparse.Namespace, file: CameraPath | None, scene_frames: int, focus: float) -> tuple:
     """``(c2w [F, 4, 4], K [F, 3, 3], (H, W))`` of the render (module docstring)."""
     name, path = parse_trajectory(args.trajectory)
-    file_path = load_camera_path(path) if path is not None else None
     reference = generated_cameras(args.scene)
-    frames = args.frames or (len(file_path.c2w) if file_path is not None else scene_frames)
+    frames = args.frames or (len(file.c2w) if file is not None else scene_frames)
     size = parse_size(args.resolution) if args.resolution else None
-    if args.fov is None and file_path is not None and file_path.K is not None and file_path.image_size is not None:
-        source, K = file_path.image_size, file_path.K.float()  # RealEstate10K: normalised, an image of 1 x 1 pixel
+    default_size = reference.image_size if reference is not None and reference.image_size else DEFAULT_SIZE
+    if args.fov is None and file is not None and file.K is not None:
+        if file.image_size in (None, (1, 1)):  # normalised (RealEstate10K) or unsized: for the frame we render
+            source = size or default_size
+            K = resize_intrinsics(file.K.float(), file.image_size or source, source)
+        else:
+            source, K = file.image_size, file.K.float()
     elif args.fov is None and reference is not None and reference.K is not None and reference.image_size is not None:
         source, K = reference.image_size, reference.K[:1].float()
     else:
-        source = size or (reference.image_size if reference is not None and reference.image_size else DEFAULT_SIZE)
-        K = intrinsics_from_fov(source[1], source[0], DEFAULT_FOV if args.fov is None else args.fov)[None]
-    size = size or (source if source != (1, 1) else DEFAULT_SIZE)
-    K = resize_intrinsics(K, source, size)
+        source = size or default_size
+        K = intrinsics_from_fov(source[1], source[0], DEFAULT_FOV_DEGREES if args.fov is None else args.fov)[None]
+    size = size or source
+    K = crop_box(source, size).intrinsics(K)
     K = K if len(K) == frames else K[:1].expand(frames, 3, 3)
     scale = args.scene_scale or (1.0 if path is not None else focus)
     c2w = make_trajectory(name, frames, scale, path=path, orbit_degrees=args.orbit_degrees)
@@ -117,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames is not None and args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     scene = load_scene(args.scene).to(args.device)
-    focus = focus_depth(scene.at(0))
-    c2w, K, size = cameras(args, scene.num_frames, focus)
-    times = parse_times(args.time, len(c2w), scene.num_frames)
+    name, path = parse_trajectory(args.trajectory)
+    file = load_camera_path(path) if path is not None else None
+    c2w, K, size = cameras(args, file, scene.num_frames, focus_depth(scene.at(0)))
+    times = parse_times(args.time, len(c2w), scene.num_frames, file.times if file is not None else None)
     background = torch.tensor(args.background) if args.background else None
     result = render_sequence(scene, c2w, K, times, size, args.backend, background, desc="rendering")
-    name, path = parse_trajectory(args.trajectory)
     out = args.out or args.scene.parent / "renders" / (path.stem if path is not None else name)
     save_render(result, out, fps=args.fps)
     print(f"wrote {out}: {len(c2w)} frames at {size[0]}x{size[1]}, times {times[0]:g} to {times[-1]:g}")

@@ -56,7 +56,8 @@ def generated(tmp_path_factory, checkpoint):
 def test_generate_writes_every_file(generated):
     expected = [
         "scene.npz", "rgb.mp4", "depth.mp4", "depth.npy", "cameras.json", "timings.json", "generation.json",
-        "input.png", "novel_orbit.mp4", "novel_orbit_depth.mp4", "novel_spiral.mp4", "novel_spiral_depth.mp4",
+        "input.png", "novel_bullet_time.mp4", "novel_bullet_time_depth.mp4", "novel_spiral.mp4",
+        "novel_spiral_depth.mp4", "novel_bullet_time_cameras.json", "novel_spiral_cameras.json",
     ]  # fmt: skip
     for name in expected:
         assert (generated / name).is_file(), name
@@ -70,7 +71,7 @@ def test_generate_writes_every_file(generated):
     for stage in ("text", "encode", "sampling", "ldrm", "rendering", "writing", "total", "peak_rss_gib"):
         assert timings[stage] >= 0, stage
     assert timings["total"] >= timings["sampling"] + timings["rendering"]
-    assert json.loads((generated / "generation.json").read_text())["prompt"] == "a small test scene"
+    assert json.loads((generated / "generation.json").read_text())["settings"]["prompt"] == "a small test scene"
 
 
 def test_ply_frames_are_standard_3dgs_files_of_the_scene_at_each_time(generated):
@@ -82,6 +83,7 @@ def test_ply_frames_are_standard_3dgs_files_of_the_scene_at_each_time(generated)
         assert vertex.count == scene.num_gaussians
         np.testing.assert_array_equal(np.asarray(vertex["x"]), scene.at(t).means[:, 0].numpy())
         assert torch.equal(load_ply(paths[t]).means, scene.at(t).means)
+    assert (scene.at(0).means - scene.at(FRAMES - 1).means).abs().max() > 1e-4  # the scene moves
 
 
 def test_rendering_the_scene_with_the_input_cameras_reproduces_the_video(generated, tmp_path):
@@ -106,12 +108,21 @@ def test_orbit_closes_the_loop(generated):
     assert torch.equal(cameras.c2w[0], torch.eye(4, dtype=cameras.c2w.dtype))
     assert torch.equal(cameras.c2w[-1], cameras.c2w[0])
     assert not torch.allclose(cameras.c2w[FRAMES // 2], cameras.c2w[0], atol=1e-2)  # it went somewhere
-    bullet = load_camera_path(generated / "novel_orbit_cameras.json")
+    bullet = load_camera_path(generated / "novel_bullet_time_cameras.json")
     assert torch.equal(bullet.c2w[-1], bullet.c2w[0])
-    times = [frame["time"] for frame in json.loads((generated / "novel_orbit_cameras.json").read_text())["frames"]]
-    assert times == [FRAMES // 2] * FRAMES  # bullet time: one scene time
-    video = read_video(generated / "novel_orbit.mp4")
+    assert bullet.times.tolist() == [FRAMES // 2] * FRAMES  # bullet time: one scene time
+    video = read_video(generated / "novel_bullet_time.mp4")
     assert psnr(video[0], video[-1]) > 35  # the same camera and time: the same picture, up to the codec
+    assert psnr(video[0], video[FRAMES // 4]) < 35  # the camera moved
+
+
+def test_a_novel_view_re_renders_from_its_cameras_file_with_its_times(generated, tmp_path):
+    cameras = generated / "novel_bullet_time_cameras.json"
+    args = [str(generated / "scene.npz"), "--trajectory", str(cameras), "--out", str(tmp_path), "--device", "cpu"]
+    assert run_cli(render_scene.main, args + ["--fps", "4"]) == 0
+    assert json.loads((tmp_path / "cameras.json").read_text()) == json.loads(cameras.read_text())
+    # the same frames through the same encoder: the same video
+    np.testing.assert_array_equal(read_video(tmp_path / "rgb.mp4"), read_video(generated / "novel_bullet_time.mp4"))
 
 
 def test_render_scene_time_schedules_and_defaults(generated, tmp_path):
@@ -124,9 +135,12 @@ def test_render_scene_time_schedules_and_defaults(generated, tmp_path):
     # the generation's intrinsics carry over to the new size: same field of view
     K_generated = load_camera_path(generated / "cameras.json").K[0]
     assert frames["frames"][0]["K"][0][0] == pytest.approx(float(K_generated[0, 0]) * 48 / SIZE)
-    # a fractional time sits between the stored times it interpolates
-    scene = load_scene(generated / "scene.npz")
-    assert render_scene.parse_times("2.5", 1, scene.num_frames) == [2.5]
+    # a fractional time shows the interpolated scene
+    args = [str(generated / "scene.npz"), "--trajectory", str(generated / "cameras.json"), "--time", "2.5"]
+    assert run_cli(render_scene.main, args + ["--out", str(tmp_path / "half"), "--device", "cpu"]) == 0
+    scene, cameras = load_scene(generated / "scene.npz"), load_camera_path(generated / "cameras.json")
+    expected = render(scene.at_time(2.5), cameras.c2w[3:4].float(), cameras.K[3:4].float(), SIZE, SIZE, "torch")
+    np.testing.assert_allclose(np.load(tmp_path / "half" / "depth.npy")[3], expected.depth[0].numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +149,8 @@ def test_render_scene_time_schedules_and_defaults(generated, tmp_path):
 )
 def test_time_schedules(spec, expected):
     assert render_scene.parse_times(spec, 3, 5) == expected
+    assert render_scene.parse_times("auto", 3, 5, torch.tensor([4.0, 1.0, 0.5])) == [4.0, 1.0, 0.5]
+    assert render_scene.parse_times("auto", 3, 5) == [0.0, 2.0, 4.0]
 
 
 @pytest.mark.parametrize("spec", ["5", "-1", "0:9", "soon", "1:2:3", "nan"])
@@ -157,7 +173,7 @@ def test_same_seed_same_scene_other_seed_other_scene(checkpoint, tmp_path):
 def test_memory_options_thin_the_field(checkpoint, tmp_path):
     image = write_photo(tmp_path / "photo.png")
     args = ["--ckpt", str(checkpoint), "--image", str(image), "--no-ply", "--out", str(tmp_path / "thin"), *FAST]
-    options = ["--gaussian-stride", "2", "--vae-tiling", "--vae-slicing", "--offload-text", "--compress"]
+    options = ["--gaussian-stride", "2", "--vae-tiling", "--offload-text", "--compress"]
     assert run_cli(generate.main, args + options) == 0
     scene = load_scene(tmp_path / "thin" / "scene.npz")
     assert scene.num_gaussians == FRAMES * (SIZE // 4) ** 2
@@ -184,12 +200,17 @@ def test_batch_mode_reports_failures_and_resumes(checkpoint, tmp_path, capsys):
     assert "2 of 2 scenes already done" in capsys.readouterr().out
     assert (out / "one" / "timings.json").stat().st_mtime_ns == done  # not regenerated
 
+    assert run_cli(generate.main, args + ["--seed", "5"]) == 0  # other settings: the scenes are made again
+    assert "already done" not in capsys.readouterr().out
+    assert (out / "one" / "timings.json").stat().st_mtime_ns != done
+
     listing = tmp_path / "list.txt"
-    listing.write_text("# image<TAB>prompt\nimages/one.png\ta red room\n\nimages/two.jpg\n")
+    listing.write_text("# image<TAB>prompt\nimages/one.png\ta red room\n\nimages/two.jpg\nimages/one.png\n")
     args = ["--ckpt", str(checkpoint), "--image", str(listing), "--out", str(tmp_path / "listed"), "--no-ply", *FAST]
     assert run_cli(generate.main, args + ["--prompt", "default prompt"]) == 0
-    prompts = [json.loads((tmp_path / "listed" / n / "generation.json").read_text())["prompt"] for n in ("one", "two")]
-    assert prompts == ["a red room", "default prompt"]
+    names = ("one_1", "two", "one_3")  # a repeated image gets its position, so no scene overwrites another
+    settings = [json.loads((tmp_path / "listed" / n / "generation.json").read_text())["settings"] for n in names]
+    assert [s["prompt"] for s in settings] == ["a red room", "default prompt", "default prompt"]
 
 
 def one_line_error(capsys, main, args) -> str:
@@ -221,14 +242,23 @@ def test_bad_inputs_give_one_line_errors(checkpoint, tmp_path, capsys):
     other = tmp_path / "wider.yaml"
     other.write_text(Path("configs/tiny/model.yaml").read_text().replace("width: 32", "width: 64"))
     err = one_line_error(capsys, generate.main, base + ["--config", str(other)])
-    assert "does not fit" in err and "leave out --config" in err
+    assert "trained with another model config" in err and "ldrm.width: 32 in the checkpoint, 64" in err
     err = one_line_error(capsys, generate.main, [*base[:1], str(tmp_path / "none.ckpt"), *base[2:]])
     assert "checkpoint not found" in err
     err = one_line_error(capsys, generate.main, base + ["--resolution", "72"])
     assert "multiples of 16" in err
-    with pytest.raises(SystemExit) as exit_info:  # argparse refuses impossible values before anything loads
-        generate.main(base + ["--frames", "10"])
-    assert exit_info.value.code == 2 and "4k + 1" in capsys.readouterr().err
+    for option, needle in (
+        (["--frames", "10"], "4k + 1"),
+        (["--orbit-degrees", "720"], "--orbit-degrees"),
+        (["--fov", "180"], "--fov"),
+        (["--intrinsics", "0", "50", "32", "32"], "--intrinsics"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:  # argparse refuses impossible values before anything loads
+            generate.main(base + option)
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was sampled, nothing written
+    err = one_line_error(capsys, generate.main, base + ["--prompt", "a prompt the caption cache lacks"])
+    assert "text cache" in err
 
     assert "not found" in one_line_error(capsys, render_scene.main, [str(tmp_path / "nothing.npz")])
 
@@ -241,8 +271,15 @@ def test_a_camera_file_replays_as_written_with_its_intrinsics(generated, checkpo
     before, after = load_camera_path(generated / "cameras.json"), load_camera_path(tmp_path / "again" / "cameras.json")
     assert torch.equal(after.c2w, before.c2w)
     torch.testing.assert_close(after.K, before.K)
+    # a wide photo takes the file's square-pixel intrinsics without stretching them
+    wide = write_photo(tmp_path / "wide.png", 90, 150)
+    args[args.index(str(image))] = str(wide)
+    args[args.index(str(tmp_path / "again"))] = str(tmp_path / "wide")
+    assert run_cli(generate.main, args + ["--trajectory", str(generated / "cameras.json")]) == 0
+    torch.testing.assert_close(load_camera_path(tmp_path / "wide" / "cameras.json").K, before.K)
     # an explicit field of view wins over the file's intrinsics
-    args[args.index(str(tmp_path / "again"))] = str(tmp_path / "fov")
+    args[args.index(str(tmp_path / "wide"))] = str(tmp_path / "fov")
+    args[args.index(str(wide))] = str(image)
     assert run_cli(generate.main, args + ["--trajectory", str(generated / "cameras.json"), "--fov", "90"]) == 0
     K = load_camera_path(tmp_path / "fov" / "cameras.json").K[0]
     assert float(K[0, 0]) == pytest.approx(SIZE / 2)  # tan(45 deg) = 1: fx is half the width
