@@ -45,7 +45,7 @@ from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resiz
 from d4s.geometry.crop import crop_box
 from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
 from d4s.render import BACKENDS
-from d4s.utils.cli import NAMED_TRAJECTORIES, parse_size, parse_trajectory, run_cli
+from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, parse_trajectory, run_cli
 from d4s.utils.fileio import atomic_output
 from d4s.utils.image import IMAGE_SUFFIXES, load_photo
 from d4s.utils.timing import StageTimer, peak_memory
@@ -73,12 +73,7 @@ class Job:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m d4s.generate",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n\n".join(__doc__.split("\n\n")[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m d4s.generate", __doc__)
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--ckpt", required=True, type=Path, help="a checkpoint written by python -m d4s.fit")
     io.add_argument("--config", type=Path, help="model YAML to use instead of the one stored in the checkpoint")

@@ -36,18 +36,13 @@ from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resiz
 from d4s.geometry.crop import crop_box
 from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
 from d4s.render import BACKENDS
-from d4s.utils.cli import NAMED_TRAJECTORIES, parse_size, parse_trajectory, run_cli
+from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, parse_trajectory, run_cli
 
 DEFAULT_SIZE = (512, 512)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m d4s.render_scene",
-        description=__doc__.split("\n\n")[0],
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = doc_parser("python -m d4s.render_scene", __doc__)
     parser.add_argument("scene", type=Path, help="a scene.npz written by python -m d4s.generate")
     parser.add_argument(
         "--trajectory",

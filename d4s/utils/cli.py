@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,15 @@ from d4s.geometry.trajectories import TRAJECTORY_NAMES
 
 NAMED_TRAJECTORIES = tuple(name for name in TRAJECTORY_NAMES if name != "from_file")
 TRAJECTORY_FILE_SUFFIXES = (".json", ".txt")
+
+
+def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose ``--help`` shows a module docstring: the first paragraph above the options, the rest (usage
+    examples, file lists) below them, as written."""
+    summary, _, details = doc.partition("\n\n")
+    return argparse.ArgumentParser(
+        prog=prog, description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def parse_size(value: str) -> tuple[int, int]:
