@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from d4s.geometry.cameras import check_c2w, check_intrinsics
 from d4s.geometry.plucker import plucker_embedding
 from d4s.models.config import ModelConfig
 from d4s.models.heads import TEMPORAL_STRIDE
-from d4s.models.ldrm import LatentDynamicReconstructionModel
+from d4s.models.ldrm import LatentDynamicReconstructionModel, LDRMOutput
 from d4s.models.lora import DEFAULT_TARGETS, add_lora
 from d4s.models.text import TextEncoder
 from d4s.models.video_dit import VideoDiT
@@ -331,10 +331,12 @@ class Diff4SplatPipeline:
 
             # the ODE state and its steps stay float32 (bf16 steps of 1/30 would not even sum to 1)
             latents = euler_sample(velocity, noise.to(self.device), num_steps, guidance, self.flow.shift, progress)
-        with timer("ldrm"), self._autocast():
+        with timer("ldrm"):
             times = torch.linspace(0.0, 1.0, T, device=self.device)[None]
-            output = self.ldrm(latents, plucker, K[None], c2w[None], times)
-            field = output.fields()[0].map(lambda x: x.float())
+            with self._autocast():
+                output = self.ldrm(latents, plucker, K[None], c2w[None], times)
+            values = {f.name: getattr(output, f.name) for f in fields(output)}
+            field = LDRMOutput(**{name: None if x is None else x.float() for name, x in values.items()}).fields()[0]
         s = self.ldrm.config.gaussian_stride
         return Generation(field, (T, H // s, W // s), latents[0], timer.seconds)
 
