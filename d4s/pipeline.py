@@ -218,8 +218,8 @@ class Diff4SplatPipeline:
         problems = _mismatch_report(weights, networks.state_dict(), file_backed)
         if problems:
             raise ValueError(
-                f"{path} does not fit the model config ({source}): {problems}; use the model config it was trained "
-                "with (leave out --config: the checkpoint stores it)"
+                f"{path} does not fit the model config ({source}): {problems}; pass the model config it was trained "
+                "with (--config)"
             )
         networks.load_state_dict(weights, strict=False)
         if vae_tiling:
