@@ -1,0 +1,1 @@
+"""Evaluation of generated videos and Gaussian fields: the metrics of the paper (Appendix D)."""
