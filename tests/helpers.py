@@ -22,6 +22,30 @@ def orbit_cameras(num: int, width: int, height: int, dtype: torch.dtype = torch.
     return c2w, K
 
 
+def _cell_texture(seed: int, cell: float):
+    """Random colour per ``cell x cell`` square: distinctive texture for feature matching."""
+    table = torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(seed))
+    return lambda u, v: table[torch.floor(u / cell).long() % 64, torch.floor(v / cell).long() % 64]
+
+
+def textured_room_field():
+    """A floor, a back wall, a side wall and two panels at other depths in front of the identity camera (about 13k
+    Gaussians), textured so that feature matchers register its renders."""
+    from d4s.gaussians.field import GaussianField
+    from d4s.gaussians.procedural import plane
+
+    x, y, z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+    return GaussianField.cat(
+        [
+            plane((0.0, 1.2, 4.5), x, (0.0, 0.0, -1.0), (6.0, 7.0), 0.08, _cell_texture(0, 0.25)),
+            plane((0.0, -0.5, 7.0), x, y, (6.0, 3.4), 0.08, _cell_texture(1, 0.25)),
+            plane((-2.2, 0.0, 4.5), z, y, (5.0, 3.0), 0.08, _cell_texture(2, 0.25)),
+            plane((0.9, 0.3, 2.8), x, y, (0.8, 1.0), 0.04, _cell_texture(3, 0.12)),
+            plane((-0.8, 0.5, 3.3), (0.8, 0.0, 0.6), y, (0.8, 1.0), 0.04, _cell_texture(4, 0.12)),
+        ]
+    )
+
+
 #: prompts with an embedding in the caption cache of ``save_tiny_checkpoint(lively=True)``
 CACHED_PROMPTS = ("a small test scene", "a red room", "default prompt")
 
