@@ -10,8 +10,11 @@ PYTEST_ARGS ?=
 DATASET ?= toy4d
 ROOT ?=
 OUT ?= data/$(DATASET)
+EVAL_CONFIG ?= configs/tiny/eval.yaml
+CKPT ?=
+RUN ?=
 
-.PHONY: help install test demo bench annotate lock clean
+.PHONY: help install test demo bench annotate eval lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +44,9 @@ bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, train
 
 annotate: $(STAMP)  ## annotate a dataset into shards: make annotate DATASET=realestate10k ROOT=/data/re10k OUT=shards/re10k
 	$(BIN)/python -m annotation --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) --out $(OUT)
+
+eval: $(STAMP)  ## evaluate a checkpoint (paper protocol): make eval [EVAL_CONFIG=configs/eval.yaml] [CKPT=...] [RUN=eval/<run>]
+	$(BIN)/python -m d4s.eval --config $(EVAL_CONFIG) $(if $(CKPT),--ckpt $(CKPT)) $(if $(RUN),--out $(RUN))
 
 lock:  ## re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
 	rm -rf .lock-venv
