@@ -12,17 +12,10 @@ and transformers are switched offline before they load, and no torch hub or torc
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def go_offline() -> None:
-    """No network at evaluation time: the Hugging Face libraries read these variables when they are imported."""
-    os.environ.update(OFFLINE)
-
+from d4s.eval.offline import go_offline
 
 go_offline()  # before any heavy import below or in d4s.eval.protocol
 

@@ -27,9 +27,9 @@ Run folder. ``samples/<scene>/<trajectory>/``: ``rgb.mp4`` (the render, H.264 at
 ``features.json`` (per-sample values of the weight-needing metrics and the weight paths and settings they came from;
 others recompute them), ``i3d.npy`` (FVD features) and ``metrics.json``
 (written last: the sample's settings and weight-free metrics, computed on the exact render). A re-run skips samples
-whose ``metrics.json`` holds the same settings; feature metrics missing from ``features.json`` (weights configured
-later) are computed from ``rgb.mp4`` without generating again. ``real/<scene>/i3d_<T>x<H>x<W>.npy``: features of the real
-clips.
+whose ``metrics.json`` holds the same settings; when the configured weights change, the feature metrics of
+``features.json`` are all computed again from ``rgb.mp4`` (no generation). ``real/<scene>/i3d_<T>x<H>x<W>.npy``: features of the real
+clips. Each I3D cache records the weights file and the video content it came from, and is recomputed otherwise.
 Every file is written atomically. The report (``d4s.eval.report``) is written from these files.
 
 Weight-needing metrics load their networks from the local paths under ``weights`` (``d4s.eval.extractors``); a
@@ -40,6 +40,7 @@ adds a frame consistency on a randomly initialised ResNet-18, marked in the repo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from d4s.data.schema import GENERIC_PROMPT
+from d4s.eval.offline import go_offline
 from d4s.utils.fileio import atomic_output
 
 log = logging.getLogger(__name__)
@@ -379,17 +381,40 @@ def sample_cameras(sample: Sample, scene: Scene, config: EvalConfig) -> tuple[Te
     return c2w, scene.K.float().expand(T, 3, 3).clone(), scale
 
 
-def _checkpoint_identity(path: Path) -> dict[str, Any]:
+def _file_identity(path: Path, prefix: str) -> dict[str, Any]:
+    """``{prefix: resolved path, prefix_bytes: size, prefix_mtime_ns: mtime}``: a file changed in place reads as
+    another file."""
     stat = path.stat()
-    return {"ckpt": str(path.resolve()), "ckpt_bytes": stat.st_size, "ckpt_mtime_ns": stat.st_mtime_ns}
+    return {prefix: str(path.resolve()), f"{prefix}_bytes": stat.st_size, f"{prefix}_mtime_ns": stat.st_mtime_ns}
 
 
-def sample_settings(sample: Sample, scale: float, config: EvalConfig) -> dict[str, Any]:
+def _digest(*parts: Tensor | str | None) -> str:
+    """A SHA-1 of tensors' bytes and strings (``None`` parts count as absent)."""
+    digest = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, Tensor):
+            digest.update(part.detach().cpu().contiguous().numpy().tobytes())
+        elif part is not None:
+            digest.update(part.encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def scene_fingerprint(scene: Scene, with_video: bool) -> str:
+    """What a scene feeds a sample: its first image, caption and intrinsics, and for ``scene`` samples its real
+    video, cameras and depth (a changed source, field of view or prompt makes the sample stale)."""
+    real = (scene.video, scene.c2w, scene.K_video, scene.depth) if with_video else ()
+    return _digest(scene.image, scene.caption, scene.K, *real)
+
+
+def sample_settings(sample: Sample, scale: float, config: EvalConfig, scene: Scene | None = None) -> dict[str, Any]:
     """What decides a sample's render and weight-free metrics: checkpoint (path, size, mtime), generation settings,
-    trajectory, seed, and the metric settings of ``SCORING_SETTINGS`` its kind uses (changing one generates again)."""
+    trajectory, seed, the scene's content (:func:`scene_fingerprint`, when ``scene`` is given) and the metric
+    settings of ``SCORING_SETTINGS`` its kind uses (changing one generates again)."""
     kind = "paper" if sample.trajectory in PAPER_TRAJECTORIES else sample.trajectory
     settings = {
-        **_checkpoint_identity(Path(config.ckpt)),
+        **_file_identity(Path(config.ckpt), "ckpt"),
+        "scene_content": None if scene is None else scene_fingerprint(scene, sample.trajectory == SCENE),
         "model_config": config.model_config,
         "no_ema": config.no_ema,
         "generation": asdict(config.generation),
@@ -467,8 +492,8 @@ def weight_free_metrics(
             failures["rpe"] = " ".join(str(error).split())
         else:
             values.update(
-                rpe_trans=rpe["trans_rmse"],
-                rpe_trans_mean=rpe["trans_mean"],
+                rpe_trans=rpe["trans_mean"],  # means, as the paper's "Avg. RPE"; the RMSEs beside them
+                rpe_trans_rmse=rpe["trans_rmse"],
                 rpe_rot_deg=rpe["rot_mean_deg"],
                 rpe_rot_rmse_deg=rpe["rot_rmse_deg"],
             )
@@ -653,15 +678,18 @@ def _random_consistency(network: torch.nn.Module, video: Tensor) -> float:
         return 100.0 * m.frame_consistency(network(frames))
 
 
-def _i3d_features(extractors: _Extractors, path: Path, video: Callable[[], Tensor]) -> np.ndarray:
-    """Cached I3D features ``[400]`` of one video (``path``: the cache file)."""
-    if path.is_file():
+def _i3d_features(extractors: _Extractors, path: Path, video: Callable[[], Tensor], content: str) -> np.ndarray:
+    """Cached I3D features ``[400]`` of one video (``path``: the cache file). The cache holds beside it (``.json``)
+    the I3D weights file and the video's ``content`` digest it came from; another network or video recomputes it."""
+    i3d = extractors.get("i3d")  # raises MissingWeights first: no features without the network
+    key = {**_file_identity(Path(extractors.paths["i3d"]), "i3d"), "content": content}
+    if path.is_file() and read_json(path.with_suffix(".json")) == key:
         return np.load(path)
-    i3d = extractors.get("i3d")
     with torch.no_grad():
         features = i3d.features(video()[None])[0].float().cpu().numpy()
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, features)
+    write_json(path.with_suffix(".json"), key)
     return features
 
 
@@ -700,12 +728,15 @@ def feature_metrics(
             continue  # computed with FVD, from the same features
         if metric == "fvd":
             real = [scene for scene in scenes.values() if scene.video is not None]
-            reason = "no real videos: the scene source has only images (give annotated shards in scenes.index)"
-            if real:
+            reason = (
+                f"FVD/KVD compare feature distributions and need at least 2 real videos, the scene source has "
+                f"{len(real)} (give annotated shards in scenes.index)"
+            )
+            if len(real) >= 2:
                 try:
                     distribution.update(_distribution_metrics(videos, real, extractors, out))
                     continue
-                except (FileNotFoundError, ImportError) as error:
+                except (FileNotFoundError, ImportError, ValueError) as error:  # ValueError: e.g. clips too short
                     reason = " ".join(str(error).split())
             skipped += [{"metric": "fvd", "skipped": reason}, {"metric": "kvd", "skipped": reason}]
             continue
@@ -739,12 +770,22 @@ def _distribution_metrics(videos: list[Sample], real: list[Scene], extractors: _
     size = "x".join(str(n) for n in real[0].video.shape[:1] + real[0].video.shape[2:])  # T x H x W of the clips
     real_features = np.stack(
         [
-            _i3d_features(extractors, out / "real" / s.name / f"i3d_{size}.npy", lambda s=s: s.video.float() / 255.0)
+            _i3d_features(
+                extractors,
+                out / "real" / s.name / f"i3d_{size}.npy",
+                lambda s=s: s.video.float() / 255.0,
+                _digest(s.video),
+            )
             for s in real
         ]
     )
     generated = {
-        s: _i3d_features(extractors, s.folder(out) / "i3d.npy", lambda s=s: _load_video(s.folder(out) / "rgb.mp4"))
+        s: _i3d_features(
+            extractors,
+            s.folder(out) / "i3d.npy",
+            lambda s=s: _load_video(s.folder(out) / "rgb.mp4"),
+            hashlib.sha1((s.folder(out) / "rgb.mp4").read_bytes()).hexdigest(),
+        )
         for s in videos
     }
     result: dict[str, Any] = {"fvd": {}, "kvd": {}, "n_real": len(real), "n_generated": {}}
@@ -766,6 +807,7 @@ def run_protocol(config: EvalConfig) -> dict[str, Any]:
     Raises ``FileNotFoundError`` for a missing checkpoint or scene source and ``ValueError`` for bad settings,
     before any generation.
     """
+    go_offline()
     from d4s.eval.report import build_report, write_report
 
     ckpt = Path(config.ckpt)
@@ -783,7 +825,7 @@ def run_protocol(config: EvalConfig) -> dict[str, Any]:
     for sample in tqdm(samples, desc="samples", unit="sample"):
         scene = by_name[sample.scene]
         _, _, scale = sample_cameras(sample, scene, config)
-        settings = sample_settings(sample, scale, config)
+        settings = sample_settings(sample, scale, config, scene)
         cached = completed(sample, settings, out)
         if cached is None:
             cached = generate_sample(pipeline(), sample, scene, config, settings, lpips)

@@ -139,8 +139,10 @@ def test_seeds_are_fixed_per_scene_and_trajectory(tiny_config):
     scenes = load_scenes(tiny_config.scenes, tiny_config.generation)
     samples = plan_samples(scenes, tiny_config)
     assert [s.trajectory for s in samples[:7]] == [*PAPER_TRAJECTORIES, "orbit", "scene"]
-    settings = sample_settings(samples[0], 2.0, tiny_config)
+    settings = sample_settings(samples[0], 2.0, tiny_config, scenes[0])
     assert settings["seed"] == samples[0].seed and settings["trajectory"] == "spiral"
+    recaptioned = dataclasses.replace(scenes[0], caption=scenes[0].caption + " at night")
+    assert sample_settings(samples[0], 2.0, tiny_config, recaptioned) != settings  # another input: a stale sample
 
 
 def _cli(argv, capsys) -> tuple[int, str]:
@@ -203,7 +205,7 @@ class _StandInI3D:
         return torch.cat([videos.mean((1, 3, 4)), videos.std((1, 3, 4))], dim=-1)
 
 
-def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config, tiny_run, monkeypatch):
+def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config, tiny_run, monkeypatch, tmp_path):
     """Runs after the resume test: configured extractors (stand-ins here) give values, the others stay skipped."""
     from d4s.eval.extractors.errors import MissingWeights
 
@@ -215,7 +217,9 @@ def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config
 
     monkeypatch.setattr("d4s.eval.extractors.load_extractor", load_extractor)
     monkeypatch.setattr("d4s.pipeline.Diff4SplatPipeline.from_checkpoint", None)
-    weights = dataclasses.replace(tiny_config.weights, clip_b32="stand-in", i3d="stand-in")
+    i3d_file = tmp_path / "i3d_torchscript.pt"  # the feature caches record the weights file they came from
+    i3d_file.write_bytes(b"stand-in")
+    weights = dataclasses.replace(tiny_config.weights, clip_b32="stand-in", i3d=str(i3d_file))
     report = run_protocol(dataclasses.replace(tiny_config, weights=weights))
     for metric in ("clip_score", "background_consistency"):
         assert report["overall"][metric]["n"] == 10 and math.isfinite(report["overall"][metric]["mean"])
@@ -223,6 +227,15 @@ def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config
     assert report["trajectories"]["spiral"]["fvd"]["n"] == 2
     skipped = {entry["metric"] for entry in report["skipped"]}
     assert skipped == {"clip_aesthetic", "qalign", "mast3r_matches", "subject_consistency", "lpips"}
+    # cached I3D features are reused for the same weights file and recomputed for another one
+    calls = []
+    monkeypatch.setattr(_StandInI3D, "features", lambda self, videos: calls.append(1) or torch.ones(1, 6))
+    run_protocol(dataclasses.replace(tiny_config, weights=weights))
+    assert calls == []
+    i3d_file.write_bytes(b"another I3D port")
+    again = run_protocol(dataclasses.replace(tiny_config, weights=weights))
+    assert len(calls) == 2 + 10  # every real and generated video again
+    assert again["overall"]["fvd"]["mean"] != report["overall"]["fvd"]["mean"]
 
 
 def test_rpe_of_a_render_follows_its_cameras(tiny_config):
@@ -245,3 +258,31 @@ def test_rpe_of_a_render_follows_its_cameras(tiny_config):
         sample, scene, out.rgb, out.depth, make_trajectory("upward", frames, 3.0), K, tiny_config
     )
     assert own["rpe_rot_deg"] < 3.0 and own["rpe_trans"] < 0.5 * other["rpe_trans"]
+
+
+def test_no_socket_is_opened_while_networks_load_from_local_folders(tiny_config, clip_dir, dino_dir, tmp_path):
+    """The feature networks load through transformers from local folders (here tiny stand-ins) with every socket
+    connection refused; the Hugging Face libraries are set offline."""
+    import os
+
+    config = dataclasses.replace(
+        tiny_config,
+        out=str(tmp_path / "run"),
+        weights=dataclasses.replace(tiny_config.weights, clip_b32=str(clip_dir), dino=str(dino_dir)),
+    )
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access during evaluation")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket.socket, "connect_ex", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        report = run_protocol(config)
+    assert attempts == []
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    for metric in ("clip_score", "subject_consistency", "background_consistency"):
+        assert math.isfinite(report["overall"][metric]["mean"]), metric
+    assert "clip_score" not in {entry["metric"] for entry in report["skipped"]}

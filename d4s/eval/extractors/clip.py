@@ -87,7 +87,7 @@ def clip_score(image_feats: Tensor, text_feats: Tensor, scale: float = 100.0, cl
 
     ``image_feats [N, D]``, ``text_feats [N, D]`` or ``[1, D]`` (one prompt for every image); need not be normalised.
     The default is torchmetrics' ``CLIPScore`` (Hessel et al. 2021 without its 2.5 weight: ``100 * max(cos, 0)``);
-    ``scale=2.5`` gives pyiqa's and the paper's weight, ``scale=1, clamp=False`` the raw cosine.
+    ``scale=2.5`` gives pyiqa's (Hessel et al.'s weight; Diff4Splat's 23.1 is on the x100 scale), ``scale=1, clamp=False`` the raw cosine.
     """
     check_shape(image_feats, "image_feats", (None, None))
     check_shape(text_feats, "text_feats", (None, image_feats.shape[1]))
