@@ -127,7 +127,8 @@ class GenerationConfig:
 class MetricConfig:
     """Which samples and weight-free metrics run: the ``trajectories`` (the paper's five), the ``orbit`` (cycle PSNR,
     ``orbit_degrees`` 360), ``reconstruction`` along real cameras; RPE frame gap ``rpe_delta`` and alignment
-    ``rpe_align`` (``scale``: the estimate is unit-free, both paths start at the identity); ``depth_alignment``
+    ``rpe_align`` (``none``: the estimate is metric through the render's depth and starts at the identity, as the
+    generation trajectory; ``scale``/``sim3`` forgive a wrong scene scale); ``depth_alignment``
     (``median``, ``lstsq``, ``none``); LPIPS (``lpips_net``) only with a local torchvision ``lpips_backbone``; MASt3R on
     ``mast3r_views`` generated views per sample; CLIP-Score as ``clip_score_scale * max(cos, 0)``."""
 
@@ -136,7 +137,7 @@ class MetricConfig:
     orbit_degrees: float = 360.0
     reconstruction: bool = True
     rpe_delta: int = 1
-    rpe_align: str = "scale"
+    rpe_align: str = "none"
     depth_alignment: str = "median"
     lpips_net: str = "alex"
     lpips_backbone: str | None = None
@@ -479,7 +480,7 @@ def weight_free_metrics(
     video = _video(rgb)
     if sample.trajectory in PAPER_TRAJECTORIES:
         frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-        estimate, stats = estimate_poses(frames, K[0], return_stats=True)
+        estimate, stats = estimate_poses(frames, K[0], depth=depth, return_stats=True)  # metric: the render's depth
         estimate = torch.as_tensor(estimate).double()
         values["pose_unregistered"] = len(stats.failed_frames) / max(len(frames) - 1, 1)
         try:
