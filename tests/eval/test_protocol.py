@@ -58,6 +58,11 @@ def tiny_config(tmp_path_factory, toy4d_shards):  # noqa: F811
 @pytest.fixture(scope="module")
 def tiny_run(tiny_config):
     """One in-process evaluation run with every socket connection refused (and recorded)."""
+    return run_offline(tiny_config)
+
+
+def run_offline(config) -> tuple[dict, list]:
+    """``run_protocol(config)`` with every socket connection refused; returns the report and the attempts."""
     attempts = []
 
     def refuse(*args, **kwargs):
@@ -68,7 +73,7 @@ def tiny_run(tiny_config):
         patch.setattr(socket.socket, "connect", refuse)
         patch.setattr(socket.socket, "connect_ex", refuse)
         patch.setattr(socket, "create_connection", refuse)
-        report = run_protocol(tiny_config)
+        report = run_protocol(config)
     return report, attempts
 
 
@@ -270,17 +275,7 @@ def test_no_socket_is_opened_while_networks_load_from_local_folders(tiny_config,
         out=str(tmp_path / "run"),
         weights=dataclasses.replace(tiny_config.weights, clip_b32=str(clip_dir), dino=str(dino_dir)),
     )
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access during evaluation")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket.socket, "connect_ex", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        report = run_protocol(config)
+    report, attempts = run_offline(config)
     assert attempts == []
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
     for metric in ("clip_score", "subject_consistency", "background_consistency"):
