@@ -241,13 +241,14 @@ def second_trajectory(args: argparse.Namespace) -> str:
     return "forward" if args.trajectory_name == "spiral" else "spiral"
 
 
-def generate_one(pipeline, job: Job, args: argparse.Namespace) -> dict:
+def generate_one(pipeline, job: Job, args: argparse.Namespace, photo: np.ndarray | None = None) -> dict:
     """Generate and write one scene (module docstring) with a :class:`~d4s.pipeline.Diff4SplatPipeline`; returns
-    its timings. The scene itself is on disk before any rendering starts."""
+    its timings. ``photo``: the job's image already decoded (else it is read here). The scene itself is on disk before
+    any rendering starts."""
     from d4s.pipeline import thin_field
 
     size = parse_size(args.resolution)
-    photo = load_photo(job.image)
+    photo = load_photo(job.image) if photo is None else photo
     image, K = input_image(photo, size), input_intrinsics(args, photo.shape[:2], size)
     scale = args.scene_scale or (1.0 if args.trajectory_file is not None else DEFAULT_SCENE_SCALE)
     c2w = make_trajectory(args.trajectory_name, args.frames, scale, path=args.trajectory_file)
@@ -331,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(jobs) - len(todo)} of {len(jobs)} scenes already done in {args.out} (--overwrite redoes them)")
     if not todo:
         return 0
-    if not batch:
-        load_photo(todo[0].image)  # an unreadable image fails now, not after the model has loaded
+    photo = None if batch else load_photo(todo[0].image)  # an unreadable image fails now, before the model loads
     from d4s.pipeline import Diff4SplatPipeline  # imports diffusers: after the checks, so bad arguments answer at once
 
     pipeline = Diff4SplatPipeline.from_checkpoint(
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         if batch:
             print(f"[{index}/{len(todo)}] {job.image}")
         try:
-            timings = generate_one(pipeline, job, args)
+            timings = generate_one(pipeline, job, args, photo)
         except ERRORS as error:
             if not batch:
                 raise

@@ -96,9 +96,11 @@ def generated_cameras(scene: Path) -> CameraPath | None:
     return load_camera_path(path) if path.is_file() else None
 
 
-def cameras(args: argparse.Namespace, file: CameraPath | None, scene_frames: int, focus: float) -> tuple:
-    """``(c2w [F, 4, 4], K [F, 3, 3], (H, W))`` of the render (module docstring)."""
-    name, path = parse_trajectory(args.trajectory)
+def cameras(
+    args: argparse.Namespace, name: str, path: Path | None, file: CameraPath | None, scene_frames: int, focus: float
+) -> tuple:
+    """``(c2w [F, 4, 4], K [F, 3, 3], (H, W))`` of the render (module docstring) along the trajectory ``name``
+    (``path``: its camera file, read as ``file``)."""
     reference = generated_cameras(args.scene)
     frames = args.frames or (len(file.c2w) if file is not None else scene_frames)
     size = parse_size(args.resolution) if args.resolution else None
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     scene = load_scene(args.scene).to(args.device)
     name, path = parse_trajectory(args.trajectory)
     file = load_camera_path(path) if path is not None else None
-    c2w, K, size = cameras(args, file, scene.num_frames, focus_depth(scene.at(0)))
+    c2w, K, size = cameras(args, name, path, file, scene.num_frames, focus_depth(scene.at(0)))
     times = parse_times(args.time, len(c2w), scene.num_frames, file.times if file is not None else None)
     background = torch.tensor(args.background) if args.background else None
     result = render_sequence(scene, c2w, K, times, size, args.backend, background, desc="rendering")
