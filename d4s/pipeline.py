@@ -331,6 +331,35 @@ class Diff4SplatPipeline:
 
             # the ODE state and its steps stay float32 (bf16 steps of 1/30 would not even sum to 1)
             latents = euler_sample(velocity, noise.to(self.device), num_steps, guidance, self.flow.shift, progress)
+        return self._to_field(latents, plucker, c2w, K, (H, W), timer)
+
+    @torch.no_grad()
+    def reconstruct(self, video: Tensor, c2w: Tensor, K: Tensor, seed: int = 0) -> Generation:
+        """The LDRM alone on a real video's latents (no sampling): the 4D field of ``video`` seen from ``c2w``.
+
+        It measures the reconstruction model apart from the generator: motion that a single image cannot determine
+        (the LDRM reads it from the latents of every frame) and geometry from clean latents.
+
+        Args:
+            video: ``[T, 3, H, W]`` in ``[0, 1]``; c2w, K: its cameras, as in :meth:`__call__`.
+            seed: the VAE's posterior sample.
+        """
+        K = self.check_inputs(video[0], c2w, K)
+        check_shape(video, "video", (c2w.shape[0], 3, *video.shape[-2:]))
+        check_finite(video, "video")
+        timer = StageTimer(self.device)
+        c2w, K = c2w.to(self.device, torch.float32), K.to(self.device, torch.float32)
+        with timer("encode"):
+            generator = torch.Generator(self.device).manual_seed(seed)
+            latents = self.video_dit.encode(video[None].to(self.device, self.dtype), generator).float()
+            plucker = plucker_embedding(c2w, K, *video.shape[-2:])[None]
+        return self._to_field(latents, plucker, c2w, K, tuple(video.shape[-2:]), timer)
+
+    def _to_field(
+        self, latents: Tensor, plucker: Tensor, c2w: Tensor, K: Tensor, size: tuple[int, int], timer: StageTimer
+    ) -> Generation:
+        """The LDRM on ``latents [1, T', C, h, w]`` to every frame time: the float32 field as a :class:`Generation`."""
+        T, (H, W) = c2w.shape[0], size
         with timer("ldrm"):
             times = torch.linspace(0.0, 1.0, T, device=self.device)[None]
             with self._autocast():

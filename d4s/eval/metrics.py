@@ -332,6 +332,60 @@ def depth_metrics(
     return {"abs_rel": float(torch.stack(abs_rel).mean()), "delta1": float(torch.stack(delta1).mean())}
 
 
+def depth_correlation(prediction: Tensor, target: Tensor, min_pixels: int = 16) -> float:
+    """Pearson correlation between predicted and reference depth, per map, averaged over maps (the quantity Eq. 4
+    trains, ``1 - L_geo``; invariant to scale and shift, so it needs no alignment).
+
+    Args:
+        prediction: ``[..., H, W]`` predicted depth; target: ``[..., H, W]`` reference depth, 0 = invalid.
+        min_pixels: maps with fewer valid pixels, or a reference without variance, are left out.
+    Returns the mean correlation in ``[-1, 1]``; raises ``ValueError`` when no map can be scored.
+    """
+    from d4s.losses import pearson_depth_loss
+
+    check_shape(prediction, "prediction", (None, None), batched=True)
+    if target.shape != prediction.shape:
+        raise ValueError(f"target: shape {list(target.shape)} differs from prediction's {list(prediction.shape)}")
+    check_finite(prediction, "prediction")
+    target = target.detach().double()
+    valid = torch.isfinite(target) & (target > 0)
+    loss, scored = pearson_depth_loss(prediction.detach().double(), target.nan_to_num(0.0), valid, min_pixels)
+    if not scored.any():
+        raise ValueError(f"target: no depth map has {min_pixels} valid pixels with some variance")
+    return float((1.0 - loss[scored]).mean())
+
+
+def motion_agreement(predicted: Tensor, true: Tensor, min_displacement: float) -> dict[str, float] | None:
+    """How well predicted 3D displacements follow the true ones, over the pairs that really move.
+
+    Args:
+        predicted, true: ``[P, 3]`` displacements in metres (e.g. of tracked points between two times).
+        min_displacement: pairs whose true displacement is shorter are static and left out (no direction).
+    Returns ``None`` when no pair moves, else ``{"cosine": mean cos(pred, true)`` (0 for a zero prediction),
+    ``"epe": mean ||pred - true||``, ``"predicted": mean ||pred||``, ``"true": mean ||true||``, ``"pairs": count}``.
+    """
+    check_shape(predicted, "predicted", (None, 3))
+    check_shape(true, "true", (predicted.shape[0], 3))
+    if not min_displacement > 0:
+        raise ValueError(f"min_displacement: must be a positive length, got {min_displacement}")
+    pred, ref = predicted.detach().double(), true.detach().double()
+    check_finite(pred, "predicted")
+    check_finite(ref, "true")
+    moving = ref.norm(dim=-1) >= min_displacement
+    if not moving.any():
+        return None
+    pred, ref = pred[moving], ref[moving]
+    pred_norm, ref_norm = pred.norm(dim=-1), ref.norm(dim=-1)
+    cosine = (pred * ref).sum(-1) / (pred_norm * ref_norm).clamp_min(1e-12)
+    return {
+        "cosine": float(cosine.mean()),
+        "epe": float((pred - ref).norm(dim=-1).mean()),
+        "predicted": float(pred_norm.mean()),
+        "true": float(ref_norm.mean()),
+        "pairs": int(moving.sum()),
+    }
+
+
 def cycle_psnr(video: Tensor, data_range: float = 1.0) -> float:
     """Cycle consistency of a closed 360-degree orbit: PSNR between its first and last frame (Appendix E, 34.5 dB).
 

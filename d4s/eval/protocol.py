@@ -11,7 +11,15 @@ Samples. Per scene (a captioned first frame, with its real video where the sourc
   (At one fixed time an explicit scene renders a closed loop identically, an infinite PSNR that says nothing.);
 - ``scene`` (scenes with a real video only): the real cameras, re-expressed relative to frame 0, with the real
   intrinsics; the renders are compared with the real frames (PSNR, SSIM, LPIPS over frames ``1..T-1``, the views
-  the model did not see) and depth (AbsRel, delta1 over all frames, after ``depth_alignment``). Ours, not the paper's.
+  the model did not see) and depth (AbsRel, delta1 over all frames, after ``depth_alignment``; the Pearson
+  correlation of Eq. 4). Where the clip has 3D tracks, the generated deformation is compared with their motion
+  (the quantity Eq. 5 trains): each track's Gaussian (the pixel-aligned one under it in a frame where it is visible)
+  is displaced by the field to every other frame's time, against the track's true displacement, over the pairs
+  that move at least ``motion_min_displacement``: cosine, end-point error and both magnitudes. Ours, not the paper's.
+- ``latents`` (scenes with a real video, ``metrics.latent_reconstruction``): no generation; the LDRM reads the real
+  clip's VAE latents (:meth:`~d4s.pipeline.Diff4SplatPipeline.reconstruct`) and is scored as ``scene``. It measures
+  the reconstruction model on its own, in particular motion: how an object moves after the first frame is not
+  determined by that frame (toy4d's objects move in random directions), but it is in the video's latents.
 
 Scene sources (``scenes`` in the config): annotated shards (``index`` + ``split``, or a ``shards`` pattern; each clip's
 first ``frames`` frames at ``frame_step``, centre-cropped to the eval size, as the data pipeline reads them), and/or
@@ -65,7 +73,8 @@ from d4s.utils.fileio import atomic_output
 log = logging.getLogger(__name__)
 
 PAPER_TRAJECTORIES = ("spiral", "forward", "backward", "upward", "downward")
-ORBIT, SCENE = "orbit", "scene"
+ORBIT, SCENE, LATENTS = "orbit", "scene", "latents"
+REAL_CAMERA_SAMPLES = (SCENE, LATENTS)  # rendered along the clip's own cameras and compared with its video
 DEFAULT_SCENE_SCALE = 2.0  # metres, as d4s.generate
 SEED_MULTIPLIER = 1_000_003
 #: weight-needing metrics (report order) and the extractors (d4s.eval.extractors names) each needs
@@ -81,7 +90,11 @@ FEATURE_METRICS: dict[str, tuple[str, ...]] = {
 }
 RANDOM_CONSISTENCY = "random_init_consistency"
 #: per kind of sample, the metric settings its cached weight-free metrics depend on
-SCORING_SETTINGS = {"paper": ("rpe_delta", "rpe_align"), SCENE: ("depth_alignment", "lpips_net", "lpips_backbone")}
+SCORING_SETTINGS = {
+    "paper": ("rpe_delta", "rpe_align"),
+    SCENE: ("depth_alignment", "motion_tracks", "motion_min_displacement", "lpips_net", "lpips_backbone"),
+}
+SCORING_SETTINGS[LATENTS] = SCORING_SETTINGS[SCENE]
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -128,17 +141,22 @@ class MetricConfig:
     """Which samples and weight-free metrics run: the ``trajectories`` (the paper's five), the ``orbit`` (cycle PSNR,
     ``orbit_degrees`` 360), ``reconstruction`` along real cameras; RPE frame gap ``rpe_delta`` and alignment
     ``rpe_align`` (``none``: the estimate is metric through the render's depth and starts at the identity, as the
-    generation trajectory; ``scale``/``sim3`` forgive a wrong scene scale); ``depth_alignment``
-    (``median``, ``lstsq``, ``none``); LPIPS (``lpips_net``) only with a local torchvision ``lpips_backbone``; MASt3R on
+    generation trajectory; ``scale``/``sim3`` forgive a wrong scene scale); ``latent_reconstruction`` (the ``latents``
+    samples); ``depth_alignment``
+    (``median``, ``lstsq``, ``none``); ``motion_tracks`` per real clip and ``motion_min_displacement`` (metres) for the
+    motion metrics; LPIPS (``lpips_net``) only with a local torchvision ``lpips_backbone``; MASt3R on
     ``mast3r_views`` generated views per sample; CLIP-Score as ``clip_score_scale * max(cos, 0)``."""
 
     trajectories: list[str] = field(default_factory=lambda: list(PAPER_TRAJECTORIES))
     orbit: bool = True
     orbit_degrees: float = 360.0
     reconstruction: bool = True
+    latent_reconstruction: bool = False
     rpe_delta: int = 1
     rpe_align: str = "none"
     depth_alignment: str = "median"
+    motion_tracks: int = 1024
+    motion_min_displacement: float = 0.02
     lpips_net: str = "alex"
     lpips_backbone: str | None = None
     mast3r_views: int = 8
@@ -197,6 +215,8 @@ class EvalConfig:
             raise ValueError(f"metrics.rpe_delta: must lie in [1, {g.frames}), got {m.rpe_delta}")
         if g.dtype not in DTYPE_NAMES:
             raise ValueError(f"generation.dtype: expected one of {', '.join(DTYPE_NAMES)}, got {g.dtype!r}")
+        if m.motion_tracks < 0 or not m.motion_min_displacement > 0:
+            raise ValueError("metrics: motion_tracks must be >= 0 and motion_min_displacement a positive length")
         if self.scenes.max_scenes < 1:
             raise ValueError(f"scenes.max_scenes: must be >= 1, got {self.scenes.max_scenes}")
 
@@ -243,8 +263,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 @dataclass
 class Scene:
     """One evaluation scene. ``image [3, H, W]`` in [0, 1] and its intrinsics ``K [3, 3]``; with a real video also
-    ``video [T, 3, H, W]`` uint8, ``c2w [T, 4, 4]`` (frame 0 = identity), ``K_video [T, 3, 3]`` and ``depth [T, H, W]``
-    metres (0 = invalid) or ``None``."""
+    ``video [T, 3, H, W]`` uint8, ``c2w [T, 4, 4]`` (frame 0 = identity), ``K_video [T, 3, 3]``, ``depth [T, H, W]``
+    metres (0 = invalid) or ``None``, and ``track_xyz [N, T, 3]`` (first-camera frame, metres) with ``track_visible
+    [N, T]``, or ``None``."""
 
     name: str
     caption: str
@@ -254,6 +275,8 @@ class Scene:
     c2w: Tensor | None = None
     K_video: Tensor | None = None
     depth: Tensor | None = None
+    track_xyz: Tensor | None = None
+    track_visible: Tensor | None = None
 
     def focus(self) -> float | None:
         """The median valid real depth of frame 0 (metres), or ``None``."""
@@ -263,7 +286,9 @@ class Scene:
         return float(valid.float().median()) if valid.numel() else None
 
 
-def _shard_scenes(config: SceneConfig, generation: GenerationConfig, limit: int) -> Iterator[Scene]:
+def _shard_scenes(
+    config: SceneConfig, generation: GenerationConfig, limit: int, num_tracks: int = 0
+) -> Iterator[Scene]:
     from d4s.data.clips import ClipConfig, ClipTooShort, sample_clip
     from d4s.data.shards import read_shard
     from d4s.data.sources import ShardSource, resolve_source
@@ -274,7 +299,7 @@ def _shard_scenes(config: SceneConfig, generation: GenerationConfig, limit: int)
         frame_step=generation.frame_step,
         height=generation.height,
         width=generation.width,
-        num_tracks=0,
+        num_tracks=num_tracks,
     )
     count, skipped = 0, Counter()
     for shard in resolve_source(source):
@@ -297,6 +322,8 @@ def _shard_scenes(config: SceneConfig, generation: GenerationConfig, limit: int)
                 c2w=clip_sample.c2w,
                 K_video=clip_sample.K,
                 depth=None if clip_sample.depth is None else clip_sample.depth.float(),
+                track_xyz=clip_sample.track_xyz,
+                track_visible=clip_sample.track_visible,
             )
 
 
@@ -316,8 +343,9 @@ def _image_scenes(config: SceneConfig, generation: GenerationConfig, limit: int)
         yield Scene(name=_UNSAFE.sub("-", job.out.name), caption=job.prompt, image=input_image(photo, size), K=K)
 
 
-def load_scenes(config: SceneConfig, generation: GenerationConfig) -> list[Scene]:
-    """The evaluation scenes: shard clips first, then images, at most ``max_scenes`` (module docstring)."""
+def load_scenes(config: SceneConfig, generation: GenerationConfig, num_tracks: int = 0) -> list[Scene]:
+    """The evaluation scenes: shard clips first, then images, at most ``max_scenes`` (module docstring), with up to
+    ``num_tracks`` 3D tracks per clip that has them."""
     has_shards = config.index is not None or config.shards is not None
     if not has_shards and config.images is None:
         raise ValueError("scenes: no source; give scenes.index (or scenes.shards) and/or scenes.images")
@@ -325,7 +353,7 @@ def load_scenes(config: SceneConfig, generation: GenerationConfig) -> list[Scene
         raise ValueError("scenes: give one of scenes.index and scenes.shards, not both")
     scenes: list[Scene] = []
     if has_shards:
-        scenes.extend(_shard_scenes(config, generation, config.max_scenes))
+        scenes.extend(_shard_scenes(config, generation, config.max_scenes, num_tracks))
     if config.images is not None and len(scenes) < config.max_scenes:
         scenes.extend(_image_scenes(config, generation, config.max_scenes - len(scenes)))
     if not scenes:
@@ -363,6 +391,8 @@ def plan_samples(scenes: list[Scene], config: EvalConfig) -> list[Sample]:
             names.append(ORBIT)
         if config.metrics.reconstruction and scene.video is not None:
             names.append(SCENE)
+        if config.metrics.latent_reconstruction and scene.video is not None:
+            names.append(LATENTS)
         samples.extend(
             Sample(scene.name, name, sample_seed(config.generation.seed, scene.name, name)) for name in names
         )
@@ -375,7 +405,7 @@ def sample_cameras(sample: Sample, scene: Scene, config: EvalConfig) -> tuple[Te
 
     T = config.generation.frames
     scale = config.generation.scene_scale or scene.focus() or DEFAULT_SCENE_SCALE
-    if sample.trajectory == SCENE:
+    if sample.trajectory in REAL_CAMERA_SAMPLES:
         return scene.c2w.float(), scene.K_video.float(), scale
     degrees = config.metrics.orbit_degrees if sample.trajectory == ORBIT else 360.0
     c2w = make_trajectory(sample.trajectory, T, scale, orbit_degrees=degrees)
@@ -402,9 +432,11 @@ def _digest(*parts: Tensor | str | None) -> str:
 
 
 def scene_fingerprint(scene: Scene, with_video: bool) -> str:
-    """What a scene feeds a sample: its first image, caption and intrinsics, and for ``scene`` samples its real
-    video, cameras and depth (a changed source, field of view or prompt makes the sample stale)."""
-    real = (scene.video, scene.c2w, scene.K_video, scene.depth) if with_video else ()
+    """What a scene feeds a sample: its first image, caption and intrinsics, and for ``scene`` and ``latents`` samples
+    its real video, cameras, depth and tracks (a changed source, field of view or prompt makes the sample stale)."""
+    real = (scene.video, scene.c2w, scene.K_video, scene.depth, scene.track_xyz, scene.track_visible)
+    if not with_video:
+        real = ()
     return _digest(scene.image, scene.caption, scene.K, *real)
 
 
@@ -415,7 +447,7 @@ def sample_settings(sample: Sample, scale: float, config: EvalConfig, scene: Sce
     kind = "paper" if sample.trajectory in PAPER_TRAJECTORIES else sample.trajectory
     settings = {
         **_file_identity(Path(config.ckpt), "ckpt"),
-        "scene_content": None if scene is None else scene_fingerprint(scene, sample.trajectory == SCENE),
+        "scene_content": None if scene is None else scene_fingerprint(scene, sample.trajectory in REAL_CAMERA_SAMPLES),
         "model_config": config.model_config,
         "no_ema": config.no_ema,
         "generation": asdict(config.generation),
@@ -502,7 +534,7 @@ def weight_free_metrics(
             curves["rpe_rot_deg"] = torch.as_tensor(rpe["per_pair_rot_deg"]).tolist()
     elif sample.trajectory == ORBIT:
         values["cycle_psnr"] = m.cycle_psnr(video)
-    elif sample.trajectory == SCENE:
+    elif sample.trajectory in REAL_CAMERA_SAMPLES:
         real = scene.video.float() / 255.0
         values["psnr"] = m.psnr(video[1:], real[1:])
         values["ssim"] = m.ssim(video[1:], real[1:])
@@ -511,13 +543,53 @@ def weight_free_metrics(
             with torch.no_grad():
                 values["lpips"] = float(lpips(video[1:].to(device), real[1:].to(device)).mean())
         if scene.depth is not None:
-            valid = scene.depth > 0
+            valid = (scene.depth > 0) & (depth > 0)  # pixels a render leaves empty have no depth to compare
             if valid.any():
-                depth_values = m.depth_metrics(depth, scene.depth, valid, config.metrics.depth_alignment)
-                values.update(depth_abs_rel=depth_values["abs_rel"], depth_delta1=depth_values["delta1"])
+                try:
+                    depth_values = m.depth_metrics(depth, scene.depth, valid, config.metrics.depth_alignment)
+                    values.update(depth_abs_rel=depth_values["abs_rel"], depth_delta1=depth_values["delta1"])
+                except ValueError as error:
+                    failures["depth"] = str(error)
+                try:
+                    values["depth_corr"] = m.depth_correlation(depth, torch.where(valid, scene.depth, 0.0))
+                except ValueError as error:
+                    failures["depth_corr"] = str(error)
             else:
-                failures["depth"] = "the real depth holds no valid pixel"
+                failures["depth"] = "no pixel has both a valid real depth and a rendered one"
     return values, curves, failures
+
+
+def motion_metrics(field, grid: tuple[int, int, int], scene: Scene, min_displacement: float) -> dict[str, float]:
+    """The generated deformation against the scene's 3D tracks (module docstring): ``motion_cosine``, ``motion_epe``,
+    ``motion_predicted`` and ``motion_true`` (metres), ``motion_pairs``; empty when no tracked pair moves.
+
+    Args:
+        field: the generation's :class:`~d4s.gaussians.field.DeformableGaussianField`, ``T * h * w`` pixel-aligned
+            Gaussians ordered (frame, row, column), deformed to each of the ``T`` frame times.
+        grid: ``(T, h, w)``. scene: a clip with ``track_xyz``, ``track_visible`` and its real cameras.
+    """
+    from d4s.eval import metrics as m
+    from d4s.losses import track_motion
+
+    T, h, w = grid
+    if scene.track_xyz is None or field.num_frames != T:
+        return {}
+    N = scene.track_xyz.shape[0]
+    generator = torch.Generator().manual_seed(0)  # each track's source frame: the same on every run
+    predicted, true, paired = track_motion(
+        field.dmu[None].float().cpu(),
+        (h, w),
+        scene.track_xyz[None].float(),
+        scene.track_visible[None],
+        torch.ones(1, N, dtype=torch.bool),
+        scene.c2w[None].float(),
+        scene.K_video[None].float(),
+        tuple(scene.video.shape[-2:]),
+        torch.arange(T)[None],
+        generator,
+    )
+    agreement = m.motion_agreement(predicted[paired], true[paired], min_displacement)
+    return {} if agreement is None else {f"motion_{key}": float(value) for key, value in agreement.items()}
 
 
 # ------------------------------------------------------------------------------------------------- generation
@@ -573,10 +645,15 @@ def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, 
     g = config.generation
     c2w, K, _ = sample_cameras(sample, scene, config)
     guidance = Guidance(g.guidance, g.guidance_schedule) if g.guidance > 0 else None
-    result = pipeline(scene.image, c2w, K, scene.caption, g.steps, guidance, sample.seed)
+    if sample.trajectory == LATENTS:
+        result = pipeline.reconstruct(scene.video.float() / 255.0, c2w, K, sample.seed)
+    else:
+        result = pipeline(scene.image, c2w, K, scene.caption, g.steps, guidance, sample.seed)
     T, size = c2w.shape[0], (g.height, g.width)
     render = render_sequence(result.field, c2w, K, follow_times(T, T), size, g.backend)
     values, curves, failures = weight_free_metrics(sample, scene, render.rgb, render.depth, c2w, K, config, lpips)
+    if sample.trajectory in REAL_CAMERA_SAMPLES:
+        values.update(motion_metrics(result.field, result.grid, scene, config.metrics.motion_min_displacement))
     folder = sample.folder(Path(config.out))
     (folder / "metrics.json").unlink(missing_ok=True)  # unfinished until rewritten below
     (folder / "features.json").unlink(missing_ok=True)
@@ -816,7 +893,7 @@ def run_protocol(config: EvalConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {ckpt} (give a .ckpt written by python -m d4s.fit, --ckpt)")
     device = _device(config.device)
     out = Path(config.out)
-    scenes = load_scenes(config.scenes, config.generation)
+    scenes = load_scenes(config.scenes, config.generation, config.metrics.motion_tracks)
     by_name = {scene.name: scene for scene in scenes}
     samples = plan_samples(scenes, config)
     pipeline = _LazyPipeline(config, device)
@@ -833,7 +910,7 @@ def run_protocol(config: EvalConfig) -> dict[str, Any]:
             generated += 1
         results[sample] = cached
     features, distribution, skipped = feature_metrics(samples, by_name, config, device)
-    if config.metrics.lpips_backbone is None and any(s.trajectory == SCENE for s in samples):
+    if config.metrics.lpips_backbone is None and any(s.trajectory in REAL_CAMERA_SAMPLES for s in samples):
         skipped.append(
             {
                 "metric": "lpips",

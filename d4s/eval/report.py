@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from d4s.eval.protocol import (
+    LATENTS,
     ORBIT,
     PAPER_TRAJECTORIES,
     RANDOM_CONSISTENCY,
@@ -64,6 +65,11 @@ LABELS = {
     "lpips": "LPIPS ↓",
     "depth_abs_rel": "Depth AbsRel ↓",
     "depth_delta1": "Depth δ<1.25 ↑",
+    "depth_corr": "Depth corr. ↑",
+    "motion_cosine": "Motion cos. ↑",
+    "motion_epe": "Motion EPE (m) ↓",
+    "motion_predicted": "Predicted motion (m)",
+    "motion_true": "True motion (m)",
     RANDOM_CONSISTENCY: "Consistency, random-init ResNet-18 (NOT comparable)",
 }
 TABLES = (
@@ -74,7 +80,8 @@ TABLES = (
     ("Geometric integrity (paper Table 2)", ("mast3r_matches", "subject_consistency", "background_consistency")),
     ("Camera control: relative pose error (paper Table 3)", ("rpe_trans", "rpe_rot_deg", "pose_unregistered")),
 )
-RECONSTRUCTION = ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1")
+RECONSTRUCTION = ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1", "depth_corr")
+MOTION = ("motion_cosine", "motion_epe", "motion_predicted", "motion_true")
 BAR_METRICS = (
     "rpe_trans",
     "rpe_rot_deg",
@@ -112,6 +119,7 @@ def aggregate(values: dict[Sample, dict], trajectories: list[str]) -> dict[str, 
         "overall": summary.get("overall", {}),
         "orbit": summary.get(ORBIT, {}),
         "reconstruction": summary.get(SCENE, {}),
+        "latents": summary.get(LATENTS, {}),
     }
 
 
@@ -221,6 +229,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     parts += [_table(title, metrics, rows, skipped, paper=True) for title, metrics in TABLES]
+    real_camera_rows = [("generated from frame 0", report["reconstruction"])]
+    if report.get("latents"):
+        real_camera_rows.append(("LDRM on the real video's latents", report["latents"]))
     parts.append(
         _table(
             "Cycle consistency: first vs last frame of a 360° orbit (paper Table 6 / Appendix E)",
@@ -234,7 +245,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         _table(
             "Reconstruction along the real cameras (ours; no paper counterpart): frames 1..T-1 vs the real video",
             RECONSTRUCTION,
-            [("real cameras", report["reconstruction"])],
+            real_camera_rows,
+            skipped,
+            paper=False,
+        )
+    )
+    parts.append(
+        _table(
+            "Motion along the real cameras (ours; the quantity of Eq. 5): the generated deformation of each 3D track's "
+            "Gaussian vs the track's true displacement, over the pairs that move",
+            MOTION,
+            real_camera_rows,
             skipped,
             paper=False,
         )

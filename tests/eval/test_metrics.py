@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics.pairwise import polynomial_kernel
@@ -15,11 +16,13 @@ from d4s.eval.metrics import (
     QALIGN_LEVELS,
     count_reciprocal_matches,
     cycle_psnr,
+    depth_correlation,
     depth_metrics,
     frame_consistency,
     frechet_distance,
     frechet_distance_from_stats,
     kernel_distance,
+    motion_agreement,
     psnr,
     qalign_score,
     ssim,
@@ -324,3 +327,48 @@ def test_qalign_score_is_the_expected_rating():
     assert qalign_score(torch.zeros(5, dtype=torch.float16)).dtype == torch.float32
     with pytest.raises(ValueError, match="logits"):
         qalign_score(torch.zeros(2, 4))
+
+
+def test_depth_correlation_matches_scipy_per_map_and_ignores_invalid_pixels():
+    rng = np.random.default_rng(3)
+    target = torch.from_numpy(rng.uniform(1.0, 5.0, (3, 12, 10)))
+    prediction = 2.0 * target + torch.from_numpy(rng.normal(0.0, 0.6, (3, 12, 10)))
+    target[0, :4] = 0.0  # invalid reference pixels: whatever the prediction holds there does not count
+    prediction[0, :4] = 1e3
+    expected = [
+        scipy.stats.pearsonr(prediction[i][target[i] > 0].numpy(), target[i][target[i] > 0].numpy())[0]
+        for i in range(3)
+    ]
+    assert depth_correlation(prediction, target) == pytest.approx(np.mean(expected), abs=1e-5)
+    assert depth_correlation(3.0 * target + 1.0, target) == pytest.approx(1.0, abs=1e-6)  # affine invariance
+
+
+def test_depth_correlation_rejects_unscorable_input():
+    with pytest.raises(ValueError, match="no depth map"):
+        depth_correlation(torch.rand(2, 8, 8), torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match="no depth map"):
+        depth_correlation(torch.rand(1, 8, 8), torch.full((1, 8, 8), 2.0))  # a flat reference has no correlation
+    with pytest.raises(ValueError, match="target"):
+        depth_correlation(torch.rand(1, 8, 8), torch.rand(1, 8, 9))
+
+
+def test_motion_agreement_on_hand_computed_pairs():
+    true = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.001, 0.0, 0.0]])  # the last pair is static
+    predicted = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    result = motion_agreement(predicted, true, min_displacement=0.01)
+    assert result["pairs"] == 2
+    assert result["cosine"] == pytest.approx((1 / math.sqrt(2) + 0.0) / 2)  # a zero prediction has cosine 0
+    assert result["epe"] == pytest.approx((1.0 + 2.0) / 2)
+    assert result["predicted"] == pytest.approx((math.sqrt(2) + 0.0) / 2)
+    assert result["true"] == pytest.approx(1.5)
+    assert motion_agreement(-true, true, 0.01)["cosine"] == pytest.approx(-1.0)
+    assert motion_agreement(predicted, torch.zeros(3, 3), 0.01) is None  # nothing moves
+
+
+def test_motion_agreement_rejects_bad_input():
+    with pytest.raises(ValueError, match="true"):
+        motion_agreement(torch.zeros(3, 3), torch.zeros(2, 3), 0.01)
+    with pytest.raises(ValueError, match="min_displacement"):
+        motion_agreement(torch.zeros(3, 3), torch.ones(3, 3), 0.0)
+    with pytest.raises(ValueError, match="predicted"):
+        motion_agreement(torch.full((3, 3), float("nan")), torch.ones(3, 3), 0.01)

@@ -83,7 +83,7 @@ def test_report_files_and_finite_weight_free_metrics(tiny_config, tiny_run):
     for name in ("report.json", "report.md", "metrics_by_trajectory.png"):  # no RPE curve without registered poses
         assert (out / name).is_file(), name
     assert json.loads((out / "report.json").read_text())["run"] == report["run"]
-    assert report["run"]["scenes"] == 2 and report["run"]["samples"] == 2 * 7  # 5 trajectories + orbit + real cameras
+    assert report["run"]["scenes"] == 2 and report["run"]["samples"] == 2 * 8  # 5 trajectories, orbit, real cameras, latents
     assert report["run"]["generated"] == report["run"]["samples"]
     finite = [report["orbit"]["cycle_psnr"]["mean"]]
     finite += [report["reconstruction"][m]["mean"] for m in ("psnr", "ssim", "depth_abs_rel", "depth_delta1")]
@@ -281,3 +281,56 @@ def test_no_socket_is_opened_while_networks_load_from_local_folders(tiny_config,
     for metric in ("clip_score", "subject_consistency", "background_consistency"):
         assert math.isfinite(report["overall"][metric]["mean"]), metric
     assert "clip_score" not in {entry["metric"] for entry in report["skipped"]}
+
+
+def _moving_tracks_scene(T: int = 3, size: int = 8, stride: int = 2):
+    """A static camera and one track per Gaussian cell, at the cell's corner pixel, sliding along its own viewing ray
+    (so it stays on that pixel) by ``0.1 * k(col) * t`` ray lengths, ``k(col) = (-1)^col (col + 1)``."""
+    from d4s.eval.protocol import Scene
+    from d4s.geometry.cameras import intrinsics_from_fov
+
+    h = w = size // stride
+    K = intrinsics_from_fov(size, size, 60.0)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    uv = torch.stack([stride * cols + 1.0, stride * rows + 1.0], dim=-1).reshape(-1, 2)
+    rays = torch.cat([uv, torch.ones(len(uv), 1)], dim=-1) @ torch.linalg.inv(K).T  # [N, 3], z = 1
+    k = ((-1.0) ** cols * (cols + 1)).reshape(-1).float()
+    times = torch.arange(T).float()
+    track_xyz = rays[:, None] * (2.0 + 0.1 * k[:, None, None] * times[None, :, None])
+    scene = Scene(
+        name="moving",
+        caption="",
+        image=torch.zeros(3, size, size),
+        K=K,
+        video=torch.zeros(T, 3, size, size, dtype=torch.uint8),
+        c2w=torch.eye(4).expand(T, 4, 4).clone(),
+        K_video=K.expand(T, 3, 3).clone(),
+        track_xyz=track_xyz,
+        track_visible=torch.ones(len(uv), T, dtype=torch.bool),
+    )
+    return scene, rays, k, (T, h, w)
+
+
+def test_motion_metrics_follow_each_tracks_own_gaussian():
+    from d4s.eval.protocol import motion_metrics
+    from d4s.gaussians.field import DeformableGaussianField
+    from d4s.gaussians.procedural import random_field
+
+    scene, rays, k, grid = _moving_tracks_scene()
+    T, h, w = grid
+    per_cell = 0.1 * k[:, None] * rays  # [h * w, 3]: one time step of each cell's motion
+    source = torch.arange(T).repeat_interleave(h * w)  # the frame each Gaussian belongs to
+    dmu = (torch.arange(T)[:, None] - source[None])[..., None].float() * per_cell.repeat(T, 1)[None]
+    canonical = random_field(T * h * w, seed=0)
+    field = DeformableGaussianField(canonical, dmu, torch.tensor([1.0, 0, 0, 0]).expand(T, T * h * w, 4), dmu * 0)
+    exact = motion_metrics(field, grid, scene, min_displacement=0.01)
+    assert exact["motion_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert exact["motion_epe"] == pytest.approx(0.0, abs=1e-5)
+    assert exact["motion_predicted"] == pytest.approx(exact["motion_true"], rel=1e-5) and exact["motion_true"] > 0
+    still = motion_metrics(dataclasses.replace(field, dmu=dmu * 0), grid, scene, min_displacement=0.01)
+    assert still["motion_cosine"] == 0.0 and still["motion_epe"] == pytest.approx(still["motion_true"])
+    flipped = dmu.reshape(T, T, h, w, 3).flip(3).reshape(T, -1, 3)  # each cell given its mirror column's motion
+    wrong = motion_metrics(dataclasses.replace(field, dmu=flipped), grid, scene, min_displacement=0.01)
+    assert wrong["motion_cosine"] < 0.0 and wrong["motion_epe"] > 0.05
+    no_tracks = dataclasses.replace(scene, track_xyz=None, track_visible=None)
+    assert motion_metrics(field, grid, no_tracks, min_displacement=0.01) == {}
