@@ -125,7 +125,11 @@ def track_motion(
 
 
 def motion_loss(
-    predicted: Tensor, true: Tensor, supervised: Tensor, squared_scale: float | None = None
+    predicted: Tensor,
+    true: Tensor,
+    supervised: Tensor,
+    squared_scale: float | None = None,
+    balance_threshold: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The two terms of Eq. 5 per clip, averaged over its supervised (track, target time) pairs.
 
@@ -135,6 +139,9 @@ def motion_loss(
             With mostly static tracks the plain norm behaves like a median and holds an untrained head at zero
             motion; the squared error's gradient vanishes on the static pairs it already fits (an option, not the
             paper's loss; see ``configs/README.md``).
+        balance_threshold: ``None`` averages the error over all supervised pairs (Eq. 5); a length ``m`` (metres)
+            averages it separately over the moving pairs (true displacement at least ``m``) and the static ones and
+            takes the mean of the two, so a few moving tracks among many static ones still pull (an option).
     Returns:
         ``(error [B], magnitude [B], count [B])``: the mean error term (weighted by ``lambda_m`` in Eq. 5),
         ``mean ||dX_pred||_1`` (the second term), and the number of supervised pairs (both terms are 0 where it is 0).
@@ -146,7 +153,17 @@ def motion_loss(
         error = error.pow(2) / squared_scale
     magnitude = predicted.float().abs().sum(-1)
     denominator = count.clamp_min(1.0)
-    return (error * mask).flatten(1).sum(-1) / denominator, (magnitude * mask).flatten(1).sum(-1) / denominator, count
+    mean_magnitude = (magnitude * mask).flatten(1).sum(-1) / denominator
+    if balance_threshold is None:
+        return (error * mask).flatten(1).sum(-1) / denominator, mean_magnitude, count
+    moving = (true.float().norm(dim=-1) >= balance_threshold).float()
+    means = []
+    for part in (mask * moving, mask * (1.0 - moving)):
+        part_count = part.flatten(1).sum(-1)
+        means.append(((error * part).flatten(1).sum(-1) / part_count.clamp_min(1.0), part_count > 0))
+    (moving_mean, has_moving), (static_mean, has_static) = means
+    classes = has_moving.float() + has_static.float()
+    return (moving_mean + static_mean) / classes.clamp_min(1.0), mean_magnitude, count
 
 
 def weighted_mean(values: Tensor, weight: Tensor) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from scipy.stats import pearsonr
@@ -154,3 +156,21 @@ def test_motion_loss_squared_option_matches_a_loop():
     expected = sum((predicted[0, v, n] - true[0, v, n]).pow(2).sum() / 0.1 for v, n in pairs) / len(pairs)
     assert error[0].item() == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(magnitude, motion_loss(predicted, true, supervised)[1])
+
+
+def test_motion_loss_balance_option_weighs_moving_and_static_pairs_equally():
+    true = torch.zeros(2, 1, 5, 3)
+    true[0, 0, 0] = torch.tensor([0.5, 0.0, 0.0])  # clip 0: one moving pair among four static ones
+    predicted = torch.zeros(2, 1, 5, 3)
+    predicted[0, 0, 1:] = 0.1  # static pairs predicted to move a little
+    predicted[1, 0] = 0.2  # clip 1: only static pairs
+    supervised = torch.ones(2, 1, 5, dtype=torch.bool)
+    error, _, count = motion_loss(predicted, true, supervised, balance_threshold=0.05)
+    static_error = math.sqrt(3 * 0.1**2)
+    assert error[0].item() == pytest.approx((0.5 + static_error) / 2, rel=1e-5)  # moving mean and static mean
+    plain = motion_loss(predicted, true, supervised)[0]
+    assert plain[0].item() == pytest.approx((0.5 + 4 * static_error) / 5, rel=1e-5)
+    assert error[1].item() == pytest.approx(plain[1].item(), rel=1e-6)  # one class only: the plain mean
+    squared = motion_loss(predicted, true, supervised, squared_scale=0.1, balance_threshold=0.05)[0]
+    assert squared[0].item() == pytest.approx((0.25 / 0.1 + 0.03 / 0.1) / 2, rel=1e-5)
+    assert count.tolist() == [5, 5]

@@ -40,7 +40,11 @@ class VideoDiTConfig:
     ``save_pretrained`` layout, e.g. CogVideoX-5b-I2V). ``random_init``: build from ``transformer`` and ``vae``
     (diffusers config dicts) with random weights, which must be asked for explicitly. ``camera_channels``: width of
     the Plücker features appended to the transformer input. ``gradient_checkpointing``: recompute the transformer
-    blocks' activations in the backward pass (diffusers' own switch; needed to train the 5B model at 49 frames)."""
+    blocks' activations in the backward pass (diffusers' own switch; needed to train the 5B model at 49 frames).
+    ``posterior``: how a video becomes latents: ``sample`` from the VAE's posterior (training as CogVideoX; a trained
+    VAE's posterior is narrow) or its ``mean``. A randomly initialised VAE has a posterior of unit spread around a
+    mean that varies far less (standard deviation ~1 vs ~0.3 with the tiny config), so samples drown the image in
+    noise and a model trained on them learns to ignore its latents: random VAEs need ``mean``."""
 
     path: str | None = None
     random_init: bool = False
@@ -48,6 +52,14 @@ class VideoDiTConfig:
     vae: dict[str, Any] = field(default_factory=dict)
     camera_channels: int = 16
     gradient_checkpointing: bool = False
+    posterior: str = "sample"
+
+    def __post_init__(self) -> None:
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"video_dit.posterior: expected one of {POSTERIORS}, got {self.posterior!r}")
+
+
+POSTERIORS = ("sample", "mean")
 
 
 class CameraPatchEmbed(nn.Module):
@@ -106,9 +118,16 @@ class PluckerPatchifier(nn.Module):
 class VideoDiT(nn.Module):
     """CogVideoX I2V + camera adapter. ``forward`` predicts the flow velocity (see ``d4s.diffusion``)."""
 
-    def __init__(self, transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX, camera_channels: int):
+    def __init__(
+        self,
+        transformer: CogVideoXTransformer3DModel,
+        vae: AutoencoderKLCogVideoX,
+        camera_channels: int,
+        posterior: str = "sample",
+    ):
         super().__init__()
         self.transformer, self.vae = transformer, vae.requires_grad_(False).eval()  # the VAE stays frozen
+        self.posterior = posterior
         c = transformer.config
         if c.patch_size_t is not None:
             raise ValueError(
@@ -137,11 +156,12 @@ class VideoDiT(nn.Module):
         """Load from ``config.path`` or, when ``config.random_init``, build random weights from the config dicts."""
         if config.random_init:
             transformer = CogVideoXTransformer3DModel(**config.transformer)
-            model = cls(transformer, AutoencoderKLCogVideoX(**config.vae), config.camera_channels)
+            model = cls(transformer, AutoencoderKLCogVideoX(**config.vae), config.camera_channels, config.posterior)
         elif config.path is None:
             raise ValueError("video DiT: give path (a local CogVideoX I2V directory) or set random_init: true")
         else:
             model = cls.from_pretrained(config.path, config.camera_channels)
+            model.posterior = config.posterior
         if config.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
         return model
@@ -189,9 +209,9 @@ class VideoDiT(nn.Module):
     @torch.no_grad()
     def encode(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Video ``[B, T, 3, H, W]`` in ``[0, 1]`` -> scaled latents ``[B, T', 16, H/8, W/8]`` (``T = 4T' - 3``),
-        sampled from the VAE's posterior with ``generator``."""
+        sampled from the VAE's posterior with ``generator``, or its mean (``posterior``, :class:`VideoDiTConfig`)."""
         posterior = self.vae.encode(video.transpose(1, 2).to(self.vae.dtype) * 2.0 - 1.0).latent_dist
-        latents = posterior.sample(generator=generator)
+        latents = posterior.mode() if self.posterior == "mean" else posterior.sample(generator=generator)
         return (latents * self.vae.config.scaling_factor).transpose(1, 2)
 
     def image_latents(self, image: Tensor, latent_frames: int, generator: torch.Generator | None = None) -> Tensor:

@@ -68,7 +68,9 @@ class LossWeights:
     ``||dX_pred||_1``, which Eq. 5 adds without a coefficient (1). A weight of 0 skips its term's computation.
     ``motion_squared_scale``: ``None`` keeps Eq. 5's ``||e||_2``; a length in metres switches the motion error to
     ``||e||^2 / scale`` (:func:`d4s.losses.motion_loss`), which an untrained head learns from faster when most
-    tracks are static (then ``motion_l2`` still logs Eq. 5's norm)."""
+    tracks are static (then ``motion_l2`` still logs Eq. 5's norm). ``motion_balance_threshold``: ``None`` averages
+    the motion error over all pairs (Eq. 5); a length in metres averages moving and static pairs separately and
+    weighs the two halves equally (:func:`d4s.losses.motion_loss`; an option for data where few tracks move)."""
 
     flow_matching: float = 1.0
     mse: float = 1.0
@@ -78,6 +80,7 @@ class LossWeights:
     motion: float = 2.0
     motion_magnitude: float = 1.0
     motion_squared_scale: float | None = None
+    motion_balance_threshold: float | None = None
 
 
 @dataclass
@@ -388,13 +391,15 @@ class Diff4SplatModule(L.LightningModule):
                 frames,
                 generator,
             )
-            error, magnitude, count = motion_loss(predicted, true, supervised, w.motion_squared_scale)
+            error, magnitude, count = motion_loss(
+                predicted, true, supervised, w.motion_squared_scale, w.motion_balance_threshold
+            )
             clip_weight = weight * (batch.has_tracks & (count > 0)).to(weight.dtype)
             terms["motion"] = weighted_mean(error, clip_weight)
             terms["motion_magnitude"] = weighted_mean(magnitude, clip_weight)
         terms["loss"] = sum(getattr(w, name) * value for name, value in terms.items())
         with torch.no_grad():
-            if "motion" in terms and w.motion_squared_scale is not None:
+            if "motion" in terms and (w.motion_squared_scale, w.motion_balance_threshold) != (None, None):
                 terms["motion_l2"] = weighted_mean(motion_loss(predicted, true, supervised)[0], clip_weight)
             psnr = -10.0 * torch.log10(mse(rgb, rgb_gt).clamp_min(1e-10))
             terms["psnr"] = weighted_mean(psnr.mean(1), weight)

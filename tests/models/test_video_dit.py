@@ -126,3 +126,24 @@ def test_cogvideox_15_layouts_are_refused_clearly():
     config = dataclasses.replace(TINY.video_dit, transformer={**TINY.video_dit.transformer, "patch_size_t": 2})
     with pytest.raises(ValueError, match="1.5 layouts"):
         VideoDiT.from_config(config)
+
+
+def test_posterior_mean_encodes_deterministically_and_keeps_the_image_apart_from_the_noise():
+    torch.manual_seed(0)
+    video = torch.rand(1, 5, 3, 32, 32)
+    other = torch.rand(1, 5, 3, 32, 32)
+    sampled = VideoDiT.from_config(dataclasses.replace(TINY.video_dit, posterior="sample"))
+    mean = VideoDiT.from_config(dataclasses.replace(TINY.video_dit, posterior="mean"))
+    mean.load_state_dict(sampled.state_dict())
+    with torch.no_grad():
+        distribution = sampled.vae.encode(video.transpose(1, 2) * 2.0 - 1.0).latent_dist
+        expected = (distribution.mean * sampled.vae.config.scaling_factor).transpose(1, 2)
+        a, b = (mean.encode(video, torch.Generator().manual_seed(seed)) for seed in (1, 2))
+        torch.testing.assert_close(a, expected)
+        torch.testing.assert_close(a, b)  # the generator no longer matters
+        noisy = [sampled.encode(video, torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+        between_images = (mean.encode(other) - a).std()
+        between_samples = (noisy[0] - noisy[1]).std()
+    assert between_samples > 2 * between_images  # why random VAEs need the mean (VideoDiTConfig.posterior)
+    with pytest.raises(ValueError, match="posterior"):
+        dataclasses.replace(TINY.video_dit, posterior="mode")
