@@ -1,6 +1,7 @@
-"""Procedurally built Gaussian scenes: textured planes, spheres, a moving object, and random fields.
+"""Procedurally built Gaussian scenes: textured planes, spheres, a moving object, random fields, and the
+pixel-aligned field of an RGB-D image.
 
-Used by the renderer showcase (``make demo`` until the trained demo lands) and handy for tests and
+Used by the renderer showcase (``python -m d4s.showcase``), the demo's ground-truth reference and handy for tests and
 benchmarks: the geometry is known in closed form, so renders can be checked against it.
 World frame: OpenCV-like, the first camera at the origin looking along +z, up is -y.
 """
@@ -12,8 +13,9 @@ import math
 import torch
 from torch import Tensor
 
-from d4s.gaussians.field import DeformableGaussianField, GaussianField
 from d4s.gaussians.deform import identity_deformation
+from d4s.gaussians.field import DeformableGaussianField, GaussianField
+from d4s.geometry.cameras import unproject_depth
 from d4s.geometry.quaternion import axis_angle_to_quat, quat_conjugate, quat_multiply, quat_to_rotmat, rotmat_to_quat
 
 
@@ -46,6 +48,30 @@ def plane(
         scales=torch.tensor([0.6 * spacing, 0.6 * spacing, thickness]).expand(n, 3),
         opacities=torch.full((n,), opacity),
         rgb=color_fn(uu, vv).clamp(0.0, 1.0),
+    )
+
+
+def rgbd_field(image: Tensor, depth: Tensor, K: Tensor, opacity: float = 0.99) -> GaussianField:
+    """One Gaussian per pixel with valid depth: the RGB-D image lifted into its own camera frame (pixel-aligned, as
+    the LDRM predicts, Sec. 3.3). Each Gaussian is a disc facing the camera whose standard deviation is half the
+    pixel's footprint at its depth (``z / 2 fx`` by ``z / 2 fy``): the discs cover the image without gaps and spill
+    little into their neighbours, so the field renders back to ``image`` from the camera it came from.
+
+    Args:
+        image: ``[3, H, W]`` colours in [0, 1]; depth: ``[H, W]`` z-depth in metres (0 = invalid, no Gaussian);
+        K: ``[3, 3]`` intrinsics of the image. Returns a field in the camera frame (OpenCV axes).
+    """
+    valid = depth > 0
+    points = unproject_depth(depth.float(), K.float())[valid]
+    z = depth.float()[valid]
+    footprint = torch.stack([0.5 * z / K[0, 0], 0.5 * z / K[1, 1], 1e-3 * z], dim=-1)
+    n = points.shape[0]
+    return GaussianField.from_activated(
+        means=points,
+        rotations=torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4),
+        scales=footprint,
+        opacities=torch.full((n,), opacity),
+        rgb=image.float().permute(1, 2, 0)[valid].clamp(0.0, 1.0),
     )
 
 
