@@ -13,6 +13,7 @@ OUT ?= data/$(DATASET)
 EVAL_CONFIG ?= configs/tiny/eval.yaml
 CKPT ?=
 RUN ?=
+DEMO_FAST ?=
 
 .PHONY: help install test demo bench annotate eval lock clean
 
@@ -31,16 +32,17 @@ install: $(STAMP)  ## create the virtualenv and install the pinned stack (runs o
 test: $(STAMP)  ## run the test suite (CPU)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)  ## the main job; for now the renderer showcase: outputs/showcase/{rgb,depth}.mp4
-	$(BIN)/python -m d4s.showcase --out outputs/showcase
+demo: $(STAMP)  ## the main job on a CPU: annotate toy4d, train 3 tiny stages, generate, evaluate -> runs/demo/SUMMARY.md (DEMO_FAST=1: ~3 min)
+	$(BIN)/python -m d4s.demo $(if $(DEMO_FAST),--fast)
 
-bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, training steps, generation): tables on stdout, JSON in bench/results/
+bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, training steps, generation, the demo): tables on stdout, JSON in bench/results/
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/annotate.py
 	$(BIN)/python bench/dataloader.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/demo.py
 
 annotate: $(STAMP)  ## annotate a dataset into shards: make annotate DATASET=realestate10k ROOT=/data/re10k OUT=shards/re10k
 	$(BIN)/python -m annotation --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) --out $(OUT)
@@ -56,5 +58,5 @@ lock:  ## re-resolve the pinned direct dependencies of pyproject.toml into requi
 	rm -rf .lock-venv
 
 clean:  ## remove the virtualenv, caches and outputs
-	rm -rf $(VENV) .pytest_cache outputs bench/results
+	rm -rf $(VENV) .pytest_cache outputs runs bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
