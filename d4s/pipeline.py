@@ -129,6 +129,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_same_architecture(config: ModelConfig, stored: dict[str, Any], path: Path | str, source: str) -> None:
     """Refuse a model config that builds another model than the checkpoint's (same weight shapes can still hide
     other heads, depth ranges or scale limits); weight locations, checkpointing and text settings may differ."""
+    stored = asdict(ModelConfig.from_dict(stored, f"{path} (stored model config)"))  # settings added since: defaults
     ours, theirs = _flatten(asdict(config)), _flatten(stored)
     differing = sorted(
         key

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from d4s.diffusion.sampler import Guidance
 from d4s.gaussians.field import DeformableGaussianField
@@ -165,3 +166,26 @@ def test_bfloat16_runs_the_autocast_path_and_returns_a_float32_field(tmp_path):
     a.field.check_finite()
     # bf16 keeps about 3 significant digits: the same scene, not the same bits
     assert (a.latents - b.latents).abs().mean() < 0.05 * b.latents.abs().mean()
+
+
+def test_a_checkpoint_from_before_a_new_model_setting_still_accepts_its_own_config(tmp_path):
+    """Settings added to the model config since a checkpoint was written take their defaults when the stored config
+    is compared with ``--config`` (an old checkpoint lacks ``video_dit.posterior``), and the reconstruction path
+    runs the LDRM alone on a video."""
+    path = save_tiny_checkpoint(tmp_path / "old.ckpt", lively=False)
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["d4s_model_config"]["video_dit"]["posterior"]
+    model_yaml = tmp_path / "model.yaml"
+    values = yaml.safe_load(Path("configs/tiny/model.yaml").read_text())
+    values["video_dit"]["posterior"] = "sample"  # what the old checkpoint was trained with (the then default)
+    model_yaml.write_text(yaml.safe_dump(values))
+    torch.save(checkpoint, path)
+    pipeline = Diff4SplatPipeline.from_checkpoint(path, config=model_yaml)
+    T = 5
+    c2w = make_trajectory("forward", T, 2.0)
+    K = intrinsics_from_fov(64, 64, 60.0)
+    result = pipeline.reconstruct(torch.rand(T, 3, 64, 64), c2w, K)
+    assert result.grid == (T, 32, 32) and result.field.num_frames == T
+    assert set(result.timings) == {"encode", "ldrm"}
+    with pytest.raises(ValueError, match="video"):
+        pipeline.reconstruct(torch.rand(T - 1, 3, 64, 64), c2w, K)

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help=f"toy4d annotation folder (default: {FULL.data} as `make annotate` writes it; with --fast, inside --out)",
     )
-    parser.add_argument("--restart", action="store_true", help="delete the run folder first (the data is kept)")
+    parser.add_argument(
+        "--restart", action="store_true", help="delete the run folder first (and the data with it if it lies inside)"
+    )
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a required learning check fails")
     args = parser.parse_args(argv)
     plan = FAST if args.fast else FULL

@@ -7,6 +7,7 @@ child processes (``d4s`` never imports ``annotation``; each training stage gets 
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import json
 import os
@@ -80,6 +81,7 @@ def _run_command(command: list[str], log: Path, quiet_warnings: bool = False) ->
     if quiet_warnings:  # Lightning's advice on a 2-core demo is noise; run the logged command by hand to see it
         env["PYTHONWARNINGS"] = "ignore"
     printable = " ".join(command[1:]) if command[0] == sys.executable else " ".join(command)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks may split a character
     with log.open("w") as handle:
         handle.write(f"$ python {printable}\n")
         handle.flush()
@@ -88,7 +90,8 @@ def _run_command(command: list[str], log: Path, quiet_warnings: bool = False) ->
         for chunk in iter(lambda: process.stdout.read1(4096), b""):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
-            handle.write(chunk.decode(errors="replace"))
+            handle.write(decoder.decode(chunk))
+        handle.write(decoder.decode(b"", final=True))
         code = process.wait()
     if code != 0:
         raise DemoError(f"`python {printable}` failed with exit status {code}; its output is in {log}")
@@ -98,7 +101,7 @@ def _run_command(command: list[str], log: Path, quiet_warnings: bool = False) ->
 def annotate(plan: DemoPlan) -> dict[str, Any]:
     """toy4d into shards (resumes and skips finished work, so a complete folder costs seconds)."""
     command = [sys.executable, "-m", "annotation", "--dataset", "toy4d", "--out", str(plan.data_dir)]
-    if plan.data is None:  # a demo-sized toy4d: its own scene list, not data_manifests/toy4d.json
+    if plan.annotate:  # other reader options than data_manifests/toy4d.json was built with: the reader's scene list
         command += ["--manifest", "none"]
     for override in plan.annotate:
         command += ["--set", override]
@@ -159,9 +162,10 @@ def held_out_scenes(plan: DemoPlan):
     return load_scenes(config.scenes, config.generation, config.metrics.motion_tracks)
 
 
-def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, novel: bool = True) -> dict[str, Any]:
-    """``python -m d4s.generate`` from each held-out first frame along its real cameras (``cameras.json`` of the
-    clip) and, with ``novel``, a spiral and a bullet-time orbit; videos, depth, ``.ply`` per time."""
+def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, ply: bool = True) -> dict[str, Any]:
+    """``python -m d4s.generate`` from each held-out first frame (with its caption) along its real cameras (the clip's
+    ``cameras.json``), plus a novel spiral and a bullet-time orbit: videos, depth and, with ``ply``, ``.ply`` per
+    time."""
     from d4s import generate as generate_cli
     from d4s.geometry.trajectories import save_camera_path
 
@@ -181,8 +185,9 @@ def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, novel: bool
             "--resolution", f"{config.height}x{config.width}", "--steps", str(config.steps),
             "--guidance", str(config.guidance), "--seed", str(plan.seed), "--backend", config.backend,
             "--device", "cpu", "--dtype", config.dtype, "--novel-trajectory", NOVEL_TRAJECTORY,
+            "--prompt", scene.caption,
         ]  # fmt: skip
-        if not novel:
+        if not ply:
             argv.append("--no-ply")
         code = generate_cli.main(argv)
         if code != 0:
@@ -211,6 +216,8 @@ def run_demo(plan: DemoPlan, restart: bool = False) -> Path:
 
     check_workspace(plan)
     if restart and plan.out.exists():
+        if any(plan.out.iterdir()) and not (plan.out / JOURNAL).is_file():
+            raise ValueError(f"--restart: {plan.out} is not a demo run folder (no {JOURNAL}); refusing to delete it")
         shutil.rmtree(plan.out)
     plan.out.mkdir(parents=True, exist_ok=True)
     journal = Journal(plan)
@@ -227,7 +234,7 @@ def run_demo(plan: DemoPlan, restart: bool = False) -> Path:
         "generate",
         lambda: {
             **generate(plan, trained, plan.out / "generated", scenes),
-            "untrained": generate(plan, untrained, plan.out / "generated_untrained", scenes, novel=False),
+            "untrained": generate(plan, untrained, plan.out / "generated_untrained", scenes, ply=False),
         },
         f"{len(scenes)} held-out first frames -> {plan.out / 'generated'}",
     )

@@ -12,7 +12,7 @@ Samples. Per scene (a captioned first frame, with its real video where the sourc
 - ``scene`` (scenes with a real video only): the real cameras, re-expressed relative to frame 0, with the real
   intrinsics; the renders are compared with the real frames (PSNR, SSIM, LPIPS over frames ``1..T-1``, the views
   the model did not see) and depth (AbsRel, delta1 over all frames, after ``depth_alignment``; the Pearson
-  correlation of Eq. 4). Where the clip has 3D tracks, the generated deformation is compared with their motion
+  correlation of Eq. 4), over the pixels the render covers (``depth_coverage``: their share of the valid real ones). Where the clip has 3D tracks, the generated deformation is compared with their motion
   (the quantity Eq. 5 trains): each track's Gaussian (the pixel-aligned one under it in a frame where it is visible)
   is displaced by the field to every other frame's time, against the track's true displacement, over the pairs
   that move at least ``motion_min_displacement``: cosine, end-point error and both magnitudes. Ours, not the paper's.
@@ -544,6 +544,7 @@ def weight_free_metrics(
                 values["lpips"] = float(lpips(video[1:].to(device), real[1:].to(device)).mean())
         if scene.depth is not None:
             valid = (scene.depth > 0) & (depth > 0)  # pixels a render leaves empty have no depth to compare
+            values["depth_coverage"] = float(valid.sum() / (scene.depth > 0).sum().clamp_min(1))  # their share
             if valid.any():
                 try:
                     depth_values = m.depth_metrics(depth, scene.depth, valid, config.metrics.depth_alignment)
