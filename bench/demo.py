@@ -53,7 +53,7 @@ def main() -> None:
         "metrics": summary["metrics"],
         "checks": summary["checks"],
     }
-    print(f"\n| phase | seconds | peak GiB |\n|---|---:|---:|")
+    print("\n| phase | seconds | peak GiB |\n|---|---:|---:|")
     for name, phase in result["phases"].items():
         print(f"| {name} | {phase['seconds']:.0f} | {phase['peak_memory_gib']:.2f} |")
     print(f"| **total** | {seconds:.0f} | {memory.peak_gib:.2f} |\n")

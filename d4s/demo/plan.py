@@ -10,7 +10,7 @@ checks, with thresholds for their scale (:class:`LearningChecks`).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class DemoPlan:
     checks: LearningChecks
     contact_sheet_scenes: int = 3
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
