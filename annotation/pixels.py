@@ -25,8 +25,8 @@ def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Values of ``image [H, W, ...]`` at the pixels containing ``uv [N, 2]`` (clamped to the border): ``[N, ...]``."""
     height, width = image.shape[:2]
     uv = np.nan_to_num(uv)
-    col = np.clip(np.floor(uv[:, 0]).astype(np.int64), 0, width - 1)
-    row = np.clip(np.floor(uv[:, 1]).astype(np.int64), 0, height - 1)
+    col = np.clip(np.floor(uv[:, 0]), 0, width - 1).astype(np.int64)  # clamp before the cast: inf has no int64
+    row = np.clip(np.floor(uv[:, 1]), 0, height - 1).astype(np.int64)
     return image[row, col]
 
 

@@ -80,11 +80,21 @@ def camera_flow(
 
 
 def mask_flow_pairs(num_frames: int, gap: int) -> list[tuple[int, int]]:
-    """The frame pairs ``(t, other)`` whose flow judges frame ``t``: ``gap`` frames ahead, or back near the end."""
+    """The frame pairs ``(t, other)`` whose flow judges frame ``t``: ``gap`` frames ahead, or back near the end;
+    in a clip shorter than ``2 gap`` frames, a middle frame pairs with the farther end of the clip."""
     if num_frames < 2:
         raise ValueError(f"dynamic masks from flow need at least 2 frames, got {num_frames}")
-    gap = min(gap, num_frames - 1)
-    return [(t, t + gap) if t + gap < num_frames else (t, t - gap) for t in range(num_frames)]
+    last = num_frames - 1
+    gap = min(gap, last)
+
+    def partner(t: int) -> int:
+        if t + gap <= last:
+            return t + gap
+        if t - gap >= 0:
+            return t - gap
+        return last if last - t >= t else 0
+
+    return [(t, partner(t)) for t in range(num_frames)]
 
 
 def dynamic_mask_from_flow(

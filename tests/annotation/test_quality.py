@@ -97,3 +97,13 @@ def test_chain_flow_follows_a_constant_translation_and_drops_inconsistent_steps(
     backward[1] = 0.0  # inconsistent second step
     _, valid = chain_flow(query, forward, backward)
     assert valid[0, :2].all() and not valid[0, 2:].any()
+
+
+@pytest.mark.parametrize(("num_frames", "gap"), [(2, 4), (5, 4), (6, 4), (9, 4), (12, 4), (7, 1)])
+def test_flow_pairs_stay_inside_the_clip_and_reach_as_far_as_the_gap_allows(num_frames, gap):
+    pairs = mask_flow_pairs(num_frames, gap)
+    assert [t for t, _ in pairs] == list(range(num_frames))
+    for t, other in pairs:
+        assert 0 <= other < num_frames and other != t
+        reachable = max(t, num_frames - 1 - t)  # the farthest frame from t inside the clip
+        assert abs(other - t) == min(gap, reachable)  # brute force: as far as possible, up to the gap
