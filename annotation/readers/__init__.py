@@ -12,6 +12,13 @@ READERS = {
     "toy4d": "annotation.readers.toy4d:Toy4DReader",
     "realestate10k": "annotation.readers.realestate10k:RealEstate10KReader",
     "pointodyssey": "annotation.readers.pointodyssey:PointOdysseyReader",
+    "tartanair": "annotation.readers.tartanair:TartanAirReader",
+    "matrixcity": "annotation.readers.matrixcity:MatrixCityReader",
+    "dynamic_replica": "annotation.readers.dynamic_replica:DynamicReplicaReader",
+    "spring": "annotation.readers.spring:SpringReader",
+    "vkitti2": "annotation.readers.vkitti2:VKITTI2Reader",
+    "multicamvideo": "annotation.readers.multicamvideo:MultiCamVideoReader",
+    "stereo4d": "annotation.readers.stereo4d:Stereo4DReader",
 }
 
 

@@ -14,6 +14,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from annotation.errors import InputError
+from annotation.readers.images import load_frames
+
 SPLITS = ("train", "val", "test")
 
 
@@ -64,6 +67,24 @@ class Scene(ABC):
         raise NotImplementedError(f"{self.dataset} has no tracks")
 
 
+class ImageFileScene(Scene):
+    """A scene whose frames are image files, one per frame, all ``height x width``: subclasses name the file of
+    frame ``t`` (:meth:`_rgb_path`); :meth:`frames` loads and checks them."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of every frame."""
+        return self.height, self.width
+
+    @abstractmethod
+    def _rgb_path(self, t: int) -> Path:
+        """The image file of frame ``t`` (0-based)."""
+
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        """RGB frames ``[t, H, W, 3]`` uint8."""
+        return load_frames([self._rgb_path(t) for t in indices], self.size)
+
+
 class Reader(ABC):
     """A dataset on disk (or generated, for toy4d): scene names, their splits, and scenes to open."""
 
@@ -87,3 +108,34 @@ class Reader(ABC):
     @abstractmethod
     def open_scene(self, name: str) -> Scene:
         """Open one scene, reading its small metadata (cameras, timestamps) now and frames lazily."""
+
+
+class SplitFolderReader(Reader):
+    """A dataset laid out as ``root/<split>/<sequence>/`` with ``split`` one of :data:`SPLITS`: scene names are
+    ``"<split>/<sequence>"`` and a scene's split is its folder's."""
+
+    def scene_names(self) -> list[str]:
+        """``"<split>/<sequence>"`` for every sequence folder, sorted."""
+        if not any((self.root / split).is_dir() for split in SPLITS):
+            raise InputError(
+                self.root, f"no {', '.join(f'{split}/' for split in SPLITS)} folder of {self.name} sequences"
+            )
+        return sorted(
+            f"{split}/{folder.name}"
+            for split in SPLITS
+            if (self.root / split).is_dir()
+            for folder in (self.root / split).iterdir()
+            if folder.is_dir() and not folder.name.startswith(".")
+        )
+
+    def folder(self, name: str) -> Path:
+        """The folder of scene ``name``; ValueError naming the expected form when there is no such scene."""
+        if name not in self.scene_names():
+            raise ValueError(
+                f"name: no {self.name} sequence {name!r} under {self.root} (expected '<split>/<sequence>')"
+            )
+        return self.root / name
+
+    def split_of(self, name: str) -> str:
+        """The split folder the sequence is in."""
+        return self.folder(name).parent.name

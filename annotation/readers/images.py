@@ -50,6 +50,11 @@ def check_size(path: str | Path, image: np.ndarray, size: tuple[int, int]) -> np
     return image
 
 
+def stack_maps(maps: Sequence[np.ndarray], size: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """Per-frame maps ``[H, W, ...]`` stacked as ``[t, H, W, ...]``; no maps give an empty ``[0, H, W]`` array."""
+    return np.stack(maps) if len(maps) else np.zeros((0, *size), dtype)
+
+
 def load_frames(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
     """Images that must all be ``size = (H, W)``, stacked as uint8 RGB ``[t, H, W, 3]``."""
     frames = [check_size(path, load_image(path), size) for path in paths]

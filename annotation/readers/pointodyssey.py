@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from annotation.errors import InputError
-from annotation.readers.base import SPLITS, Reader, Scene
-from annotation.readers.images import check_size, load_frames, load_image, load_png16
+from annotation.readers.base import ImageFileScene, SplitFolderReader
+from annotation.readers.images import check_size, load_frames, load_image, load_png16, stack_maps
 from d4s.geometry.cameras import check_c2w, check_intrinsics, rigid_inverse
 
 FPS = 30.0
@@ -134,7 +134,7 @@ class _Tracks:
     valid: np.ndarray
 
 
-class PointOdysseyScene(Scene):
+class PointOdysseyScene(ImageFileScene):
     """One PointOdyssey sequence (see the module doc for files and conventions).
 
     Dynamic masks: the masks hold instance colours without a dynamic flag, so the flag is derived once per
@@ -179,19 +179,11 @@ class PointOdysseyScene(Scene):
     def _mask_path(self, t: int) -> Path:
         return self.folder / "masks" / f"mask_{t:05d}.png"
 
-    @property
-    def _size(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    def frames(self, indices: Sequence[int]) -> np.ndarray:
-        """RGB frames ``[t, H, W, 3]`` uint8."""
-        return load_frames([self._rgb_path(t) for t in indices], self._size)
-
     def depth(self, indices: Sequence[int]) -> np.ndarray:
         """z-depth ``[t, H, W]`` float32 metres decoded from PNG16 (``v * 1000 / 65535``; 0 stays 0 = invalid)."""
         paths = [self._depth_path(t) for t in indices]
-        raw = [check_size(path, load_png16(path), self._size) for path in paths]
-        raw = np.stack(raw) if raw else np.zeros((0, *self._size), np.uint16)
+        raw = [check_size(path, load_png16(path), self.size) for path in paths]
+        raw = stack_maps(raw, self.size, np.uint16)
         return raw.astype(np.float32) * np.float32(DEPTH_SCALE)
 
     @cached_property
@@ -212,7 +204,7 @@ class PointOdysseyScene(Scene):
 
     def _votes(self, t: int, moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Instance colours under the visible, valid tracks of frame ``t`` ``[k]`` and whether each track moves."""
-        ids = colour_ids(load_frames([self._mask_path(t)], self._size)[0])
+        ids = colour_ids(load_frames([self._mask_path(t)], self.size)[0])
         uv = self._tracks.uv[t].astype(np.float32)
         on = self._tracks.visible[t] & self._tracks.valid[t] & np.isfinite(uv).all(-1)
         on[on] = (uv[on] >= 0).all(-1) & (uv[on, 0] < self.width) & (uv[on, 1] < self.height)
@@ -233,11 +225,11 @@ class PointOdysseyScene(Scene):
 
     def dynamic_mask(self, indices: Sequence[int]) -> np.ndarray:
         """``[t, H, W]`` bool: pixels whose instance colour is dynamic (see the class docstring)."""
-        masks = load_frames([self._mask_path(t) for t in indices], self._size)
+        masks = load_frames([self._mask_path(t) for t in indices], self.size)
         return np.isin(colour_ids(masks), self._dynamic_colours)
 
 
-class PointOdysseyReader(Reader):
+class PointOdysseyReader(SplitFolderReader):
     """PointOdyssey sequences under ``root/{train,val,test}/``.
 
     Args:
@@ -260,27 +252,6 @@ class PointOdysseyReader(Reader):
         self.motion_threshold = motion_threshold
         self.moving_fraction = moving_fraction
 
-    def scene_names(self) -> list[str]:
-        """``"<split>/<seq>"`` for every sequence folder, sorted."""
-        if not any((self.root / split).is_dir() for split in SPLITS):
-            raise InputError(self.root, "no train/, val/ or test/ folder of PointOdyssey sequences")
-        return sorted(
-            f"{split}/{folder.name}"
-            for split in SPLITS
-            if (self.root / split).is_dir()
-            for folder in (self.root / split).iterdir()
-            if folder.is_dir() and not folder.name.startswith(".")
-        )
-
-    def _folder(self, name: str) -> Path:
-        if name not in self.scene_names():
-            raise ValueError(f"name: no PointOdyssey sequence {name!r} under {self.root} (expected '<split>/<seq>')")
-        return self.root / name
-
-    def split_of(self, name: str) -> str:
-        """The split folder the sequence is in."""
-        return self._folder(name).parent.name
-
     def open_scene(self, name: str) -> PointOdysseyScene:
         """Read the sequence's cameras from ``anno.npz`` (tracks and frames are read lazily)."""
-        return PointOdysseyScene(self._folder(name), name, self.motion_threshold, self.moving_fraction)
+        return PointOdysseyScene(self.folder(name), name, self.motion_threshold, self.moving_fraction)

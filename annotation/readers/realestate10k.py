@@ -27,13 +27,11 @@ import numpy as np
 
 from annotation.errors import InputError
 from annotation.readers.base import Reader, Scene
-from annotation.readers.images import load_frames, load_image
+from annotation.readers.frames import open_frames
 from d4s.geometry.cameras import rigid_inverse
 from d4s.geometry.trajectories import RealEstate10KCameras, parse_realestate10k_cameras
-from d4s.utils.video import read_video
 
 SPLITS = ("train", "test")
-IMAGE_SUFFIXES = (".png", ".jpg")
 LICENCE = "CC-BY-4.0 (cameras); frames from YouTube, see the dataset's terms"
 
 
@@ -55,54 +53,6 @@ def read_cameras(path: Path) -> RealEstate10KCameras:
     return cameras
 
 
-class _ImageFolder:
-    """Frames stored as ``<folder>/<timestamp>.png`` (or ``.jpg``), one per camera line."""
-
-    def __init__(self, folder: Path, timestamps_us: Sequence[int]):
-        self.paths = [self._find(folder, timestamp) for timestamp in timestamps_us]
-        self.size = load_image(self.paths[0]).shape[:2]
-
-    @staticmethod
-    def _find(folder: Path, timestamp: int) -> Path:
-        for suffix in IMAGE_SUFFIXES:
-            path = folder / f"{timestamp}{suffix}"
-            if path.is_file():
-                return path
-        looked_for = ", ".join(IMAGE_SUFFIXES)
-        raise InputError(folder / f"{timestamp}.png", f"frame image is missing (looked for {looked_for})")
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 RGB ``[t, H, W, 3]``."""
-        return load_frames([self.paths[i] for i in indices], self.size)
-
-
-class _Video:
-    """Frames of one video file, decoded once and kept; frame ``i`` belongs to camera line ``i``."""
-
-    def __init__(self, path: Path, num_frames: int):
-        try:
-            self.frames = read_video(path)
-        except ValueError as error:
-            raise InputError(path, str(error).removeprefix(f"{path}: ")) from error
-        if len(self.frames) != num_frames:
-            raise InputError(path, f"video holds {len(self.frames)} frames, the camera file {num_frames} (truncated?)")
-        self.size = self.frames.shape[1:3]
-
-    def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 RGB ``[t, H, W, 3]``."""
-        return self.frames[np.asarray(indices, dtype=np.int64)]
-
-
-def open_frames(frames_root: Path, clip_id: str, timestamps_us: Sequence[int]) -> _ImageFolder | _Video:
-    """The clip's frame folder if there is one, else its video; InputError when it has neither."""
-    folder, video = frames_root / clip_id, frames_root / f"{clip_id}.mp4"
-    if folder.is_dir():
-        return _ImageFolder(folder, timestamps_us)
-    if video.is_file():
-        return _Video(video, len(timestamps_us))
-    raise InputError(folder, f"no frames for clip {clip_id!r}: expected this folder or the video {video.name}")
-
-
 class RealEstate10KScene(Scene):
     """One RealEstate10K clip: cameras from its text file, frames from a folder or a video (see module doc)."""
 
@@ -113,7 +63,8 @@ class RealEstate10KScene(Scene):
     def __init__(self, clip_id: str, camera_file: Path, frames_root: Path):
         cameras = read_cameras(camera_file)
         self.name = clip_id
-        self._frames = open_frames(frames_root, clip_id, cameras.timestamps_us.tolist())
+        stems = [str(timestamp) for timestamp in cameras.timestamps_us.tolist()]
+        self._frames = open_frames(frames_root, clip_id, stems, expected_from="the camera file")
         self.height, self.width = (int(n) for n in self._frames.size)
         self.timestamps = cameras.timestamps_us.numpy() / 1e6
         self.fps = float(1.0 / np.median(np.diff(self.timestamps)))

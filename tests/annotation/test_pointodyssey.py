@@ -120,7 +120,7 @@ def test_listing_and_splits(tmp_path):
     assert [reader.split_of(n) for n in reader.scene_names()] == ["test", "train", "val"]
     with pytest.raises(ValueError, match="train/zzz"):
         reader.split_of("train/zzz")
-    with pytest.raises(InputError, match="no train/, val/ or test/"):
+    with pytest.raises(InputError, match="no train/, val/, test/ folder of pointodyssey"):
         PointOdysseyReader(tmp_path / "elsewhere").scene_names()
 
 
