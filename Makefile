@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 DATASET ?= toy4d
 ROOT ?=
 OUT ?= data/$(DATASET)
+ANNOTATE_ARGS ?=
 EVAL_CONFIG ?= configs/tiny/eval.yaml
 CKPT ?=
 RUN ?=
@@ -44,8 +45,8 @@ bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, train
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/demo.py
 
-annotate: $(STAMP)  ## annotate a dataset into shards: make annotate DATASET=realestate10k ROOT=/data/re10k OUT=shards/re10k
-	$(BIN)/python -m annotation --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) --out $(OUT)
+annotate: $(STAMP)  ## annotate a dataset into shards: make annotate DATASET=tartanair ROOT=/data/tartanair OUT=shards/tartanair [ANNOTATE_ARGS="--set clips.stride=25"]
+	$(BIN)/python -m annotation --dataset $(DATASET) $(if $(ROOT),--root $(ROOT)) --out $(OUT) $(ANNOTATE_ARGS)
 
 eval: $(STAMP)  ## evaluate a checkpoint (paper protocol): make eval [EVAL_CONFIG=configs/eval.yaml] [CKPT=...] [RUN=eval/<run>]
 	$(BIN)/python -m d4s.eval --config $(EVAL_CONFIG) $(if $(CKPT),--ckpt $(CKPT)) $(if $(RUN),--out $(RUN))
