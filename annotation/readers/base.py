@@ -63,7 +63,8 @@ class Scene(ABC):
 
     def tracks(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """3D tracks over the frames: ``xyz [N, t, 3]`` world metres, ``visible [N, t]`` bool; only when
-        ``has_tracks``. Tracks that are non-finite in any of these frames are left out."""
+        ``has_tracks``. A position may be non-finite only where the track is not visible (the shard schema's rule:
+        a dataset need not know where a hidden point is)."""
         raise NotImplementedError(f"{self.dataset} has no tracks")
 
 
@@ -83,6 +84,13 @@ class ImageFileScene(Scene):
     def frames(self, indices: Sequence[int]) -> np.ndarray:
         """RGB frames ``[t, H, W, 3]`` uint8."""
         return load_frames([self._rgb_path(t) for t in indices], self.size)
+
+    def _require_frame_files(self, listed_by: str) -> None:
+        """Raise InputError naming the first of the ``num_frames`` frame images that is missing; ``listed_by``
+        names the file that lists the frames (for the message)."""
+        missing = next((path for path in map(self._rgb_path, range(self.num_frames)) if not path.is_file()), None)
+        if missing is not None:
+            raise InputError(missing, f"frame image is missing ({listed_by} lists {self.num_frames} frames)")
 
 
 class Reader(ABC):
@@ -130,7 +138,8 @@ class SplitFolderReader(Reader):
 
     def folder(self, name: str) -> Path:
         """The folder of scene ``name``; ValueError naming the expected form when there is no such scene."""
-        if name not in self.scene_names():
+        split, _, sequence = name.partition("/")
+        if split not in SPLITS or not sequence or "/" in sequence or not (self.root / name).is_dir():
             raise ValueError(
                 f"name: no {self.name} sequence {name!r} under {self.root} (expected '<split>/<sequence>')"
             )

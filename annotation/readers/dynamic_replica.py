@@ -19,7 +19,9 @@ Tracks (unverified key names, DATASETS.md): ``trajectories/<frame_number:06d>.pt
 is a ``torch.save`` dict with ``traj_3d_world [N,3]`` float world points and ``verts_inds_vis [N]`` bool; the
 same N mesh vertices in every frame. Only the left camera has them, so only its scenes declare ``has_tracks``.
 
-Conversion, done once when a scene is opened:
+Reading: a split's annotation file is read when a scene of that split is first listed or opened, and each
+entry is checked and parsed then; the reader keeps only each scene's stacked arrays (:class:`SceneAnnotations`),
+not the JSON objects. Conversion, done once when a scene is opened:
 
 - Poses: PyTorch3D row-vector convention ``X_cam = X_world R + T`` with camera axes +X left, +Y up, +Z forward.
   Negating columns 0, 1 of ``R`` and entries 0, 1 of ``T`` gives the OpenCV axes (x right, y down); the
@@ -158,6 +160,80 @@ class FrameAnnotation:
         )
 
 
+@dataclass(frozen=True)
+class SceneAnnotations:
+    """The parsed frame annotations of one sequence and camera, stacked in file order: what the reader keeps per
+    scene instead of the annotation file's JSON objects (a few hundred bytes a frame). Fields as in
+    :class:`FrameAnnotation`, with a leading frame axis; paths as strings relative to the split folder."""
+
+    numbers: np.ndarray  # [T] int64
+    timestamps: np.ndarray  # [T] float64
+    sizes: np.ndarray  # [T, 2] int64, (H, W)
+    images: tuple[str, ...]
+    depths: tuple[str, ...]
+    R: np.ndarray  # [T, 3, 3]
+    T: np.ndarray  # [T, 3]
+    focal: np.ndarray  # [T, 2]
+    principal: np.ndarray  # [T, 2]
+
+    @classmethod
+    def stack(cls, frames: Sequence[FrameAnnotation]) -> SceneAnnotations:
+        return cls(
+            numbers=np.array([f.number for f in frames], np.int64),
+            timestamps=np.array([f.timestamp for f in frames], np.float64),
+            sizes=np.array([f.size for f in frames], np.int64).reshape(-1, 2),
+            images=tuple(str(f.image) for f in frames),
+            depths=tuple(str(f.depth) for f in frames),
+            R=np.stack([f.R for f in frames]),
+            T=np.stack([f.T for f in frames]),
+            focal=np.stack([f.focal for f in frames]),
+            principal=np.stack([f.principal for f in frames]),
+        )
+
+    def frames(self) -> list[FrameAnnotation]:
+        """The per-frame records back, in file order."""
+        return [
+            FrameAnnotation(
+                number=int(self.numbers[i]),
+                timestamp=float(self.timestamps[i]),
+                image=Path(self.images[i]),
+                size=(int(self.sizes[i, 0]), int(self.sizes[i, 1])),
+                depth=Path(self.depths[i]),
+                R=self.R[i],
+                T=self.T[i],
+                focal=self.focal[i],
+                principal=self.principal[i],
+            )
+            for i in range(len(self.numbers))
+        ]
+
+
+def index_split(path: Path, folder: str) -> dict[str, SceneAnnotations | InputError]:
+    """Scene name -> its parsed annotations, from the split's annotation file ``path``.
+
+    A missing ``sequence_name`` or ``camera_name``, or an unknown camera, is raised here (the entry cannot be
+    placed). Any other bad entry makes its scene an InputError naming the file, entry and key, raised when that
+    scene is opened, so that the rest of the split stays usable. The JSON objects are dropped as they are parsed.
+    """
+    entries: list[Any] = read_annotations(path)
+    groups: dict[str, list[FrameAnnotation]] = defaultdict(list)
+    errors: dict[str, InputError] = {}
+    for i, entry in enumerate(entries):
+        entries[i] = None  # release the JSON object once parsed
+        sequence, camera = _field(path, i, entry, "sequence_name"), _field(path, i, entry, "camera_name")
+        if camera not in CAMERAS:
+            raise InputError(path, f"frame annotation {i}: camera_name {camera!r}, expected one of {CAMERAS}")
+        name = f"{folder}/{sequence}_{camera}"
+        if name in errors:
+            continue
+        try:
+            groups[name].append(FrameAnnotation.parse(path, i, entry))
+        except InputError as error:
+            errors[name] = InputError(error.path, error.reason)  # a fresh one: no traceback holding the entries
+            groups.pop(name, None)
+    return {**{name: SceneAnnotations.stack(frames) for name, frames in groups.items()}, **errors}
+
+
 def intrinsics_from_ndc(focal: np.ndarray, principal: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Pixel ``K [3,3]`` float64 from ``ndc_isotropic`` ``focal [2]`` and ``principal [2]`` for ``size = (H, W)``."""
     height, width = size
@@ -208,9 +284,7 @@ class DynamicReplicaScene(ImageFileScene):
             raise InputError(anno_path, f"{name}: frame_timestamp must increase over at least two frames")
         self.fps = float(1.0 / np.median(steps))
         self.K, self.c2w = self._cameras(anno_path)
-        missing = next((path for path in map(self._rgb_path, range(self.num_frames)) if not path.is_file()), None)
-        if missing is not None:
-            raise InputError(missing, f"frame image is missing ({anno_path.name} lists {self.num_frames} frames)")
+        self._require_frame_files(anno_path.name)
 
     def _cameras(self, anno_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """``K [T,3,3]`` pixels and OpenCV ``c2w [T,4,4]``, both float32, checked."""
@@ -308,45 +382,46 @@ class DynamicReplicaReader(Reader):
         super().__init__(root)
         if self.root is None:
             raise ValueError("root: Dynamic Replica needs the folder that holds train/, valid/ and test/")
+        self._splits: dict[str, dict[str, SceneAnnotations | InputError]] = {}  # split folder -> scenes, lazily
 
     @cached_property
-    def _index(self) -> dict[str, tuple[str, list[tuple[int, dict]]]]:
-        """Scene name -> (split folder, its ``(entry index, entry)`` pairs), from every split's annotation file."""
+    def _folders(self) -> list[str]:
+        """The split folders present under the root."""
         folders = [folder for folder in SPLIT_FOLDERS if (self.root / folder).is_dir()]
         if not folders:
             raise InputError(self.root, "no train/, valid/ or test/ folder of Dynamic Replica sequences")
-        index: dict[str, tuple[str, list[tuple[int, dict]]]] = {}
-        for folder in folders:
-            path = annotation_path(self.root / folder)
-            groups: dict[str, list[tuple[int, dict]]] = defaultdict(list)
-            for i, entry in enumerate(read_annotations(path)):
-                sequence, camera = _field(path, i, entry, "sequence_name"), _field(path, i, entry, "camera_name")
-                if camera not in CAMERAS:
-                    raise InputError(path, f"frame annotation {i}: camera_name {camera!r}, expected one of {CAMERAS}")
-                groups[f"{folder}/{sequence}_{camera}"].append((i, entry))
-            index.update({name: (folder, entries) for name, entries in groups.items()})
-        return index
+        return folders
+
+    def _split(self, folder: str) -> dict[str, SceneAnnotations | InputError]:
+        """The scenes of one split folder, its annotation file read on first use (only compact arrays are kept)."""
+        if folder not in self._splits:
+            self._splits[folder] = index_split(annotation_path(self.root / folder), folder)
+        return self._splits[folder]
 
     def scene_names(self) -> list[str]:
         """``"<split folder>/<seq>_<camera>"`` for every sequence and camera in the annotation files, sorted."""
-        return sorted(self._index)
+        return sorted(name for folder in self._folders for name in self._split(folder))
 
-    def _lookup(self, name: str) -> tuple[str, list[tuple[int, dict]]]:
-        if name not in self._index:
+    def _lookup(self, name: str) -> SceneAnnotations | InputError:
+        """The scene's annotations (or the InputError of its bad entry); reads only its split's file."""
+        folder = name.partition("/")[0]
+        scenes = self._split(folder) if folder in self._folders else {}
+        if name not in scenes:
             raise ValueError(
                 f"name: no Dynamic Replica scene {name!r} under {self.root} (expected '<split>/<seq>_left')"
             )
-        return self._index[name]
+        return scenes[name]
 
     def split_of(self, name: str) -> str:
         """``train``, ``val`` (the ``valid`` folder) or ``test``."""
-        return SPLIT_FOLDERS[self._lookup(name)[0]]
+        self._lookup(name)
+        return SPLIT_FOLDERS[name.partition("/")[0]]
 
     def open_scene(self, name: str) -> DynamicReplicaScene:
-        """Parse and convert the scene's frame annotations (images, depth and tracks are read lazily)."""
-        folder, entries = self._lookup(name)
-        split_dir = self.root / folder
-        path = annotation_path(split_dir)
-        frames = [FrameAnnotation.parse(path, i, entry) for i, entry in entries]
+        """Convert the scene's parsed frame annotations (images, depth and tracks are read lazily)."""
+        annotations = self._lookup(name)
+        if isinstance(annotations, InputError):
+            raise InputError(annotations.path, annotations.reason)
+        split_dir = self.root / name.partition("/")[0]
         cls = DynamicReplicaLeftScene if name.endswith(f"_{TRACK_CAMERA}") else DynamicReplicaScene
-        return cls(split_dir, name, frames, path)
+        return cls(split_dir, name, annotations.frames(), annotation_path(split_dir))

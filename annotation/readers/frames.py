@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import av
 import numpy as np
 
 from annotation.errors import InputError
 from annotation.readers.images import load_frames, load_image
-from d4s.utils.video import read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg")
 
@@ -48,21 +48,91 @@ class ImageFolder:
 
 
 class VideoFrames:
-    """Frames of one video file, decoded once and kept; it must hold exactly ``num_frames`` frames."""
+    """Frames of one video file, decoded lazily with PyAV: it must hold exactly ``num_frames`` frames.
+
+    Opening reads the container's metadata and decodes only the first frame (for ``size = (H, W)``); ``read``
+    decodes forward from where the last read stopped, so windows read in increasing order cost one pass over the
+    video, and keeps only the frames from the smallest index of the latest request on (at most one window's span of
+    ``[H, W, 3]`` uint8 frames is held, never the whole video). A request for a frame the decoder has passed and no
+    longer holds restarts decoding from frame 0.
+
+    Length check: when the container states a frame count (mp4 does) that differs from ``num_frames``, opening
+    raises InputError; when it states none, a video that is too short raises InputError naming the file when a
+    missing frame is first asked for, and a longer one is not detected. A file that cannot be opened, holds no
+    video or fails to decode (truncated, corrupt) raises InputError naming it, at open or at the read that meets
+    the damage.
+    """
 
     def __init__(self, path: Path, num_frames: int, expected_from: str):
-        try:
-            self.frames = read_video(path)
-        except ValueError as error:
-            raise InputError(path, str(error).removeprefix(f"{path}: ")) from error
-        if len(self.frames) != num_frames:
-            raise InputError(path, f"video holds {len(self.frames)} frames, {expected_from} {num_frames} (truncated?)")
         self.source = path
-        self.size = self.frames.shape[1:3]
+        self.num_frames = num_frames
+        self._expected_from = expected_from
+        self._container = None
+        self._decoder = None
+        self._next = 0  # index of the frame the decoder yields next
+        self._held: dict[int, np.ndarray] = {}  # decoded frames kept for the next request, by index
+        self._start()
+        stated = self._container.streams.video[0].frames
+        if stated and stated != num_frames:
+            self._wrong_length(stated)
+        self.size = self._decode_until(0)[0].shape[:2]
+
+    def _error(self, reason: str) -> InputError:
+        return InputError(self.source, reason)
+
+    def _wrong_length(self, count: int):
+        self.close()
+        raise self._error(f"video holds {count} frames, {self._expected_from} {self.num_frames} (truncated?)")
+
+    def _start(self) -> None:
+        """(Re)open the container and position the decoder at frame 0."""
+        self.close()
+        try:
+            self._container = av.open(str(self.source))
+        except av.error.FFmpegError as error:
+            raise self._error(f"cannot decode video ({error})") from error
+        if not self._container.streams.video:
+            self.close()
+            raise self._error("the file holds no video stream")
+        self._decoder = self._container.decode(video=0)
+        self._next = 0
+
+    def _decode_until(self, last: int) -> dict[int, np.ndarray]:
+        """Decode forward through frame ``last``, adding every frame decoded to ``self._held``; returns it."""
+        while self._next <= last:
+            try:
+                frame = next(self._decoder)
+            except StopIteration:
+                self._wrong_length(self._next)
+            except (av.error.FFmpegError, IndexError) as error:
+                self.close()
+                raise self._error(f"cannot decode video ({error})") from error
+            self._held[self._next] = frame.to_ndarray(format="rgb24")
+            self._next += 1
+        return self._held
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 RGB ``[t, H, W, 3]``."""
-        return self.frames[np.asarray(indices, dtype=np.int64)]
+        """uint8 RGB ``[t, H, W, 3]`` for frame ``indices`` (each in ``[0, num_frames)``, any order)."""
+        indices = [int(i) for i in indices]
+        if not indices or min(indices) < 0 or max(indices) >= self.num_frames:
+            raise IndexError(f"frame indices must be non-empty and in [0, {self.num_frames}), got {indices}")
+        first = min(indices)
+        missing = [i for i in indices if i not in self._held]
+        if any(i < self._next for i in missing) or (missing and self._decoder is None):
+            self._held.clear()  # a frame already passed and dropped (or the file closed): start again from frame 0
+            self._start()
+        self._held = {i: f for i, f in self._held.items() if i >= first}
+        held = self._decode_until(max(indices))
+        frames = np.stack([held[i] for i in indices])
+        if self.num_frames - 1 in held:
+            self.close()  # every frame has been decoded: nothing more to read from the file
+        return frames
+
+    def close(self) -> None:
+        """Release the open file (a later ``read`` reopens it)."""
+        if self._container is not None:
+            self._container.close()
+        self._container = self._decoder = None
 
 
 def open_frames(

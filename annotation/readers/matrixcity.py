@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,7 +58,7 @@ import torch
 from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, Reader
 from annotation.readers.images import check_size, load_image, stack_maps
-from d4s.geometry.cameras import check_c2w
+from d4s.geometry.cameras import check_c2w, intrinsics_from_fov
 
 LICENCE = "CC-BY-NC-4.0"
 NOMINAL_FPS = 10.0  # frames are path samples, not video: a nominal rate for timestamps and clip metadata
@@ -117,7 +118,7 @@ def read_transforms(path: Path) -> tuple[float, list[str], np.ndarray]:
         if matrix.shape != (4, 4):
             raise InputError(path, f"frames[{i}].rot_mat: expected a 4x4 matrix, got shape {list(matrix.shape)}")
         matrices.append(matrix)
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    duplicates = sorted(stem for stem, count in Counter(stems).items() if count > 1)
     if duplicates:
         raise InputError(path, f"frames: frame {duplicates[0]} is listed more than once")
     order = sorted(range(len(stems)), key=lambda i: int(stems[i]))
@@ -196,9 +197,7 @@ class MatrixCityScene(ImageFileScene):
         angle, self._stems, rot_mat = read_transforms(transforms)
         self.c2w = opencv_c2w(transforms, rot_mat)
         self.timestamps = np.arange(len(self._stems)) / NOMINAL_FPS
-        missing = next((path for path in map(self._rgb_path, range(self.num_frames)) if not path.is_file()), None)
-        if missing is not None:
-            raise InputError(missing, f"frame image is missing (transforms.json lists {self.num_frames} frames)")
+        self._require_frame_files("transforms.json")
         if not depth_folder.is_dir():
             raise InputError(
                 depth_folder,
@@ -206,8 +205,7 @@ class MatrixCityScene(ImageFileScene):
                 "set reader.depth_root to the folder that holds <city>_depth/)",
             )
         self.height, self.width = load_image(self._rgb_path(0)).shape[:2]
-        focal = 0.5 * self.width / math.tan(0.5 * angle)
-        K = np.array([[focal, 0.0, self.width / 2], [0.0, focal, self.height / 2], [0.0, 0.0, 1.0]], np.float32)
+        K = intrinsics_from_fov(self.width, self.height, math.degrees(angle)).numpy()
         self.K = np.tile(K, (self.num_frames, 1, 1))
 
     def _rgb_path(self, t: int) -> Path:

@@ -20,7 +20,7 @@ Scenes (names relative to ``train/``):
   that time step's (``12 / 15`` s) and its ``fps`` stays the source's 15, which has no meaning across views. A
   clip window needs ``clips.frames_per_clip <= 10`` to fit one.
 
-Conversion, done once when a scene is opened:
+Conversion, done when a scene is opened (the camera file once per scene folder, kept for the next scenes):
 
 - ``c2w``: transpose the stored matrix, take its camera axes to OpenCV (x = Unreal Y right, y = -Unreal Z down,
   z = Unreal X forward), negate the world Y axis (the world becomes X forward, Y **left**, Z up: right-handed) and
@@ -29,7 +29,8 @@ Conversion, done once when a scene is opened:
   (finite, orthonormal within 1e-3, det +1). Points keep their pixels: a point ``(X, Y, Z)`` cm in the Unreal
   world is ``(X, -Y, Z) / 100`` m in the converted world.
 - ``K`` (**unverified**, DATASETS.md): fx = fy = f_mm / 23.76 * W for the 23.76 mm square sensor, principal point
-  at the image centre ``(W / 2, H / 2)`` (pixel centres at +0.5), with ``W`` and ``H`` those of the decoded
+  at the image centre ``(W / 2, H / 2)`` (pixel centres at +0.5), i.e. :func:`d4s.geometry.intrinsics_from_fov`
+  of the horizontal FoV ``2 atan(23.76 / (2 f_mm))``, with ``W`` and ``H`` those of the decoded
   frames, which must be square. Only the released focal lengths 18, 24, 35 and 50 mm are accepted.
 - Frames: RGB uint8 decoded with :func:`d4s.utils.video.read_video`. The JSON must hold exactly
   ``frames_per_video`` (81) frames of exactly the ten cameras; a video shorter than the frames asked for is an
@@ -43,7 +44,9 @@ Fab and Mixamo, whose own terms are not restated there.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +55,7 @@ import torch
 
 from annotation.errors import InputError
 from annotation.readers.base import Reader, Scene
-from d4s.geometry.cameras import check_c2w
+from d4s.geometry import check_c2w, intrinsics_from_fov
 from d4s.utils.video import read_video
 
 FPS = 15.0
@@ -61,6 +64,7 @@ CAMERAS = tuple(f"cam{i:02d}" for i in range(1, 11))
 FOCAL_LENGTHS_MM = (18.0, 24.0, 35.0, 50.0)  # the released f<mm>_aperture<N> folders
 SENSOR_MM = 23.76  # square sensor width = height (unverified, DATASETS.md)
 CM_TO_M = 0.01
+CACHED_CAMERA_FILES = 16  # converted camera files a reader keeps (10 + 81 scenes share one; ~52 KB each)
 LICENCE = "Apache-2.0 (dataset card); rendered from Fab and Mixamo assets"
 
 # Columns: the OpenCV camera axes x (right), y (down), z (forward) in Unreal camera axes (X forward, Y right, Z up).
@@ -90,9 +94,10 @@ def focal_length_mm(folder: Path) -> float:
 
 
 def pixel_intrinsics(focal_mm: float, width: int, height: int) -> np.ndarray:
-    """``[3, 3]`` float32 pixel intrinsics of the 23.76 mm square sensor: fx = fy = f_mm / 23.76 * W, centred."""
-    focal = focal_mm / SENSOR_MM * width
-    return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]], np.float32)
+    """``[3, 3]`` float32 pixel intrinsics of the 23.76 mm square sensor: fx = fy = f_mm / 23.76 * W, centred
+    (the horizontal FoV ``2 atan(23.76 / (2 f_mm))``)."""
+    fov_x = math.degrees(2.0 * math.atan(SENSOR_MM / (2.0 * focal_mm)))
+    return intrinsics_from_fov(width, height, fov_x).numpy()
 
 
 def parse_transform(path: Path, where: str, text: object) -> np.ndarray:
@@ -203,7 +208,8 @@ class MultiCamVideoScene(Scene):
             raise InputError(video, str(error).removeprefix(f"{video}: ")) from error
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:
-        """RGB frames ``[t, H, W, 3]`` uint8 (each video is decoded once per call, up to its last frame needed)."""
+        """RGB frames ``[t, H, W, 3]`` uint8 (each video is decoded once per call, from its first frame up to the
+        last one needed: :func:`read_video` does not seek)."""
         wanted = [self._views[i] for i in indices]
         per_video: dict[Path, list[int]] = {}
         for video, t in wanted:
@@ -239,6 +245,21 @@ class MultiCamVideoReader(Reader):
             raise ValueError(f"frames_per_video: expected a positive integer, got {frames_per_video!r}")
         self.multiview = multiview
         self.frames_per_video = frames_per_video
+        self._c2w_cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def _scene_c2w(self, folder: Path) -> np.ndarray:
+        """OpenCV poses ``[T, 10, 4, 4]`` of a scene folder's ten cameras, read, checked and converted once per
+        folder (the last :data:`CACHED_CAMERA_FILES` folders are kept); InputError naming the camera file."""
+        if folder in self._c2w_cache:
+            self._c2w_cache.move_to_end(folder)
+            return self._c2w_cache[folder]
+        camera_file = folder / "cameras" / "camera_extrinsics.json"
+        c2w = unreal_to_opencv(camera_file, read_extrinsics(camera_file, self.frames_per_video))
+        c2w.flags.writeable = False  # shared by the folder's scenes, which take copies
+        self._c2w_cache[folder] = c2w
+        if len(self._c2w_cache) > CACHED_CAMERA_FILES:
+            self._c2w_cache.popitem(last=False)
+        return c2w
 
     def _scene_folders(self) -> list[str]:
         train = self.root / "train"
@@ -280,16 +301,16 @@ class MultiCamVideoReader(Reader):
         return "train"
 
     def open_scene(self, name: str) -> MultiCamVideoScene:
-        """Read the scene folder's cameras (all ten, to check the file whole) and one frame for the size."""
+        """Read the scene folder's cameras (all ten, to check the file whole; cached per folder) and one frame for
+        the size."""
         folder, last = self._parse(name)
         focal_mm = focal_length_mm(folder.parent)
-        camera_file = folder / "cameras" / "camera_extrinsics.json"
-        c2w = unreal_to_opencv(camera_file, read_extrinsics(camera_file, self.frames_per_video))  # [T, 10, 4, 4]
+        c2w = self._scene_c2w(folder)  # [T, 10, 4, 4]
         videos = [folder / "videos" / f"{camera}.mp4" for camera in CAMERAS]
         if last in CAMERAS:
             c = CAMERAS.index(last)
             views = [(videos[c], t) for t in range(self.frames_per_video)]
-            return MultiCamVideoScene(name, views, focal_mm, c2w[:, c], np.arange(self.frames_per_video) / FPS)
+            return MultiCamVideoScene(name, views, focal_mm, c2w[:, c].copy(), np.arange(self.frames_per_video) / FPS)
         t = int(last.removeprefix("frame"))
         views = [(video, t) for video in videos]
-        return MultiCamVideoScene(name, views, focal_mm, c2w[t], np.full(len(CAMERAS), t / FPS))
+        return MultiCamVideoScene(name, views, focal_mm, c2w[t].copy(), np.full(len(CAMERAS), t / FPS))

@@ -21,8 +21,6 @@ under CC BY-NC-SA 4.0; the code there is MIT, which is also what the Hugging Fac
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,70 +28,18 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, SplitFolderReader
 from annotation.readers.images import check_size, load_frames, load_image, load_png16, stack_maps
-from d4s.geometry.cameras import check_c2w, check_intrinsics, rigid_inverse
+from annotation.readers.native import cameras_from_w2c, read_npz_arrays
 
 FPS = 30.0
 DEPTH_SCALE = 1000.0 / 65535.0  # metres per PNG16 unit
 LICENCE = "CC-BY-NC-SA-4.0"
 _CAMERA_SHAPES = {"intrinsics": ("T", 3, 3), "extrinsics": ("T", 4, 4)}
 _TRACK_SHAPES = {"trajs_2d": ("T", "N", 2), "trajs_3d": ("T", "N", 3), "visibs": ("T", "N"), "valids": ("T", "N")}
+FLOAT16_ROTATION_ATOL = 1e-2  # orthonormality error of rotations stored as float16
 _TRACK_CHUNK = 4096  # tracks per step when measuring motion, to bound temporary memory
-
-
-def read_anno(path: Path, shapes: dict[str, tuple], num_frames: int | None = None) -> dict[str, np.ndarray]:
-    """The arrays ``shapes`` names from ``anno.npz``, as stored, with their shapes checked.
-
-    ``shapes`` maps a key to its shape, where ``"T"`` and ``"N"`` stand for sizes that must agree across keys
-    (``T`` must equal ``num_frames`` when that is given). Raises InputError naming the file.
-    """
-    if not path.is_file():
-        raise InputError(path, "annotation file is missing")
-    try:
-        with np.load(path, allow_pickle=False) as anno:
-            arrays = {key: anno[key] for key in shapes}
-    except KeyError as error:
-        raise InputError(path, f"missing array {error}") from error
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise InputError(path, f"cannot read ({error})") from error
-    sizes: dict[str, int] = {} if num_frames is None else {"T": num_frames}
-    for key, shape in shapes.items():
-        if not _shape_matches(arrays[key].shape, shape, sizes):
-            raise InputError(path, f"{key}: expected shape {list(shape)} where {sizes}, got {list(arrays[key].shape)}")
-    return arrays
-
-
-def _shape_matches(got: tuple[int, ...], want: tuple, sizes: dict[str, int]) -> bool:
-    """Whether ``got`` fits ``want``; a named size takes its first value in ``sizes`` and must keep it."""
-    if len(got) != len(want):
-        return False
-    for n, w in zip(got, want):
-        expected = sizes.setdefault(w, n) if isinstance(w, str) else w
-        if n != expected:
-            return False
-    return True
-
-
-def cameras_from_anno(path: Path, intrinsics: np.ndarray, extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``K [T,3,3]`` and OpenCV ``c2w [T,4,4]`` (both float32) from stored intrinsics and world-to-camera poses.
-
-    The rotations are checked (finite, orthonormal within the float16 storage error, det = +1), then replaced
-    by the nearest rotation before inversion. Raises InputError naming ``path``.
-    """
-    K = torch.from_numpy(intrinsics.astype(np.float64))
-    w2c = torch.from_numpy(extrinsics.astype(np.float64))
-    try:
-        check_intrinsics(K, "intrinsics")
-        check_c2w(w2c, "extrinsics (world-to-camera)", atol=1e-2)
-    except ValueError as error:
-        raise InputError(path, str(error)) from error
-    U, _, Vh = torch.linalg.svd(w2c[:, :3, :3])
-    w2c[:, :3, :3] = U @ Vh
-    return K.float().numpy(), rigid_inverse(w2c).float().numpy()
 
 
 def moving_tracks(xyz: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
@@ -158,12 +104,12 @@ class PointOdysseyScene(ImageFileScene):
         self.folder = folder
         self._motion_threshold = motion_threshold
         self._moving_fraction = moving_fraction
-        anno = read_anno(self._anno_path, _CAMERA_SHAPES)
-        self.K, self.c2w = cameras_from_anno(self._anno_path, anno["intrinsics"], anno["extrinsics"])
+        anno = read_npz_arrays(self._anno_path, _CAMERA_SHAPES)
+        self.K, self.c2w = cameras_from_w2c(
+            self._anno_path, anno["intrinsics"], anno["extrinsics"], atol=FLOAT16_ROTATION_ATOL
+        )
         self.timestamps = np.arange(len(self.c2w)) / FPS
-        missing = next((path for path in map(self._rgb_path, range(self.num_frames)) if not path.is_file()), None)
-        if missing is not None:
-            raise InputError(missing, f"frame image is missing (anno.npz has {self.num_frames} frames)")
+        self._require_frame_files("anno.npz")
         self.height, self.width = load_image(self._rgb_path(0)).shape[:2]
 
     @property
@@ -188,7 +134,7 @@ class PointOdysseyScene(ImageFileScene):
 
     @cached_property
     def _tracks(self) -> _Tracks:
-        anno = read_anno(self._anno_path, _TRACK_SHAPES, self.num_frames)
+        anno = read_npz_arrays(self._anno_path, _TRACK_SHAPES, self.num_frames)
         return _Tracks(anno["trajs_2d"], anno["trajs_3d"], anno["visibs"].astype(bool), anno["valids"].astype(bool))
 
     def tracks(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

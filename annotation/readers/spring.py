@@ -23,7 +23,7 @@ override it with the reader option ``fps``).
 
 Conversion, done once when a scene is opened: ``K`` is built from ``intrinsics.txt`` as stored (pixels of the
 frames returned); ``c2w`` is the inverse of the stored world-to-camera matrix after projecting its rotation onto
-the nearest rotation (:func:`annotation.readers.pointodyssey.cameras_from_anno`). Depth, read lazily per frame:
+the nearest rotation (:func:`annotation.readers.native.cameras_from_w2c`, orthonormal within 1e-4 before). Depth, read lazily per frame:
 the disparity is subsampled ``[::2, ::2]`` (shape checked to be exactly 2H x 2W), then
 ``depth = fx * 0.065 / disparity`` in float32 metres with that frame's fx; NaN, infinite, zero or negative
 disparity gives depth 0 (invalid). Spring has moving objects but no dynamic masks and no point tracks
@@ -46,44 +46,14 @@ import numpy as np
 from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, SplitFolderReader
 from annotation.readers.images import load_image, stack_maps
-from annotation.readers.pointodyssey import cameras_from_anno
+from annotation.readers.native import cameras_from_w2c, read_text_table
 
 SPLITS = ("train", "test")
 FPS = 60.0  # unverified, see the module doc
 BASELINE = 0.065  # metres between the left and right cameras (DATASETS.md)
 DISPARITY_KEY = "disparity"
+TEXT_ROTATION_ATOL = 1e-4  # orthonormality error allowed in the text extrinsics (rounded decimals)
 LICENCE = "CC-BY-4.0 (unconfirmed, see annotation/readers/spring.py)"
-
-
-def read_rows(path: Path, width: int, what: str) -> np.ndarray:
-    """The whitespace-separated numbers of a text file, ``width`` per non-empty line, as float64 ``[n, width]``.
-
-    ``what`` describes the expected line (for error messages). Raises InputError naming the file (and the line)
-    when it is missing or unreadable, empty, or a line has the wrong count of values or a non-finite value.
-    """
-    try:
-        text = path.read_text()
-    except FileNotFoundError as error:
-        raise InputError(path, "camera file is missing") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(path, f"cannot read ({error})") from error
-    rows = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != width:
-            raise InputError(path, f"line {line_no}: expected {width} values ({what}), got {len(fields)}")
-        try:
-            row = [float(field) for field in fields]
-        except ValueError as error:
-            raise InputError(path, f"line {line_no}: not a number ({error})") from error
-        if not np.isfinite(row).all():
-            raise InputError(path, f"line {line_no}: non-finite value")
-        rows.append(row)
-    if not rows:
-        raise InputError(path, f"no lines of {what}")
-    return np.array(rows, dtype=np.float64)
 
 
 def read_disparity(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -110,7 +80,7 @@ def read_disparity(path: Path, size: tuple[int, int]) -> np.ndarray:
                 )
             if not np.issubdtype(dataset.dtype, np.floating):
                 raise InputError(path, f"{DISPARITY_KEY!r} has dtype {dataset.dtype}, expected floating point")
-            return dataset[::2, ::2]
+            return dataset[()][::2, ::2]  # one contiguous read: strided HDF5 reads are twice as slow
     except OSError as error:
         raise InputError(path, f"cannot read as HDF5 ({error})") from error
 
@@ -138,8 +108,10 @@ class SpringScene(ImageFileScene):
         self.folder = folder
         self.fps = fps
         cam_data = folder / "cam_data"
-        intrinsics = read_rows(cam_data / "intrinsics.txt", 4, "fx fy cx cy")
-        w2c = read_rows(cam_data / "extrinsics.txt", 16, "a row-major 4x4 world-to-camera matrix").reshape(-1, 4, 4)
+        intrinsics = read_text_table(cam_data / "intrinsics.txt", 4, "fx fy cx cy")
+        w2c = read_text_table(cam_data / "extrinsics.txt", 16, "a row-major 4x4 world-to-camera matrix").reshape(
+            -1, 4, 4
+        )
         if len(intrinsics) != len(w2c):
             raise InputError(
                 cam_data / "intrinsics.txt", f"{len(intrinsics)} lines, but extrinsics.txt has {len(w2c)} frames"
@@ -150,7 +122,7 @@ class SpringScene(ImageFileScene):
         K = np.tile(np.eye(3), (len(w2c), 1, 1))
         K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2] = intrinsics.T
         self._fx = intrinsics[:, 0]
-        self.K, self.c2w = cameras_from_anno(cam_data / "extrinsics.txt", K, w2c)
+        self.K, self.c2w = cameras_from_w2c(cam_data / "extrinsics.txt", K, w2c, atol=TEXT_ROTATION_ATOL)
         self.timestamps = np.arange(len(w2c)) / fps
         self._check_files()
         self.height, self.width = load_image(self._rgb_path(0)).shape[:2]

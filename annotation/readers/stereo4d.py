@@ -57,7 +57,7 @@ import torch
 from annotation.errors import InputError
 from annotation.readers.base import Reader, Scene
 from annotation.readers.frames import open_frames
-from annotation.readers.pointodyssey import read_anno
+from annotation.readers.native import read_npz_arrays
 from d4s.geometry.cameras import check_c2w, intrinsics_from_fov
 
 SPLITS = ("train", "test")
@@ -88,12 +88,12 @@ _KINDS = {  # numpy dtype kinds accepted, and how to say so
 
 
 def read_clip(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a Stereo4D npz, with keys, shapes (:func:`~annotation.readers.pointodyssey.read_anno`) and
+    """Every array of a Stereo4D npz, with keys, shapes (:func:`~annotation.readers.native.read_npz_arrays`) and
     dtype kinds checked, and ``name`` checked against the file name (see the module doc).
 
     Raises InputError naming the file and what was expected.
     """
-    arrays = read_anno(path, _SHAPES)
+    arrays = read_npz_arrays(path, _SHAPES)
     for key, (kinds, what) in _KINDS.items():
         if arrays[key].dtype.kind not in kinds:
             raise InputError(path, f"{key}: expected {what}, got dtype {arrays[key].dtype}")

@@ -57,6 +57,7 @@ import torch
 from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, Reader
 from annotation.readers.images import load_image, stack_maps
+from annotation.readers.native import read_text_table
 from d4s.geometry import check_c2w, quat_to_rotmat, resize_intrinsics
 
 FPS = 10.0  # v2's documented rate; v1 states none (unverified)
@@ -71,36 +72,6 @@ QUATERNION_ATOL = 1e-3  # allowed | |q| - 1 | of a stored quaternion
 # Rows: OpenCV axes in NED coordinates (x_cv = y_ned, y_cv = z_ned, z_cv = x_ned).
 NED_TO_OPENCV = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 _TRAJECTORY = re.compile(r"P\d{3}")
-
-
-def read_pose_file(path: Path) -> np.ndarray:
-    """The pose lines of ``pose_<camera>.txt`` as float64 ``[T, 7]`` (``tx ty tz qx qy qz qw``), unconverted.
-
-    Blank lines are ignored. Raises InputError naming ``path`` when the file is missing or empty, or a line does
-    not hold exactly 7 finite numbers.
-    """
-    try:
-        text = path.read_text()
-    except FileNotFoundError as error:
-        raise InputError(path, "pose file is missing") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(path, f"cannot read pose file ({error})") from error
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            values = [float(v) for v in line.split()]
-        except ValueError as error:
-            raise InputError(path, f"line {number}: expected 7 numbers 'tx ty tz qx qy qz qw' ({error})") from error
-        if len(values) != 7:
-            raise InputError(path, f"line {number}: expected 7 numbers 'tx ty tz qx qy qz qw', got {len(values)}")
-        if not np.isfinite(values).all():
-            raise InputError(path, f"line {number}: non-finite value in {line.strip()!r}")
-        rows.append(values)
-    if not rows:
-        raise InputError(path, "pose file holds no poses (expected one 'tx ty tz qx qy qz qw' line per frame)")
-    return np.array(rows, dtype=np.float64)
 
 
 def c2w_from_ned_poses(path: Path, poses: np.ndarray) -> np.ndarray:
@@ -177,15 +148,13 @@ class TartanAirScene(ImageFileScene):
         self.fps = fps
         self._max_depth = max_depth
         pose_path = folder / f"pose_{camera}.txt"
-        self.c2w = c2w_from_ned_poses(pose_path, read_pose_file(pose_path))
+        self.c2w = c2w_from_ned_poses(pose_path, read_text_table(pose_path, 7, "tx ty tz qx qy qz qw"))
         self.timestamps = np.arange(len(self.c2w)) / fps
         images = folder / f"image_{camera}"
         count = len(list(images.glob(f"*_{camera}.png")))
         if count != self.num_frames:
             raise InputError(images, f"{count} '*_{camera}.png' frames, but {pose_path.name} has {self.num_frames}")
-        missing = next((path for path in map(self._rgb_path, range(self.num_frames)) if not path.is_file()), None)
-        if missing is not None:
-            raise InputError(missing, f"frame image is missing ({pose_path.name} has {self.num_frames} poses)")
+        self._require_frame_files(pose_path.name)
         self.height, self.width = load_image(self._rgb_path(0)).shape[:2]
         K = intrinsics_for(self._rgb_path(0), self.height, self.width)
         self.K = np.tile(K, (self.num_frames, 1, 1)).astype(np.float32)
@@ -275,7 +244,13 @@ class TartanAirReader(Reader):
         parts = name.split("/")
         camera = parts.pop() if len(parts) == 4 and parts[3] == "right" else "left"
         folder = self.root.joinpath(*parts)
-        if len(parts) != 3 or parts[1] not in LEVELS or camera not in self.cameras or not folder.is_dir():
+        if (
+            len(parts) != 3
+            or parts[1] not in LEVELS
+            or not _TRAJECTORY.fullmatch(parts[2])
+            or camera not in self.cameras
+            or not folder.is_dir()
+        ):
             raise ValueError(
                 f"name: no TartanAir scene {name!r} under {self.root} with cameras {self.cameras} "
                 "(expected '<ENV>/<Easy|Hard>/<P0xx>' or '.../<P0xx>/right')"

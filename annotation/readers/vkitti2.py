@@ -46,6 +46,7 @@ import torch
 from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, Reader
 from annotation.readers.images import check_size, load_image, load_png16, stack_maps
+from annotation.readers.native import read_text_table
 from d4s.geometry.cameras import check_c2w, check_intrinsics, rigid_inverse
 
 FPS = 10.0  # KITTI's camera rate; Virtual KITTI 2 stores frame numbers only
@@ -64,35 +65,6 @@ EXTRINSIC_HEADER = (
     "1",
 )
 _WORLD = re.compile(r"Scene\d\d")
-
-
-def read_table(path: Path, header: tuple[str, ...]) -> np.ndarray:
-    """The rows of a Virtual KITTI 2 text table as float64 ``[N, len(header)]``; the header must match exactly.
-
-    Raises InputError naming ``path`` when the file is missing, its header differs, or a row does not hold
-    ``len(header)`` numbers.
-    """
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError as error:
-        raise InputError(path, "camera file is missing") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(path, f"cannot read ({error})") from error
-    if not lines or tuple(lines[0].split()) != header:
-        got = lines[0] if lines else "an empty file"
-        raise InputError(path, f"expected the header {' '.join(header)!r}, got {got!r}")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            raise InputError(path, f"line {number}: expected {len(header)} fields, got {len(fields)}")
-        try:
-            rows.append([float(field) for field in fields])
-        except ValueError as error:
-            raise InputError(path, f"line {number}: not a number ({error})") from error
-    return np.array(rows, np.float64).reshape(-1, len(header))
 
 
 def camera_rows(path: Path, table: np.ndarray, camera: int) -> np.ndarray:
@@ -149,13 +121,19 @@ class VKITTI2Scene(ImageFileScene):
         self.camera = camera
         index = CAMERAS.index(camera)
         intrinsic_path, extrinsic_path = folder / "intrinsic.txt", folder / "extrinsic.txt"
-        intrinsic = camera_rows(intrinsic_path, read_table(intrinsic_path, INTRINSIC_HEADER), index)
-        extrinsic = camera_rows(extrinsic_path, read_table(extrinsic_path, EXTRINSIC_HEADER), index)
+        intrinsic = camera_rows(
+            intrinsic_path,
+            read_text_table(intrinsic_path, len(INTRINSIC_HEADER), "a camera row", INTRINSIC_HEADER),
+            index,
+        )
+        extrinsic = camera_rows(
+            extrinsic_path,
+            read_text_table(extrinsic_path, len(EXTRINSIC_HEADER), "a camera row", EXTRINSIC_HEADER),
+            index,
+        )
         self.K, self.c2w = cameras_from_tables(intrinsic_path, intrinsic, extrinsic_path, extrinsic)
         self.timestamps = np.arange(len(self.c2w)) / FPS
-        missing = next((path for path in map(self._rgb_path, range(self.num_frames)) if not path.is_file()), None)
-        if missing is not None:
-            raise InputError(missing, f"frame image is missing (the camera files list {self.num_frames} frames)")
+        self._require_frame_files("the camera files")
         self.height, self.width = load_image(self._rgb_path(0)).shape[:2]
 
     def _rgb_path(self, t: int) -> Path:

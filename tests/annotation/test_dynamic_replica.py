@@ -199,6 +199,19 @@ def test_listing_splits_and_scene_kinds(tmp_path):
         DynamicReplicaReader(tmp_path / "elsewhere").scene_names()
 
 
+def test_a_split_is_read_only_when_one_of_its_scenes_is_used(tmp_path):
+    for split in ("train", "valid"):
+        write_dataset(tmp_path, split)
+    broken = tmp_path / "valid" / "frame_annotations_valid.jgz"
+    broken.write_bytes(b"\x1f\x8b not gzip")
+    reader = DynamicReplicaReader(tmp_path)
+    assert reader.split_of(f"train/{SEQ}_right") == "train"
+    assert reader.open_scene(f"train/{SEQ}_left").num_frames == T  # valid/ is never read
+    with pytest.raises(InputError, match="cannot read gzipped JSON") as info:
+        reader.scene_names()
+    assert info.value.path == str(broken)
+
+
 @pytest.mark.parametrize("camera", ["left", "right"])
 def test_cameras_project_known_points_with_proper_rotations(dataset, camera):
     scene = open_scene(dataset, camera)
@@ -220,18 +233,12 @@ def test_cameras_project_known_points_with_proper_rotations(dataset, camera):
     uv, z = project_points(torch.from_numpy(points), torch.from_numpy(scene.c2w), torch.from_numpy(scene.K))
     np.testing.assert_allclose(uv.numpy(), native, atol=1e-3)
     assert (z > 0).all()
-
-
-def test_skipping_the_axis_flip_is_caught_by_projection(dataset):
-    """The widely used mistake (R_cv = R^T, t = T, no flip) mirrors projections: the check above would fail."""
-    R, T_ = dataset.R["left"], dataset.T["left"]
+    # the check discriminates: the widely used mistake (w2c = [R^T | T], no axis flip) misprojects every point
     wrong_w2c = np.tile(np.eye(4), (T, 1, 1))
     wrong_w2c[:, :3, :3], wrong_w2c[:, :3, 3] = R.transpose(0, 2, 1), T_
     wrong = torch.from_numpy(np.linalg.inv(wrong_w2c)).float()
-    points = dataset.tracks[0, 1:]
-    native = np.stack([native_project(points.astype(np.float64), R[t], T_[t]) for t in range(T)])
-    uv, _ = project_points(torch.from_numpy(points), wrong, torch.from_numpy(K_PX).float())
-    assert np.abs(uv.numpy() - native).max(axis=-1).min() > 1.0  # every point off by more than a pixel
+    uv_wrong, _ = project_points(torch.from_numpy(points), wrong, torch.from_numpy(scene.K))
+    assert (np.linalg.norm(uv_wrong.numpy() - native, axis=-1) > 1.0).all()
 
 
 def test_frames_are_rgb(dataset):
@@ -326,10 +333,13 @@ def test_bad_annotations_raise_naming_the_file_and_key(fresh, key, value, needle
     for entry in entries:
         edit_first_left(entry, key, value)
     write_annotations(fresh.split_dir, entries)
-    with pytest.raises(InputError, match=needle) as info:
-        open_scene(fresh)
-    assert info.value.path == str(fresh.split_dir / "frame_annotations_train.jgz")
-    open_scene(fresh, "right")  # the other camera is unaffected
+    reader = DynamicReplicaReader(fresh.root)
+    assert reader.scene_names() == [f"train/{SEQ}_left", f"train/{SEQ}_right"]  # listing still works
+    for _ in range(2):  # raised on every open, not only the first
+        with pytest.raises(InputError, match=needle) as info:
+            reader.open_scene(f"train/{SEQ}_left")
+        assert info.value.path == str(fresh.split_dir / "frame_annotations_train.jgz")
+    reader.open_scene(f"train/{SEQ}_right")  # the other camera is unaffected
 
 
 @pytest.mark.parametrize(

@@ -36,10 +36,11 @@ TARGET_CM = np.array([0.0, 0.0, 100.0])  # the character: 1 m above the origin o
 F_PX = FOCAL_MM / 23.76 * SIZE
 
 
-def unreal_look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Unreal camera axes ``[3, 3]`` (columns forward X, right Y, up Z in Unreal world coordinates), level roll."""
+def unreal_look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """Unreal camera axes ``[3, 3]`` (columns forward X, right Y, up Z in Unreal world coordinates), level roll
+    about the world direction ``up`` (Unreal Z by default; right = up x forward in the left-handed world)."""
     forward = (target - eye) / np.linalg.norm(target - eye)
-    right = np.cross([0.0, 0.0, 1.0], forward)
+    right = np.cross(up, forward)
     right /= np.linalg.norm(right)
     return np.stack([forward, right, np.cross(forward, right)], axis=1)
 
@@ -94,11 +95,15 @@ def write_scene(root: Path, folder: str = FOLDER, scene: str = "scene1") -> Fixt
     return Fixture(root, path, axes, eyes)
 
 
-def native_projection(points_cm: np.ndarray, axes: np.ndarray, eye: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels ``[N, 2]`` and forward distances ``[N]`` m of Unreal points by hand: u right along Y, v down along -Z."""
+def native_projection(
+    points_cm: np.ndarray, axes: np.ndarray, eye: np.ndarray, size: int = SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels ``[N, 2]`` and forward distances ``[N]`` m of Unreal points by hand in ``size x size`` frames of the
+    23.76 mm sensor: u right along Y, v down along -Z."""
     local = (points_cm - eye) @ axes  # (forward, right, up) cm
-    u = SIZE / 2 + F_PX * local[:, 1] / local[:, 0]
-    v = SIZE / 2 - F_PX * local[:, 2] / local[:, 0]
+    focal = FOCAL_MM / 23.76 * size
+    u = size / 2 + focal * local[:, 1] / local[:, 0]
+    v = size / 2 - focal * local[:, 2] / local[:, 0]
     return np.stack([u, v], axis=1), local[:, 0] / 100
 
 
@@ -182,6 +187,20 @@ def test_multiview_scene_is_ten_cameras_at_one_time(fixture):
     frames = scene.frames(range(10))
     for c in range(10):
         assert np.abs(frames[c].astype(int) - colour(c, t)).max() <= 3
+
+
+def test_camera_file_is_converted_once_per_folder(fixture):
+    multicam = reader(fixture, multiview=True)
+    first = multicam.open_scene(f"{FOLDER}/scene1/cam01")
+    first.c2w[:] = 0.0  # a scene's poses are its own copy
+    camera_file(fixture).write_text("{}")  # not read again: the folder's conversion is kept
+    np.testing.assert_allclose(
+        multicam.open_scene(f"{FOLDER}/scene1/frame1").c2w[0],
+        known_c2w(fixture.axes[1, 0], fixture.eyes[1, 0]),
+        atol=1e-6,
+    )
+    with pytest.raises(InputError, match="frame0 .. frame"):  # a new reader reads the file again, loudly
+        reader(fixture).open_scene(f"{FOLDER}/scene1/cam01")
 
 
 def camera_file(fixture: Fixture) -> Path:
@@ -287,30 +306,33 @@ E2E_T, TOY_SIZE, CROP = 10, 56, 4  # toy4d renders 56 px at 60 deg; the centred 
 MEGASAM_SCALE = 3.0  # unknown to the pipeline
 
 
-def unreal_string_from_opencv(c2w: np.ndarray) -> str:
-    """The native string of an OpenCV pose in the reader's world: Unreal axes forward = z, right = x, up = -y, in
-    the Unreal world (Y negated back), centimetres."""
-    axes = np.stack([c2w[:3, 2], c2w[:3, 0], -c2w[:3, 1]], axis=1) * [[1.0], [-1.0], [1.0]]
-    return transform_string(axes, c2w[:3, 3] * [1.0, -1.0, 1.0] * 100)
-
-
 def test_cameras_and_estimator_outputs_become_metric_shards(tmp_path):
+    """Native Unreal cameras (look-at in cm, left-handed world) in a toy4d room, which renders the frames and depth
+    from the OpenCV poses ``known_c2w`` derives from them; the shard's cameras must project Unreal points where the
+    Unreal cameras see them."""
     toy = make_reader("toy4d", None, num_scenes=1, num_frames=49, size=TOY_SIZE, seed=5, dynamic_fraction=0.0)
     toy_scene = toy.open_scene(toy.scene_names()[0])
-    crop = (slice(None), slice(CROP, TOY_SIZE - CROP), slice(CROP, TOY_SIZE - CROP))
-    depth, frames, c2w = (
-        toy_scene.depth(range(E2E_T))[crop],
-        toy_scene.frames(range(E2E_T))[crop],
-        toy_scene.c2w[:E2E_T],
-    )
     size = TOY_SIZE - 2 * CROP
     assert abs(FOCAL_MM / 23.76 * size - toy_scene.K[0, 0, 0]) < 0.02  # the crop matches the sensor model
 
+    # The toy room is the reader's world; its first camera and focus, as Unreal points (cm, Y negated), start a
+    # dolly towards the focus (so the cameras stay inside the room) while the look-at target slides sideways.
+    placement = toy_scene.layout.placement
+    focus = placement[:3, 3] + toy_scene.layout.scene_scale * placement[:3, 2]
+    start_cm, focus_cm = (np.array([1.0, -1.0, 1.0]) * 100 * p for p in (placement[:3, 3], focus))
+    eyes = np.array([start_cm + 0.02 * t * (focus_cm - start_cm) for t in range(E2E_T)])
+    targets = np.array([focus_cm + [3.0 * t, 0.0, 0.0] for t in range(E2E_T)])
+    up = [0.0, 1.0, 0.0]  # the toy room's up (-y, its y points down) in the Unreal world
+    axes = np.array([unreal_look_at(eye, target, up) for eye, target in zip(eyes, targets)])
+    c2w = np.array([known_c2w(a, eye) for a, eye in zip(axes, eyes)])
+    toy_scene.c2w[:E2E_T] = c2w  # render from the native cameras (nothing is rendered yet)
+    crop = (slice(None), slice(CROP, TOY_SIZE - CROP), slice(CROP, TOY_SIZE - CROP))
+    depth, frames = toy_scene.depth(range(E2E_T))[crop], toy_scene.frames(range(E2E_T))[crop]
+
     root = tmp_path / "mcv"
     scene_dir = root / "train" / FOLDER / "scene1"
-    cameras = {f"frame{t}": dict.fromkeys(CAMS, unreal_string_from_opencv(c2w[t])) for t in range(E2E_T)}
-    (scene_dir / "cameras").mkdir(parents=True)
-    (scene_dir / "cameras" / "camera_extrinsics.json").write_text(json.dumps(cameras))
+    every_camera = (np.repeat(x[:, None], len(CAMS), axis=1) for x in (axes, eyes))  # cam01 is the one annotated
+    write_extrinsics(scene_dir / "cameras" / "camera_extrinsics.json", *every_camera)
     (scene_dir / "videos").mkdir()
     write_video(scene_dir / "videos" / "cam01.mp4", frames, fps=15, crf=1)
     for cam in CAMS[1:]:  # no estimator outputs for these: skipped as bad input
@@ -353,6 +375,17 @@ def test_cameras_and_estimator_outputs_become_metric_shards(tmp_path):
     valid = record.depth > 0
     assert valid.mean() > 0.9
     assert np.median(np.abs(record.depth[valid] - depth[valid]) / depth[valid]) < 2e-3  # float16 storage
-    np.testing.assert_allclose(record.c2w, c2w, atol=1e-5)
     np.testing.assert_allclose(record.K[:, 0, 0], FOCAL_MM / 23.76 * size, rtol=1e-6)
     np.testing.assert_allclose(record.K[:, :2, 2], size / 2)
+    np.testing.assert_allclose(record.c2w, c2w, atol=1e-5)  # the poses the frames and depth were rendered from
+    points_cm = focus_cm + np.random.default_rng(1).uniform(-60, 60, (20, 3))
+    for t in range(E2E_T):  # and the native projection, by hand in Unreal terms
+        pixels, distance = native_projection(points_cm, axes[t], eyes[t], size)
+        assert ((pixels > 0) & (pixels < size)).all()
+        uv, z = project_points(
+            torch.from_numpy(to_converted_world(points_cm)),
+            torch.from_numpy(record.c2w[t]).double(),
+            torch.from_numpy(record.K[t]).double(),
+        )
+        np.testing.assert_allclose(uv.numpy(), pixels, atol=2e-3)
+        np.testing.assert_allclose(z.numpy(), distance, rtol=1e-5)

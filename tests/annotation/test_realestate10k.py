@@ -1,5 +1,6 @@
 """RealEstate10K reader: native camera files and frame folders/videos to the project conventions."""
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from annotation.errors import InputError
+from annotation.readers import frames as frames_module
 from annotation.readers import make_reader
 from annotation.readers.realestate10k import RealEstate10KReader
 from d4s.geometry import project_points
@@ -202,4 +204,68 @@ def test_truncated_video_raises_naming_it(tmp_path):
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     with pytest.raises(InputError) as info:
         RealEstate10KReader(tmp_path).open_scene("clip")
+    assert info.value.path == str(video)
+
+
+def write_long_clip(root, count: int, video_frames: int | None = None, container: str = "mp4"):
+    """Camera file of ``count`` frames for clip ``long`` and its video of ``video_frames`` (default ``count``) frames,
+    frame ``i`` filled with grey level ``5 * i``; returns the video's path."""
+    w2c = np.repeat(native_w2c()[:1], count, axis=0)
+    write_camera_file(root / "train" / "long.txt", camera_lines(w2c, timestamps=[33_367 * i for i in range(count)]))
+    frames = np.repeat(np.arange(video_frames or count, dtype=np.uint8)[:, None, None, None] * 5, 3, axis=3)
+    frames = np.broadcast_to(frames, (len(frames), H, W, 3))
+    path = root / "frames" / "long.mp4"
+    if container == "mp4":
+        return write_video(path, frames, fps=30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container) as output:  # matroska states no frame count
+        stream = output.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for frame in frames:
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        output.mux(stream.encode())
+    return path
+
+
+def test_video_frames_are_decoded_lazily(tmp_path, monkeypatch):
+    """Opening a scene decodes one frame; windows read in order decode each frame once, never the whole video."""
+    write_long_clip(tmp_path, 60)
+    decoded = []
+    real_open = frames_module.av.open
+
+    class CountingContainer:
+        def __init__(self, *args, **kwargs):
+            self.container = real_open(*args, **kwargs)
+            self.streams, self.close = self.container.streams, self.container.close
+
+        def decode(self, *args, **kwargs):
+            for frame in self.container.decode(*args, **kwargs):
+                decoded.append(frame)
+                yield frame
+
+    monkeypatch.setattr(frames_module.av, "open", CountingContainer)
+    scene = RealEstate10KReader(tmp_path).open_scene("long")
+    assert (scene.height, scene.width) == (H, W) and len(decoded) == 1
+    for start in (0, 5, 10):
+        window = list(range(start, start + 10))
+        frames = scene.frames(window)
+        assert frames.shape == (10, H, W, 3) and frames.dtype == np.uint8
+        assert np.abs(frames[:, 0, 0, 0].astype(int) - 5 * np.array(window)).max() <= 3
+    assert len(decoded) == 20  # frames 0-19 once each, not all 60
+    assert np.abs(scene.frames([2, 0])[:, 0, 0, 0].astype(int) - [10, 0]).max() <= 3  # passed: decoding restarts
+    assert len(decoded) == 23
+
+
+@pytest.mark.parametrize("container", ["mp4", "matroska"])
+def test_short_video_raises_naming_it(tmp_path, container):
+    """A stated frame count (mp4) is checked at open; without one (matroska), the first read past the end fails."""
+    video = write_long_clip(tmp_path, 12, video_frames=8, container=container)
+    if container == "mp4":
+        with pytest.raises(InputError, match="video holds 8 frames, the camera file 12") as info:
+            RealEstate10KReader(tmp_path).open_scene("long")
+    else:
+        scene = RealEstate10KReader(tmp_path).open_scene("long")
+        assert scene.frames([7, 3]).shape == (2, H, W, 3)
+        with pytest.raises(InputError, match="video holds 8 frames, the camera file 12") as info:
+            scene.frames([6, 9])
     assert info.value.path == str(video)

@@ -256,8 +256,8 @@ def test_corrupt_frame_raises_naming_it(fixture):
     [
         ("disp1_left/disp1_left_0005.dsp5", "disparity file is missing"),
         ("frame_left/frame_left_0004.png", "frame image is missing"),
-        ("cam_data/extrinsics.txt", "camera file is missing"),
-        ("cam_data/intrinsics.txt", "camera file is missing"),
+        ("cam_data/extrinsics.txt", "file is missing"),
+        ("cam_data/intrinsics.txt", "file is missing"),
     ],
 )
 def test_missing_files_refuse_the_scene_naming_them(fixture, relative, needle):

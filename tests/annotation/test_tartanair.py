@@ -219,13 +219,13 @@ def test_bad_depth_raises_naming_the_file(fixture, content, needle):
 @pytest.mark.parametrize(
     "edit,needle",
     [
-        (lambda lines: lines[:2] + [" ".join(lines[2].split()[:6])] + lines[3:], "line 3: expected 7 numbers"),
-        (lambda lines: lines[:1] + ["1 2 3 a b c d"] + lines[2:], "line 2: expected 7 numbers"),
+        (lambda lines: lines[:2] + [" ".join(lines[2].split()[:6])] + lines[3:], "line 3: expected 7 values"),
+        (lambda lines: lines[:1] + ["1 2 3 a b c d"] + lines[2:], "line 2: not a number"),
         (lambda lines: lines[:4] + ["0 0 nan 0 0 0 1"] + lines[5:], "line 5: non-finite"),
         (lambda lines: lines[:3] + ["0 0 0 0 0 0 2"] + lines[4:], "line 4: quaternion norm 2, expected a unit"),
         (lambda lines: ["0 0 0 0 0 0 0"] + lines[1:], "line 1: quaternion norm 0"),
-        (lambda lines: [], "no poses"),
-        (None, "pose file is missing"),
+        (lambda lines: [], "holds no lines of tx ty tz qx qy qz qw"),
+        (None, "file is missing"),
     ],
     ids=["six_values", "not_numbers", "nan", "scaled_quaternion", "zero_quaternion", "empty", "missing"],
 )

@@ -214,7 +214,7 @@ SCALED = np.diag([2.0, 2.0, 2.0, 1.0]).ravel()
         ("intrinsic.txt", 0, lambda _: "frame cameraID fx fy cx cy", "expected the header 'frame cameraID K"),
         ("extrinsic.txt", 0, lambda h: h.replace("t3", "t_3"), "expected the header 'frame cameraID r1,1"),
         ("extrinsic.txt", 0, lambda h: h.rsplit(" ", 4)[0], "expected the header"),
-        ("extrinsic.txt", 3, lambda row: row + " 0", "line 4: expected 18 fields, got 19"),
+        ("extrinsic.txt", 3, lambda row: row + " 0", "line 4: expected 18 values .a camera row., got 19"),
         ("intrinsic.txt", 2, replace_values(2, ["nan_value"]), "line 3: not a number"),
         ("intrinsic.txt", 1, replace_values(0, [7]), "frame numbers must be 0..4"),
         ("intrinsic.txt", 1, replace_values(2, [-31.0]), "focal lengths"),
