@@ -35,12 +35,17 @@ class Guidance:
     """Classifier-free guidance: ``schedule`` ``cosine`` (Eq. 6) or ``constant`` (``1 + max_scale`` every step).
 
     ``max_scale`` is Eq. 6's ``gamma_max`` (7.5 in the paper); 0 turns guidance off (one model pass per step).
+    ``skip_below``: a step whose ``gamma - 1`` is below it runs the conditional pass alone. Eq. 6 decays to 1: with
+    30 steps, ``gamma - 1 < 1e-3`` over the last 11, where guidance would move the velocity by less than 0.1% of
+    the conditional-unconditional difference, so the default saves 11 of 60 DiT passes (our choice; 0 keeps every
+    unconditional pass whose scale is not exactly 1).
     """
 
     max_scale: float = 7.5
     schedule: str = "cosine"
     exponent: float = 5.0
     direction: str = "decreasing"
+    skip_below: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.schedule not in GUIDANCE_SCHEDULES:
@@ -49,6 +54,8 @@ class Guidance:
             raise ValueError(f"direction: expected one of {GUIDANCE_DIRECTIONS}, got {self.direction!r}")
         if self.max_scale < 0 or not self.exponent > 0:
             raise ValueError(f"max_scale must be >= 0 and exponent > 0, got {self.max_scale} and {self.exponent}")
+        if not self.skip_below >= 0:
+            raise ValueError(f"skip_below must be >= 0, got {self.skip_below}")
 
     def scale(self, step: int, num_steps: int) -> float:
         """``gamma`` at step ``step`` (0 = the first, noisiest step) of ``num_steps`` (Eq. 6)."""
@@ -56,6 +63,11 @@ class Guidance:
             return 1.0 + self.max_scale
         i = step if self.direction == "decreasing" else num_steps - 1 - step
         return 1.0 + self.max_scale * (1.0 - math.cos(math.pi * ((num_steps - i) / num_steps) ** self.exponent)) / 2.0
+
+    def guided(self, step: int, num_steps: int) -> bool:
+        """Whether step ``step`` of ``num_steps`` runs the unconditional pass (``gamma - 1 >= skip_below``, > 0)."""
+        excess = self.scale(step, num_steps) - 1.0
+        return excess > 0 and excess >= self.skip_below
 
 
 def time_grid(num_steps: int, shift: float = 1.0, device=None) -> Tensor:
@@ -85,7 +97,7 @@ def euler_sample(
         noise: the starting latents.
         num_steps: Euler steps (30 in the paper).
         guidance: classifier-free guidance, or ``None`` for the conditional velocity alone. Steps whose scale is
-            1 skip the unconditional pass.
+            within ``guidance.skip_below`` of 1 skip the unconditional pass (:meth:`Guidance.guided`).
         shift: time shift of the grid (:func:`time_grid`), as used in training.
         progress: called with ``(step, num_steps)`` after each step.
     Returns:
@@ -97,10 +109,9 @@ def euler_sample(
     for step in range(num_steps):
         t = times[step].to(time_dtype).expand(noise.shape[0])
         v = velocity(z, t, True)
-        scale = 1.0 if guidance is None else guidance.scale(step, num_steps)
-        if scale != 1.0:
+        if guidance is not None and guidance.guided(step, num_steps):
             v_uncond = velocity(z, t, False)
-            v = v_uncond + scale * (v - v_uncond)
+            v = v_uncond + guidance.scale(step, num_steps) * (v - v_uncond)
         z = z + (times[step + 1] - times[step]).to(noise.dtype) * v
         if progress is not None:
             progress(step + 1, num_steps)

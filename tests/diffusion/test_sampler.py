@@ -48,7 +48,7 @@ def test_guided_steps_mix_the_two_velocities_with_the_schedule():
         calls.append(conditional)
         return v_cond if conditional else v_uncond
 
-    guidance, N = Guidance(max_scale=7.5), 6
+    guidance, N = Guidance(max_scale=7.5, skip_below=0.0), 6
     result = euler_sample(velocity, torch.zeros(1, 2), num_steps=N, guidance=guidance)
     times = time_grid(N)
     expected = torch.zeros(1, 2)
@@ -57,6 +57,26 @@ def test_guided_steps_mix_the_two_velocities_with_the_schedule():
         expected = expected + float(times[i + 1] - times[i]) * (v_uncond + scale * (v_cond - v_uncond))
     torch.testing.assert_close(result, expected)
     assert calls.count(False) == N
+
+
+def test_steps_whose_scale_has_decayed_to_one_skip_the_unconditional_pass():
+    v_cond, v_uncond = torch.tensor([[1.0, -2.0]], dtype=torch.float64), torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    calls = []
+
+    def velocity(z, t, conditional):
+        calls.append(conditional)
+        return v_cond if conditional else v_uncond
+
+    N = 30
+    full = euler_sample(velocity, torch.zeros(1, 2, dtype=torch.float64), num_steps=N, guidance=Guidance(max_scale=7.5, skip_below=0.0))
+    calls.clear()
+    skipping = euler_sample(velocity, torch.zeros(1, 2, dtype=torch.float64), num_steps=N, guidance=Guidance(max_scale=7.5))
+    excess = [Guidance(max_scale=7.5).scale(i, N) - 1.0 for i in range(N)]  # Eq. 6 by hand below
+    assert calls.count(False) == sum(e >= 1e-3 for e in excess) == 19  # 11 of the 30 unconditional passes saved
+    times = time_grid(N).double()
+    bound = sum(float(times[i] - times[i + 1]) * e for i, e in enumerate(excess) if e < 1e-3)
+    difference = (full - skipping).abs().max()
+    assert 0 < difference <= bound * (v_cond - v_uncond).abs().max() + 1e-12  # what the skipped terms add, at most
 
 
 def test_scale_one_skips_the_unconditional_pass():
