@@ -1,0 +1,242 @@
+"""The paper-scale suite in one run: renderer parity with gsplat, and the speed and memory of the whole chain.
+
+    bench/gpu_suite.sh [--out bench/results/gpu_suite.json]   # on the GPU machine (installs carried wheels first)
+    python bench/gpu_suite.py --small                         # CPU: every section with the tiny models
+
+Compute does not depend on weight values, so paper-scale models with random weights measure it honestly
+(``configs/model/paper.yaml``: CogVideoX-5B-I2V sizes, bf16). Sections, all in one table and one JSON:
+
+- ``parity``: our torch renderer against gsplat on random scenes (forward rgb, depth, alpha; gradients with
+  respect to means, quats, scales, opacities and colours), judged with the tolerances of
+  ``tests/render/test_gsplat_parity.py`` (gsplat's own are 1e-3 .. 8e-3 for gradients). CUDA only.
+- ``generation``: one scene as ``python -m d4s.generate`` makes it (``generate_one``: condition-image encoding,
+  30 Euler steps with the cosine guidance schedule of Eq. 6, the LDRM with its deformation head, rendering and
+  writing), seconds per stage and peak memory; paper scale is 49 frames at 512², ``--small`` 9 frames at 64².
+- ``viewer``: milliseconds per rendered frame of that scene at its size (a camera move; a time change).
+- ``training``: one training step of each stage with gradient checkpointing off and on (samples/s, peak memory),
+  each in a fresh process (``bench/train.py``).
+- ``flops``: one DiT forward at the scene's size counted by ``torch.utils.flop_counter`` on the meta device (no
+  memory, no GPU needed), and the fraction of the GPU's dense bf16 peak the timed sampling steps imply.
+- ``goals``: 15 s per scene, 16 GB peak, 2 ms per rendered frame: each met, or its gap and the largest stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from common import machine_info
+from generate import random_pipeline, scene_rows, viewer_row
+from models import scene_inputs
+from render import bench_field, gpu_parity
+from torch.utils.flop_counter import FlopCounterMode
+from train import run_in_fresh_process
+
+from d4s.diffusion import FlowMatching
+from d4s.models import ModelConfig, VideoDiT
+from d4s.pipeline import PAPER_GUIDANCE
+from d4s.render import gsplat_available
+
+REPO = Path(__file__).resolve().parents[1]
+GOALS = {"seconds_per_scene": 15.0, "peak_gb": 16.0, "ms_per_frame": 2.0}
+PARITY_TOLERANCE = {"image": 1e-4, "gradient": 5e-3}  # tests/render/test_gsplat_parity.py
+DENSE_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # vendor datasheets, dense (no sparsity)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """What one mode measures: the model config, the generated scene and the training steps."""
+
+    model: Path
+    frames: int
+    size: int
+    training_sizes: tuple[tuple[str, int], ...]  # (stage, square size) per training row
+    precision: str
+    text_length: int
+
+
+PAPER = Scale(REPO / "configs/model/paper.yaml", 49, 512, (("StaticPretrain", 256), ("DynamicFinetune", 512)),
+              "bf16", 226)  # fmt: skip
+SMALL = Scale(REPO / "configs/tiny/model.yaml", 9, 64, (("StaticPretrain", 64), ("DynamicFinetune", 64)), "fp32", 8)
+
+
+# ------------------------------------------------------------------------------------------------------ sections
+def parity(device: torch.device) -> list[dict]:
+    """Torch renderer against gsplat on random scenes of ``bench_field`` (CUDA and gsplat's kernels only)."""
+    if device.type != "cuda" or not gsplat_available():
+        return [{"skipped": "needs CUDA and gsplat's compiled kernels"}]
+    rows = []
+    for num, size in ((2_000, 128), (20_000, 256)):
+        torch.manual_seed(num)
+        report = gpu_parity(bench_field(num, device), size)
+        images = max(v for k, v in report.items() if k.startswith("max_abs_diff"))
+        gradients = max(v for k, v in report.items() if k.startswith("grad_rel_diff"))
+        holds = images <= PARITY_TOLERANCE["image"] and gradients <= PARITY_TOLERANCE["gradient"]
+        rows.append({"gaussians": num, "size": size, **report, "holds": holds})
+    return rows
+
+
+def generation(scale: Scale, device: torch.device, work: Path, repeats: int) -> tuple[dict, dict]:
+    """One scene's seconds per stage (``generate_one``) and the viewer's latency on it."""
+    pipeline = random_pipeline(scale.model, device, text_null=True)
+    extra = ["--no-ply"] + (["--backend", "torch"] if device.type == "cpu" else [])
+    row, scene_dir = scene_rows(pipeline, scale.model.stem, scale.frames, scale.size, repeats, extra, work)
+    return row, viewer_row(scene_dir, device, max(repeats, 5), scale.size)
+
+
+def training(scale: Scale, device: torch.device, work: Path) -> list[dict]:
+    """One training step per (stage, size), gradient checkpointing off and on, each in a fresh process."""
+    rows = []
+    for checkpointing in (False, True):
+        values = yaml.safe_load(scale.model.read_text())
+        values["video_dit"]["gradient_checkpointing"] = values["ldrm"]["gradient_checkpointing"] = checkpointing
+        config = work / f"model-checkpointing-{str(checkpointing).lower()}.yaml"
+        config.write_text(yaml.safe_dump(values, sort_keys=False))
+        for stage, size in scale.training_sizes:
+            spec = {"stage": stage, "model_config": str(config), "paper": scale is PAPER, "device": device.type,
+                    "size": size, "frames": scale.frames, "batch_size": 1, "precision": scale.precision,
+                    "dit": "full", "views": 4, "tracks": 1024, "threads": None, "steps": 2, "warmup": 1}  # fmt: skip
+            rows.append(run_in_fresh_process(spec) | {"gradient_checkpointing": checkpointing})
+    return rows
+
+
+def dit_flops(scale: Scale) -> dict:
+    """FLOPs of one DiT forward on one scene at the scene's size, counted on the meta device."""
+    config = ModelConfig.from_yaml(scale.model)
+    meta = torch.device("meta")
+    with meta:
+        dit = VideoDiT.from_config(dataclasses.replace(config.video_dit, random_init=True)).eval()
+    transformer = config.video_dit.transformer
+    latent_frames, latent_size = (scale.frames - 1) // 4 + 1, scale.size // 8
+    _, _, plucker, text = scene_inputs(
+        scale.frames, scale.size, scale.size, scale.text_length, transformer["text_embed_dim"], "cpu", torch.float32
+    )  # cameras are checked on real tensors; the forward pass runs on meta ones
+    latents = torch.empty(1, latent_frames, transformer["out_channels"], latent_size, latent_size, device=meta)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        dit(latents, torch.empty_like(latents), plucker.to(meta), text.to(meta),
+            FlowMatching().model_timestep(torch.full((1,), 0.5, device=meta)))  # fmt: skip
+    return {"dit_forward_tflop": counter.get_total_flops() / 1e12, "latents": list(latents.shape)}
+
+
+def achieved_fraction(flops: dict, scene: dict, num_steps: int = 30) -> dict:
+    """The DiT passes of ``num_steps`` steps with the paper's guidance (the unconditional pass skipped where Eq. 6
+    has decayed to 1, :meth:`Guidance.guided`), the TFLOP/s they imply over the scene's sampling time, and, where
+    the device's dense bf16 peak is known, that fraction of it and the sampling time the passes need at the peak."""
+    passes = sum(1 + PAPER_GUIDANCE.guided(step, num_steps) for step in range(num_steps))
+    work = flops["dit_forward_tflop"] * passes
+    peak = next((tflops for name, tflops in DENSE_BF16_TFLOPS.items() if name in scene["device"]), None)
+    return {
+        "dit_passes": passes,
+        "achieved_tflops": work / scene["sampling"],
+        "peak_tflops": peak,
+        "fraction_of_peak": work / scene["sampling"] / peak if peak else None,
+        "sampling_seconds_at_peak": work / peak if peak else None,
+    }
+
+
+def goals(scene: dict, viewer: dict) -> list[dict]:
+    """Each goal against its measurement; a missed time goal names its largest stage."""
+    stages = {k: scene[k] for k in ("text", "encode", "sampling", "ldrm", "rendering", "writing")}
+    measured = {
+        "seconds_per_scene": scene["total"],
+        "peak_gb": scene["peak_gib"] * 2**30 / 1e9,
+        "ms_per_frame": max(viewer["camera_move_ms"], viewer["time_change_ms"]),
+    }
+    rows = []
+    for name, goal in GOALS.items():
+        row = {"goal": name, "target": goal, "measured": measured[name], "met": measured[name] <= goal}
+        if name == "seconds_per_scene" and not row["met"]:
+            row["bottleneck"] = max(stages, key=stages.get)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def table(report: dict) -> str:
+    """The whole report as aligned text."""
+    machine = report["machine"]
+    lines = [f"d4s GPU suite ({report['mode']}): {machine['gpu'] or machine['cpu']}, torch {machine['torch']}"]
+    for row in report["parity"]:
+        if "skipped" in row:
+            lines.append(f"parity     skipped: {row['skipped']}")
+            continue
+        worst_image = max(v for k, v in row.items() if k.startswith("max_abs_diff"))
+        worst_grad = max(v for k, v in row.items() if k.startswith("grad_rel_diff"))
+        lines.append(f"parity     {row['gaussians']:>7} Gaussians at {row['size']}²: images {worst_image:.1e}, "
+                     f"gradients {worst_grad:.1e} -> {'holds' if row['holds'] else 'FAILS'}")  # fmt: skip
+    s = report["generation"]
+    stages = ", ".join(f"{k} {s[k]:.2f}" for k in ("text", "encode", "sampling", "ldrm", "rendering", "writing"))
+    lines.append(f"generation {s['frames']}x{s['size']}², {s['gaussians']} Gaussians: {s['total']:.2f} s ({stages}), "
+                 f"peak {s['peak_gib']:.2f} GiB")  # fmt: skip
+    v = report["viewer"]
+    lines.append(f"viewer     {v['size']}² ({v['backend']}): camera move {v['camera_move_ms']:.2f} ms, "
+                 f"time change {v['time_change_ms']:.2f} ms (deformation {v['deform_ms']:.2f} ms)")  # fmt: skip
+    for row in report["training"]:
+        head = f"training   {row['stage']:<16} {row['size']}² checkpointing {'on ' if row['gradient_checkpointing'] else 'off'}"
+        if "error" in row:
+            lines.append(f"{head}: {row['error']}")
+        else:
+            lines.append(f"{head}: {row['seconds_per_step']:.3f} s/step, {row['samples_per_s']:.2f} samples/s, "
+                         f"peak {row['peak_memory_MB'] / 1024:.2f} GiB")  # fmt: skip
+    f = report["flops"]
+    fraction = f["fraction_of_peak"]
+    share = (
+        f"{100 * fraction:.1f}% of this device's {f['peak_tflops']:.0f}"
+        if fraction is not None
+        else "no bf16 peak known"
+    )
+    lines.append(f"flops      DiT forward {f['dit_forward_tflop']:.3g} TFLOP x {f['dit_passes']} passes; sampling at "
+                 f"{f['achieved_tflops']:.3g} TFLOP/s ({share})")  # fmt: skip
+    if f["sampling_seconds_at_peak"] is not None:
+        lines.append(f"           the passes need {f['sampling_seconds_at_peak']:.1f} s at the peak")
+    if not report["goals"]:
+        lines.append("goals      judged at paper scale only")
+    for g in report["goals"]:
+        state = "met" if g["met"] else f"missed by {g['measured'] - g['target']:.2f}"
+        if "bottleneck" in g:
+            state += f" (largest stage: {g['bottleneck']})"
+        lines.append(f"goal       {g['goal']:<18} {g['measured']:9.2f} vs {g['target']:>5}: {state}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="tiny models, 9 frames at 64² (CPU; the test suite)")
+    parser.add_argument("--device", default=None, help="default: cuda for the paper scale, cpu for --small")
+    parser.add_argument("--repeats", type=int, default=1, help="timed scenes after a warm-up (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_suite.json"))
+    args = parser.parse_args(argv)
+    scale = SMALL if args.small else PAPER
+    device = torch.device(args.device or ("cpu" if args.small else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("paper scale needs a GPU (CUDA is not available here); --small runs the CPU mode")
+    report = {"mode": "small" if args.small else "paper", "machine": machine_info(), "goals_set": GOALS}
+
+    def save() -> None:  # after each section: a later failure keeps what was measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+    report["parity"] = parity(device)
+    save()
+    with tempfile.TemporaryDirectory(prefix="d4s-gpu-suite-") as work:
+        report["generation"], report["viewer"] = generation(scale, device, Path(work) / "scene", args.repeats)
+        save()
+        report["training"] = training(scale, device, Path(work))
+        save()
+    flops = dit_flops(scale)
+    report["flops"] = flops | achieved_fraction(flops, report["generation"])
+    report["goals"] = [] if args.small else goals(report["generation"], report["viewer"])
+    save()
+    print(table(report))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
