@@ -26,7 +26,7 @@ from annotation.readers import make_reader
 from d4s.data.schema import decode_record, sample_key
 from d4s.geometry import project_points
 from d4s.utils.video import write_video
-from tests.annotation.conftest import cli_overrides
+from tests.annotation.conftest import cli_overrides, saved_real_video_outputs
 from tests.annotation.test_estimators import write_megasam_output
 
 T, SIZE, FOCAL_MM = 4, 24, 24.0
@@ -340,21 +340,11 @@ def test_cameras_and_estimator_outputs_become_metric_shards(tmp_path):
 
     name = f"{FOLDER}/scene1/cam01"
     key = sample_key("multicamvideo", name, 0)
-    vda, megasam, unidepth = tmp_path / "vda", tmp_path / "megasam", tmp_path / "unidepth"
-    vda.mkdir()
-    np.savez(vda / f"{key}_depths.npz", depths=(2.0 / depth + 0.3).astype(np.float32))
-    (unidepth / key).mkdir(parents=True)
-    for t in range(E2E_T):
-        np.savez(unidepth / key / f"{t:05d}.npz", depth=depth[t])
+    estimators, megasam = saved_real_video_outputs(tmp_path, key, depth)
     overrides = {
         "reader.frames_per_video": E2E_T,
         "clips": {"frames_per_clip": E2E_T, "stride": E2E_T, "frame_step": 1, "max_short_side": None},
-        "depth.options": {"outputs_dir": str(vda), "metric": False},
-        "megasam.options": {"outputs_dir": str(megasam)},
-        "metric_reference": {"name": "unidepth", "options": {"outputs_dir": str(unidepth)}},
-        "alignment.masks": "grid",
-        "alignment.cell": 8,
-        "query_stride": 8,
+        **estimators,
     }
     config = load_config("multicamvideo", overrides=overrides)
     clip = load_clip(make_reader("multicamvideo", root, **config.reader).open_scene(name), range(E2E_T), config)

@@ -19,7 +19,7 @@ from annotation.config import load_config
 from annotation.pipeline import load_clip
 from annotation.readers import make_reader
 from d4s.data.schema import decode_record, sample_key
-from tests.annotation.conftest import cli_overrides
+from tests.annotation.conftest import cli_overrides, saved_real_video_outputs
 from tests.annotation.test_estimators import write_megasam_output
 
 T, SIZE = 10, 64
@@ -49,20 +49,10 @@ def test_relative_depth_and_unscaled_poses_become_metric(tmp_path):
     write_realestate10k(root, scene)
     key = sample_key("realestate10k", "clip", 0)
 
-    vda, megasam, unidepth = tmp_path / "vda", tmp_path / "megasam", tmp_path / "unidepth"
-    vda.mkdir()
-    np.savez(vda / f"{key}_depths.npz", depths=(2.0 / depth + 0.3).astype(np.float32))
-    (unidepth / key).mkdir(parents=True)
-    for t in range(T):
-        np.savez(unidepth / key / f"{t:05d}.npz", depth=depth[t])
+    estimators, megasam = saved_real_video_outputs(tmp_path, key, depth)
     overrides = {
         "clips": {"frames_per_clip": T, "stride": T, "frame_step": 1, "max_short_side": None},
-        "depth.options": {"outputs_dir": str(vda), "metric": False},
-        "megasam.options": {"outputs_dir": str(megasam)},
-        "metric_reference": {"name": "unidepth", "options": {"outputs_dir": str(unidepth)}},
-        "alignment.masks": "grid",
-        "alignment.cell": 8,
-        "query_stride": 8,
+        **estimators,
     }
     config = load_config("realestate10k", overrides=overrides)
     clip = load_clip(make_reader("realestate10k", root).open_scene("clip"), list(range(T)), config)
