@@ -61,8 +61,10 @@ class Scale:
     text_length: int
 
 
-PAPER = Scale(REPO / "configs/model/paper.yaml", 49, 512, (("StaticPretrain", 256), ("DynamicFinetune", 512)),
-              "bf16", 226)  # fmt: skip
+# stages 1, 2, 3; a HiResRefine step is a StaticPretrain step at 512² (both freeze the deformation head; stage 2 only
+# differs in starting from stage 1's weights), so stage 2 is timed as StaticPretrain at 512²
+PAPER_STEPS = (("StaticPretrain", 256), ("StaticPretrain", 512), ("DynamicFinetune", 512))
+PAPER = Scale(REPO / "configs/model/paper.yaml", 49, 512, PAPER_STEPS, "bf16", 226)
 SMALL = Scale(REPO / "configs/tiny/model.yaml", 9, 64, (("StaticPretrain", 64), ("DynamicFinetune", 64)), "fp32", 8)
 
 
