@@ -49,7 +49,9 @@ def main() -> None:
         "command": " ".join(command[1:]),
         "wall_seconds": seconds,
         "peak_memory_gib": memory.peak_gib,
-        "phases": {name: {k: p.get(k) for k in ("seconds", "peak_memory_gib")} for name, p in summary["phases"].items()},
+        "phases": {
+            name: {k: p.get(k) for k in ("seconds", "peak_memory_gib")} for name, p in summary["phases"].items()
+        },
         "metrics": summary["metrics"],
         "checks": summary["checks"],
     }
@@ -58,7 +60,9 @@ def main() -> None:
         print(f"| {name} | {phase['seconds']:.0f} | {phase['peak_memory_gib']:.2f} |")
     print(f"| **total** | {seconds:.0f} | {memory.peak_gib:.2f} |\n")
     for check in summary["checks"]:
-        print(f"{'ok  ' if check['passed'] else 'FAIL'} {check['check']}: {check['value']:.3f} (>= {check['threshold']})")
+        print(
+            f"{'ok  ' if check['passed'] else 'FAIL'} {check['check']}: {check['value']:.3f} (>= {check['threshold']})"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

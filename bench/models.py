@@ -5,8 +5,9 @@
 CPU (always): forward and forward+backward per step of the tiny video DiT (flow-matching loss, 9 frames at 64²)
 and the tiny LDRM (latents of that clip, 9 target times), ``configs/tiny/model.yaml``. GPU (when CUDA is there):
 the paper-scale models of ``configs/model/paper.yaml`` with random weights (compute does not depend on them) in
-bf16: seconds per 49-frame 480x720 scene for the sampler (30 Euler steps, cosine guidance: two DiT passes per
-step), the LDRM forward at 49 frames, and peak GPU memory. Prints a table and writes JSON.
+bf16: seconds per 49-frame 480x720 scene for the sampler (30 Euler steps, cosine guidance: a conditional and an
+unconditional DiT pass per step, the latter skipped where Eq. 6 has decayed to 1, 49 passes in all), the LDRM forward
+at 49 frames, and peak GPU memory. Prints a table and writes JSON.
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ DONE_FILE = "timings.json"
 SETTINGS_FILE = "generation.json"
 #: the options that change what a scene folder holds: a complete folder made with others is generated again
 RESULT_SETTINGS = (
-    "ckpt", "config", "trajectory", "frames", "resolution", "steps", "guidance", "guidance_schedule", "seed",
+    "ckpt", "config", "trajectory", "frames", "resolution", "steps", "guidance", "guidance_schedule",
+    "guidance_skip_below", "seed",
     "scene_scale", "fov", "intrinsics", "no_ema", "bullet_time", "orbit_degrees", "novel_trajectory", "fps",
     "no_ply", "gaussian_stride", "min_opacity", "compress",
 )  # fmt: skip
@@ -93,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=30, help="Euler denoising steps (paper: 30)")
     gen.add_argument("--guidance", type=float, default=7.5, help="maximum CFG scale gamma_max of Eq. 6 (0: no CFG)")
     gen.add_argument("--guidance-schedule", default="cosine", choices=GUIDANCE_SCHEDULES, help="CFG schedule")
+    gen.add_argument(
+        "--guidance-skip-below",
+        type=float,
+        default=Guidance.skip_below,
+        help="skip the unconditional pass where gamma - 1 is below this (default %(default)s; 0: never)",
+    )
     gen.add_argument("--seed", type=int, default=0, help="noise seed (the same noise on every device)")
     gen.add_argument(
         "--scene-scale",
@@ -139,8 +146,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Reject option values that cannot work, before any model is loaded or any scene sampled."""
     if args.frames < 1 or (args.frames - 1) % 4:
         parser.error(f"--frames must be 4k + 1 (the VAE compresses time 4x), e.g. 49; got {args.frames}")
-    if args.steps < 1 or args.guidance < 0 or args.gaussian_stride < 1 or not 0 <= args.min_opacity < 1:
-        parser.error("--steps and --gaussian-stride must be >= 1, --guidance >= 0 and --min-opacity in [0, 1)")
+    if args.steps < 1 or min(args.guidance, args.guidance_skip_below) < 0 or args.gaussian_stride < 1:
+        parser.error("--steps and --gaussian-stride must be >= 1, --guidance and --guidance-skip-below >= 0")
+    if not 0 <= args.min_opacity < 1:
+        parser.error("--min-opacity must be in [0, 1)")
     if args.bullet_time is not None and not 0 <= args.bullet_time < args.frames:
         parser.error(f"--bullet-time must be a frame time in [0, {args.frames}), got {args.bullet_time}")
     if args.scene_scale is not None and not (math.isfinite(args.scene_scale) and args.scene_scale > 0):
@@ -252,7 +261,9 @@ def generate_one(pipeline, job: Job, args: argparse.Namespace, photo: np.ndarray
     image, K = input_image(photo, size), input_intrinsics(args, photo.shape[:2], size)
     scale = args.scene_scale or (1.0 if args.trajectory_file is not None else DEFAULT_SCENE_SCALE)
     c2w = make_trajectory(args.trajectory_name, args.frames, scale, path=args.trajectory_file)
-    guidance = Guidance(args.guidance, args.guidance_schedule) if args.guidance > 0 else None
+    guidance = None
+    if args.guidance > 0:
+        guidance = Guidance(args.guidance, args.guidance_schedule, skip_below=args.guidance_skip_below)
     pipeline.check_inputs(image, c2w, K)
     start = time.perf_counter()
     if pipeline.device.type == "cuda":

@@ -97,8 +97,9 @@ class VideoFrames:
         self._decoder = self._container.decode(video=0)
         self._next = 0
 
-    def _decode_until(self, last: int) -> dict[int, np.ndarray]:
-        """Decode forward through frame ``last``, adding every frame decoded to ``self._held``; returns it."""
+    def _decode_until(self, last: int, keep_from: int = 0) -> dict[int, np.ndarray]:
+        """Decode forward through frame ``last``, adding the decoded frames from ``keep_from`` on to ``self._held``
+        (earlier ones are decoded and dropped); returns it."""
         while self._next <= last:
             try:
                 frame = next(self._decoder)
@@ -107,7 +108,8 @@ class VideoFrames:
             except (av.error.FFmpegError, IndexError) as error:
                 self.close()
                 raise self._error(f"cannot decode video ({error})") from error
-            self._held[self._next] = frame.to_ndarray(format="rgb24")
+            if self._next >= keep_from:
+                self._held[self._next] = frame.to_ndarray(format="rgb24")
             self._next += 1
         return self._held
 
@@ -122,7 +124,7 @@ class VideoFrames:
             self._held.clear()  # a frame already passed and dropped (or the file closed): start again from frame 0
             self._start()
         self._held = {i: f for i, f in self._held.items() if i >= first}
-        held = self._decode_until(max(indices))
+        held = self._decode_until(max(indices), keep_from=first)
         frames = np.stack([held[i] for i in indices])
         if self.num_frames - 1 in held:
             self.close()  # every frame has been decoded: nothing more to read from the file

@@ -118,7 +118,8 @@ class SceneConfig:
 @dataclass
 class GenerationConfig:
     """How every sample is generated and rendered: ``frames`` (4k + 1) at ``height x width``, Euler ``steps``,
-    ``guidance`` (Eq. 6's gamma_max, 0: none) on ``guidance_schedule``, the base ``seed``, ``scene_scale`` (metres;
+    ``guidance`` (Eq. 6's gamma_max, 0: none) on ``guidance_schedule`` (the unconditional pass skipped where
+    ``gamma - 1 < guidance_skip_below``, :class:`~d4s.diffusion.Guidance`), the base ``seed``, ``scene_scale`` (metres;
     ``null``: module docstring), the real clips' ``frame_step``, the renderer ``backend``, the DiT ``dtype``
     (``auto``, ``float32``, ``bfloat16``) and the CRF of the cached ``rgb.mp4``."""
 
@@ -128,6 +129,7 @@ class GenerationConfig:
     steps: int = 30
     guidance: float = 7.5
     guidance_schedule: str = "cosine"
+    guidance_skip_below: float = 1e-3
     seed: int = 0
     scene_scale: float | None = None
     frame_step: int = 1
@@ -645,7 +647,7 @@ def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, 
 
     g = config.generation
     c2w, K, _ = sample_cameras(sample, scene, config)
-    guidance = Guidance(g.guidance, g.guidance_schedule) if g.guidance > 0 else None
+    guidance = Guidance(g.guidance, g.guidance_schedule, skip_below=g.guidance_skip_below) if g.guidance > 0 else None
     if sample.trajectory == LATENTS:
         result = pipeline.reconstruct(scene.video.float() / 255.0, c2w, K, sample.seed)
     else:

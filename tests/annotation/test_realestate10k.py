@@ -254,6 +254,9 @@ def test_video_frames_are_decoded_lazily(tmp_path, monkeypatch):
     assert len(decoded) == 20  # frames 0-19 once each, not all 60
     assert np.abs(scene.frames([2, 0])[:, 0, 0, 0].astype(int) - [10, 0]).max() <= 3  # passed: decoding restarts
     assert len(decoded) == 23
+    video = frames_module.VideoFrames(tmp_path / "frames" / "long.mp4", 60, "the camera file has")
+    assert abs(int(video.read([50])[0, 0, 0, 0]) - 250) <= 3
+    assert list(video._held) == [50]  # a jump forward decodes the frames before it but does not keep them
 
 
 @pytest.mark.parametrize("container", ["mp4", "matroska"])

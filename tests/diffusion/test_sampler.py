@@ -68,10 +68,14 @@ def test_steps_whose_scale_has_decayed_to_one_skip_the_unconditional_pass():
         return v_cond if conditional else v_uncond
 
     N = 30
-    full = euler_sample(velocity, torch.zeros(1, 2, dtype=torch.float64), num_steps=N, guidance=Guidance(max_scale=7.5, skip_below=0.0))
+    full = euler_sample(
+        velocity, torch.zeros(1, 2, dtype=torch.float64), num_steps=N, guidance=Guidance(max_scale=7.5, skip_below=0.0)
+    )
     calls.clear()
-    skipping = euler_sample(velocity, torch.zeros(1, 2, dtype=torch.float64), num_steps=N, guidance=Guidance(max_scale=7.5))
-    excess = [Guidance(max_scale=7.5).scale(i, N) - 1.0 for i in range(N)]  # Eq. 6 by hand below
+    skipping = euler_sample(
+        velocity, torch.zeros(1, 2, dtype=torch.float64), num_steps=N, guidance=Guidance(max_scale=7.5)
+    )
+    excess = [7.5 * (1 - math.cos(math.pi * ((N - i) / N) ** 5)) / 2 for i in range(N)]  # Eq. 6: gamma - 1
     assert calls.count(False) == sum(e >= 1e-3 for e in excess) == 19  # 11 of the 30 unconditional passes saved
     times = time_grid(N).double()
     bound = sum(float(times[i] - times[i + 1]) * e for i, e in enumerate(excess) if e < 1e-3)
