@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -148,3 +149,36 @@ class SplitFolderReader(Reader):
     def split_of(self, name: str) -> str:
         """The split folder the sequence is in."""
         return self.folder(name).parent.name
+
+
+class SplitFileReader(Reader):
+    """A dataset of one file per clip, ``root/<split>/<clip><clip_suffix>`` (``split`` one of :data:`SPLITS`):
+    scene names are the clip names, unique across splits, and a clip's split is its file's folder."""
+
+    clip_suffix: ClassVar[str]  # ".txt", ".npz", ...
+
+    @cached_property
+    def _clip_files(self) -> dict[str, Path]:
+        if not any((self.root / split).is_dir() for split in SPLITS):
+            raise InputError(self.root, f"no train/ or test/ folder (nor val/) of {self.name} {self.clip_suffix} files")
+        files: dict[str, Path] = {}
+        for split in SPLITS:
+            for path in sorted((self.root / split).glob(f"*{self.clip_suffix}")):
+                if path.stem in files:
+                    raise InputError(path, f"clip {path.stem!r} is also in {files[path.stem]}; a clip has one split")
+                files[path.stem] = path
+        return files
+
+    def clip_file(self, name: str) -> Path:
+        """The file of clip ``name``; ValueError when there is no such clip."""
+        if name not in self._clip_files:
+            raise ValueError(f"name: no {self.name} clip {name!r} under {self.root}")
+        return self._clip_files[name]
+
+    def scene_names(self) -> list[str]:
+        """Clip names of every split, sorted."""
+        return sorted(self._clip_files)
+
+    def split_of(self, name: str) -> str:
+        """The split folder the clip's file is in."""
+        return self.clip_file(name).parent.name

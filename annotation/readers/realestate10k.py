@@ -20,13 +20,12 @@ False) and there is no depth, mask or track.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from annotation.errors import InputError
-from annotation.readers.base import Reader, Scene
+from annotation.readers.base import Scene, SplitFileReader
 from annotation.readers.frames import open_frames
 from d4s.geometry.cameras import rigid_inverse
 from d4s.geometry.trajectories import RealEstate10KCameras, parse_realestate10k_cameras
@@ -84,7 +83,7 @@ class RealEstate10KScene(Scene):
         return self._frames.read(indices)
 
 
-class RealEstate10KReader(Reader):
+class RealEstate10KReader(SplitFileReader):
     """RealEstate10K camera files under ``root`` and their frames under ``frames_root`` (see the module doc).
 
     Scene names are clip ids; a clip id found in both ``train/`` and ``test/`` is an InputError. Clips whose
@@ -92,6 +91,7 @@ class RealEstate10KReader(Reader):
     """
 
     name = "realestate10k"
+    clip_suffix = ".txt"
     licence = LICENCE
 
     def __init__(self, root: str | Path, frames_root: str | Path | None = None):
@@ -100,31 +100,6 @@ class RealEstate10KReader(Reader):
             raise ValueError("root: RealEstate10K needs the folder that holds train/ and test/")
         self.frames_root = self.root / "frames" if frames_root is None else Path(frames_root)
 
-    @cached_property
-    def _camera_files(self) -> dict[str, Path]:
-        if not any((self.root / split).is_dir() for split in SPLITS):
-            raise InputError(self.root, "no train/ or test/ folder of RealEstate10K camera files")
-        files: dict[str, Path] = {}
-        for split in SPLITS:
-            for path in sorted((self.root / split).glob("*.txt")):
-                if path.stem in files:
-                    raise InputError(path, f"clip {path.stem!r} is also in {files[path.stem]}; a clip has one split")
-                files[path.stem] = path
-        return files
-
-    def _camera_file(self, name: str) -> Path:
-        if name not in self._camera_files:
-            raise ValueError(f"name: no RealEstate10K clip {name!r} under {self.root}")
-        return self._camera_files[name]
-
-    def scene_names(self) -> list[str]:
-        """Clip ids of both splits, sorted."""
-        return sorted(self._camera_files)
-
-    def split_of(self, name: str) -> str:
-        """``"train"`` or ``"test"``: the folder the clip's camera file is in."""
-        return self._camera_file(name).parent.name
-
     def open_scene(self, name: str) -> RealEstate10KScene:
-        """Read the clip's cameras and find its frames (decoding a video now; images are read lazily)."""
-        return RealEstate10KScene(name, self._camera_file(name), self.frames_root)
+        """Read the clip's cameras and find its frames (read lazily)."""
+        return RealEstate10KScene(name, self.clip_file(name), self.frames_root)

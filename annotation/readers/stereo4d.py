@@ -48,14 +48,13 @@ annotations under CC BY 4.0; the frames come from YouTube videos, under their ow
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from annotation.errors import InputError
-from annotation.readers.base import Reader, Scene
+from annotation.readers.base import Scene, SplitFileReader
 from annotation.readers.frames import open_frames
 from annotation.readers.native import read_npz_arrays
 from d4s.geometry.cameras import check_c2w, intrinsics_from_fov
@@ -193,7 +192,7 @@ class Stereo4DScene(Scene):
         return xyz, np.isfinite(xyz).all(axis=-1)
 
 
-class Stereo4DReader(Reader):
+class Stereo4DReader(SplitFileReader):
     """Stereo4D clips under ``root/{train,test}/*.npz`` and their frames under ``frames_root`` (see the module doc).
 
     Scene names are the npz stems; a name found in both splits is an InputError. Clips whose frames are missing
@@ -201,6 +200,7 @@ class Stereo4DReader(Reader):
     """
 
     name = "stereo4d"
+    clip_suffix = ".npz"
     licence = LICENCE
 
     def __init__(self, root: str | Path, frames_root: str | Path | None = None):
@@ -209,30 +209,6 @@ class Stereo4DReader(Reader):
             raise ValueError("root: Stereo4D needs the folder that holds train/ and test/ npz files")
         self.frames_root = self.root / "frames" if frames_root is None else Path(frames_root)
 
-    @cached_property
-    def _clip_files(self) -> dict[str, Path]:
-        if not any((self.root / split).is_dir() for split in SPLITS):
-            raise InputError(self.root, "no train/ or test/ folder of Stereo4D npz files")
-        files: dict[str, Path] = {}
-        for path in sorted(path for split in SPLITS for path in (self.root / split).glob("*.npz")):
-            if path.stem in files:
-                raise InputError(path, f"clip {path.stem!r} is also in {files[path.stem]}; a clip has one split")
-            files[path.stem] = path
-        return files
-
-    def _clip_file(self, name: str) -> Path:
-        if name not in self._clip_files:
-            raise ValueError(f"name: no Stereo4D clip {name!r} under {self.root}")
-        return self._clip_files[name]
-
-    def scene_names(self) -> list[str]:
-        """Clip names of both splits, sorted."""
-        return sorted(self._clip_files)
-
-    def split_of(self, name: str) -> str:
-        """``"train"`` or ``"test"``: the folder the clip's npz is in."""
-        return self._clip_file(name).parent.name
-
     def open_scene(self, name: str) -> Stereo4DScene:
-        """Read and check the clip's npz and find its frames (decoding a video now; images are read lazily)."""
-        return Stereo4DScene(self._clip_file(name), self.frames_root)
+        """Read and check the clip's npz and find its frames (read lazily)."""
+        return Stereo4DScene(self.clip_file(name), self.frames_root)
