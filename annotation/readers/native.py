@@ -86,6 +86,13 @@ def _shape_matches(got: tuple[int, ...], want: tuple, sizes: dict[str, int]) -> 
     return True
 
 
+def pinhole_intrinsics(rows: np.ndarray) -> np.ndarray:
+    """Intrinsics ``K [T, 3, 3]`` float64 from rows ``[T, 4]`` of ``fx fy cx cy`` (pixels, no skew)."""
+    K = np.tile(np.eye(3), (len(rows), 1, 1))
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2] = rows.T
+    return K
+
+
 def cameras_from_w2c(path: Path, intrinsics: np.ndarray, w2c: np.ndarray, atol: float) -> tuple[np.ndarray, np.ndarray]:
     """``K [T,3,3]`` and OpenCV ``c2w [T,4,4]`` (both float32) from intrinsics and world-to-camera matrices.
 

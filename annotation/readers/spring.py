@@ -46,7 +46,7 @@ import numpy as np
 from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, SplitFolderReader
 from annotation.readers.images import load_image, stack_maps
-from annotation.readers.native import cameras_from_w2c, read_text_table
+from annotation.readers.native import cameras_from_w2c, pinhole_intrinsics, read_text_table
 
 SPLITS = ("train", "test")
 FPS = 60.0  # unverified, see the module doc
@@ -119,9 +119,8 @@ class SpringScene(ImageFileScene):
         if (intrinsics[:, :2] <= 0).any():
             line = int(np.argmax((intrinsics[:, :2] <= 0).any(axis=1))) + 1
             raise InputError(cam_data / "intrinsics.txt", f"line {line}: focal lengths fx, fy must be positive")
-        K = np.tile(np.eye(3), (len(w2c), 1, 1))
-        K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2] = intrinsics.T
         self._fx = intrinsics[:, 0]
+        K = pinhole_intrinsics(intrinsics)
         self.K, self.c2w = cameras_from_w2c(cam_data / "extrinsics.txt", K, w2c, atol=TEXT_ROTATION_ATOL)
         self.timestamps = np.arange(len(w2c)) / fps
         self._check_files()

@@ -46,7 +46,7 @@ import torch
 from annotation.errors import InputError
 from annotation.readers.base import ImageFileScene, Reader
 from annotation.readers.images import check_size, load_image, load_png16, stack_maps
-from annotation.readers.native import read_text_table
+from annotation.readers.native import pinhole_intrinsics, read_text_table
 from d4s.geometry.cameras import check_c2w, check_intrinsics, rigid_inverse
 
 FPS = 10.0  # KITTI's camera rate; Virtual KITTI 2 stores frame numbers only
@@ -91,8 +91,7 @@ def cameras_from_tables(
     """
     if len(intrinsic) != len(extrinsic):
         raise InputError(extrinsic_path, f"{len(extrinsic)} frames, but intrinsic.txt has {len(intrinsic)}")
-    K = np.zeros((len(intrinsic), 3, 3))
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = *intrinsic.T, 1.0
+    K = pinhole_intrinsics(intrinsic)
     w2c = torch.from_numpy(extrinsic.reshape(-1, 4, 4))
     try:
         check_intrinsics(torch.from_numpy(K), "intrinsics")
