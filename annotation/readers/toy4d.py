@@ -11,14 +11,26 @@ anti-aliasing), so depth, cameras, dynamic masks and 3D tracks are exact. Textur
 own frame, so they move with the objects. Scene ``i`` depends only on ``np.random.default_rng([seed, i])`` and on
 whether it is dynamic: not on the other scenes, the order they are opened in, or ``num_scenes``. Object motion is a
 function of time in seconds, the camera path is sampled at ``num_frames`` poses.
+
+Two kinds of object motion (``Toy4DReader(motion=...)``, :data:`MOTIONS`):
+
+- ``by_colour`` (the default): red, orange, yellow and purple objects rise, green, blue, cyan and white ones sink
+  (:data:`RISING_COLOURS`), each at its own constant speed, without spinning. The direction is a function of what
+  the object looks like, so one image says how the scene will move, as single-image-to-4D generation needs (paper
+  Sec. 5, "motion ambiguity"), and a tiny model learns the rule in minutes on a CPU (``make demo``). Colour rather
+  than shape: a small network tells colours apart long before it tells spheres from boxes.
+- ``random``: smooth oscillating translation in a random direction plus constant-rate spin about a random axis. Only
+  the video shows where an object goes; learning to read that needs far more training than a CPU allows
+  (``bench/motion_probe.py``, ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -42,6 +54,9 @@ _CAMERA_WALL_MARGIN = 0.25
 _CAMERA_OBJECT_MARGIN = 0.4
 _OBJECT_MARGIN = 0.05
 _MAX_ATTEMPTS = 200
+MOTIONS = ("by_colour", "random")
+DEFAULT_DURATION = 49 / 12.0  # seconds: the default scene, 49 frames at 12 fps
+_RISE_SPEED = (0.1, 0.2)  # by_colour: metres per second, up for RISING_COLOURS and down for the others
 _LIGHT = np.array([0.3, -1.0, -0.4]) / np.linalg.norm([0.3, -1.0, -0.4])  # towards the light, from above
 _AMBIENT, _DIFFUSE = 0.65, 0.35
 _VISIBILITY_RTOL = 1e-6
@@ -56,6 +71,7 @@ _PALETTE = {  # moderately saturated, so object edges survive chroma subsampling
     "cyan": (0.3, 0.7, 0.75),
     "white": (0.85, 0.85, 0.83),
 }
+RISING_COLOURS = frozenset({"red", "orange", "yellow", "purple"})  # by_colour motion: the other colours sink
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,8 +164,9 @@ class Box:
 @dataclass(frozen=True, eq=False)
 class RigidMotion:
     """Pose over time ``t`` (seconds): ``R(t) = rot(spin_axis, spin_rate t) rotation`` and
-    ``c(t) = centre + amplitude * sin(2 pi frequency t + phase)`` (per axis). ``rotation [3, 3]``, the rest ``[3]``
-    except ``spin_rate`` (radians per second). Zero amplitude and spin rate make the object still."""
+    ``c(t) = centre + velocity t + amplitude * sin(2 pi frequency t + phase)`` (per axis). ``rotation [3, 3]``, the
+    rest ``[3]`` except ``spin_rate`` (radians per second). Zero velocity, amplitude and spin rate make the object
+    still."""
 
     centre: np.ndarray
     rotation: np.ndarray
@@ -158,12 +175,20 @@ class RigidMotion:
     phase: np.ndarray
     spin_axis: np.ndarray
     spin_rate: float
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     def pose(self, time: float) -> tuple[np.ndarray, np.ndarray]:
         """Object-to-world rotation ``[3, 3]`` and translation ``[3]`` at ``time`` seconds."""
         rotation = _axis_angle_matrix(self.spin_axis, self.spin_rate * time) @ self.rotation
-        centre = self.centre + self.amplitude * np.sin(2.0 * math.pi * self.frequency * time + self.phase)
-        return rotation, centre
+        swing = self.amplitude * np.sin(2.0 * math.pi * self.frequency * time + self.phase)
+        return rotation, self.centre + self.velocity * time + swing
+
+    def reach(self, duration: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Where the centre goes in ``[0, duration]`` seconds, bounded by a middle point ``[3]`` and the per-axis
+        half extent ``[3]`` of a box around the path, and by the radius of a sphere around that middle point."""
+        middle = self.centre + 0.5 * duration * self.velocity
+        half = 0.5 * duration * np.abs(self.velocity) + np.abs(self.amplitude)
+        return middle, half, float(np.linalg.norm(0.5 * duration * self.velocity) + np.linalg.norm(self.amplitude))
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,12 +243,17 @@ class SceneLayout:
 
     @property
     def caption(self) -> str:
-        """A short description, e.g. ``"a room with a red sphere and a blue box moving"``."""
+        """A short description: ``"a room with a red sphere rising and a blue box sinking"`` (``by_colour`` motion),
+        ``"a room with a red sphere and a blue box moving"`` (``random``), without the motion when still."""
         names = [f"{_article(obj.colour_name)} {obj.colour_name} {obj.shape.kind}" for obj in self.objects]
         if not names:
             return "an empty room"
+        rising = [obj.motion.velocity[1] for obj in self.objects]
+        if self.is_dynamic and all(rising):  # y points down
+            names = [f"{name} {'rising' if dy < 0 else 'sinking'}" for name, dy in zip(names, rising, strict=True)]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-        return f"a room with {listed}" + (" moving" if self.is_dynamic else "")
+        moving = self.is_dynamic and not all(rising)
+        return f"a room with {listed}" + (" moving" if moving else "")
 
 
 @dataclass
@@ -512,49 +542,64 @@ def _sample_camera(rng: np.random.Generator) -> tuple[str, np.ndarray, float]:
     raise RuntimeError("toy4d: found no camera placement inside the room")
 
 
-def _sample_object(rng: np.random.Generator, focus: np.ndarray, colour: str, dynamic: bool) -> SceneObject:
-    """A sphere or box near ``focus [3]`` with a random pose, texture and (when ``dynamic``) motion."""
+def _sample_object(rng: np.random.Generator, focus: np.ndarray, colour: str, motion_kind: str | None) -> SceneObject:
+    """A sphere or box near ``focus [3]`` with a random pose and texture, moving as ``motion_kind`` says (one of
+    :data:`MOTIONS`; ``None``: still)."""
     shape = Sphere(rng.uniform(0.25, 0.45)) if rng.random() < 0.5 else Box(rng.uniform(0.15, 0.4, size=3))
     amplitude = rng.uniform([0.1, 0.05, 0.1], [0.4, 0.2, 0.4])
     spin_rate = rng.uniform(0.3, 1.0) * rng.choice([-1.0, 1.0])
     motion = RigidMotion(
         centre=focus + rng.uniform([-1.2, -0.5, -1.2], [1.2, 0.4, 1.2]),
         rotation=_axis_angle_matrix(_unit(rng.normal(size=3)), rng.uniform(0.0, 2.0 * math.pi)),
-        amplitude=amplitude if dynamic else np.zeros(3),
+        amplitude=amplitude if motion_kind == "random" else np.zeros(3),
         frequency=rng.uniform(0.08, 0.2, size=3),
         phase=rng.uniform(0.0, 2.0 * math.pi, size=3),
         spin_axis=_unit(rng.normal(size=3)),
-        spin_rate=spin_rate if dynamic else 0.0,
+        spin_rate=spin_rate if motion_kind == "random" else 0.0,
     )
     texture = _random_texture(rng, np.array(_PALETTE[colour]), (0.15, 0.5), rng.uniform(0.08, 0.15), 0.4)
+    if motion_kind == "by_colour":  # drawn last: random and still scenes keep their earlier draws
+        rise = rng.uniform(*_RISE_SPEED) * (-1.0 if colour in RISING_COLOURS else 1.0)  # y points down
+        motion = dataclasses.replace(motion, velocity=np.array([0.0, rise, 0.0]))
     return SceneObject(shape=shape, motion=motion, texture=texture, colour_name=colour)
 
 
-def _object_fits(candidate: SceneObject, placed: list[SceneObject], camera_poses: np.ndarray) -> bool:
+def _object_fits(
+    candidate: SceneObject, placed: list[SceneObject], camera_poses: np.ndarray, duration: float
+) -> bool:
     """Whether ``candidate`` stays inside the room, apart from ``placed`` objects and clear of every camera
-    position ``camera_poses [T, 4, 4]`` over its whole motion, and starts in the middle of the first view."""
+    position ``camera_poses [T, 4, 4]`` over its whole motion in ``[0, duration]`` seconds, and starts in the middle
+    of the first view."""
     motion, radius = candidate.motion, candidate.shape.bounding_radius
-    reach = np.abs(motion.amplitude) + radius + _OBJECT_MARGIN
-    if (motion.centre - reach < ROOM_MIN).any() or (motion.centre + reach > ROOM_MAX).any():
+    middle, half, swept = motion.reach(duration)
+    reach = half + radius + _OBJECT_MARGIN
+    if (middle - reach < ROOM_MIN).any() or (middle + reach > ROOM_MAX).any():
         return False
-    swept = np.linalg.norm(motion.amplitude) + radius
+    swept += radius
     for other in placed:
-        other_swept = np.linalg.norm(other.motion.amplitude) + other.shape.bounding_radius
-        if np.linalg.norm(motion.centre - other.motion.centre) < swept + other_swept + _OBJECT_MARGIN:
+        other_middle, _, other_swept = other.motion.reach(duration)
+        gap = swept + other_swept + other.shape.bounding_radius + _OBJECT_MARGIN
+        if np.linalg.norm(middle - other_middle) < gap:
             return False
-    if np.linalg.norm(camera_poses[:, :3, 3] - motion.centre, axis=-1).min() < swept + _CAMERA_OBJECT_MARGIN:
+    if np.linalg.norm(camera_poses[:, :3, 3] - middle, axis=-1).min() < swept + _CAMERA_OBJECT_MARGIN:
         return False
     in_camera = (motion.centre - camera_poses[0, :3, 3]) @ camera_poses[0, :3, :3]
     half_view = 0.8 * math.tan(math.radians(FOV_X_DEGREES) / 2.0)
     return in_camera[2] > 0.0 and bool((np.abs(in_camera[:2]) <= half_view * in_camera[2]).all())
 
 
-def sample_layout(seed: int, index: int, dynamic: bool) -> SceneLayout:
+def sample_layout(
+    seed: int, index: int, dynamic: bool, motion: str = "by_colour", duration: float = DEFAULT_DURATION
+) -> SceneLayout:
     """The layout of scene ``index`` for ``seed``, from ``np.random.default_rng([seed, index])`` alone.
 
     2-4 objects of distinct colours are placed near the camera's focus; an object that finds no valid place in
-    :data:`_MAX_ATTEMPTS` tries is left out. ``dynamic`` gives them motion; otherwise they stand still.
+    :data:`_MAX_ATTEMPTS` tries is left out. ``dynamic`` gives them ``motion`` (one of :data:`MOTIONS`, see the module
+    docstring); otherwise they stand still. Objects keep clear of the room, each other and the camera for
+    ``duration`` seconds (a ``by_colour`` object keeps going; later it may leave the room).
     """
+    if motion not in MOTIONS:
+        raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
     rng = np.random.default_rng([seed, index])
     room_textures = tuple(_room_texture(rng) for _ in range(NUM_ROOM_FACES))
     trajectory, placement, scale = _sample_camera(rng)
@@ -564,8 +609,8 @@ def sample_layout(seed: int, index: int, dynamic: bool) -> SceneLayout:
     objects: list[SceneObject] = []
     for colour in colours:
         for _ in range(_MAX_ATTEMPTS):
-            candidate = _sample_object(rng, focus, str(colour), dynamic)
-            if _object_fits(candidate, objects, camera_poses):
+            candidate = _sample_object(rng, focus, str(colour), motion if dynamic else None)
+            if _object_fits(candidate, objects, camera_poses, duration):
                 objects.append(candidate)
                 break
     return SceneLayout(
@@ -600,7 +645,8 @@ class Toy4DReader(Reader):
 
     Scene ``i`` is dynamic when ``floor((i + 1) f) > floor(i f)`` for ``f = dynamic_fraction``, which spreads the
     dynamic scenes evenly (alternating at 0.5). Splits: the last ~10% of scenes are ``test``, the ~10% before them
-    ``val`` (at least one each from 3 scenes on), the rest ``train``.
+    ``val`` (at least one each from 3 scenes on), the rest ``train``. ``motion`` (:data:`MOTIONS`) says how dynamic
+    scenes move (module docstring).
     """
 
     name = "toy4d"
@@ -616,6 +662,7 @@ class Toy4DReader(Reader):
         seed: int = 0,
         dynamic_fraction: float = 0.5,
         fps: float = 12.0,
+        motion: str = "by_colour",
     ):
         super().__init__(root)
         self.num_scenes = _check_integer(num_scenes, "num_scenes", 1, 10_000)
@@ -624,6 +671,9 @@ class Toy4DReader(Reader):
         self.seed = _check_integer(seed, "seed", 0)
         self.dynamic_fraction = _check_real(dynamic_fraction, "dynamic_fraction", 0.0, 1.0)
         self.fps = _check_real(fps, "fps", 0.0, math.inf, low_open=True)
+        if motion not in MOTIONS:
+            raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
+        self.motion = motion
 
     def scene_names(self) -> list[str]:
         return [f"scene_{i:04d}" for i in range(self.num_scenes)]
@@ -643,7 +693,8 @@ class Toy4DReader(Reader):
         return math.floor((index + 1) * self.dynamic_fraction) > math.floor(index * self.dynamic_fraction)
 
     def open_scene(self, name: str) -> Toy4DScene:
-        layout = sample_layout(self.seed, self._index(name), self.is_dynamic(name))
+        duration = self.num_frames / self.fps
+        layout = sample_layout(self.seed, self._index(name), self.is_dynamic(name), self.motion, duration)
         return Toy4DScene(name, layout, self.num_frames, self.size, self.fps)
 
     def _index(self, name: str) -> int:

@@ -61,7 +61,7 @@ def test_annotate_toy4d_round_trips_every_field(tmp_path, small_toy4d):
             assert psnr(record.frames, scene.frames(indices)) > 29.0
             truth = scene.depth(indices)
             kept = record.depth > 0  # the reprojection filter may drop a few edge pixels
-            assert kept.mean() > 0.93  # QC drops pixels at depth edges, many at 48 px
+            assert kept.mean() > 0.9  # QC drops pixels at depth edges and where moving objects cover them 2 frames away
             np.testing.assert_allclose(record.depth[kept], truth[kept], rtol=2**-11)
             np.testing.assert_array_equal(record.c2w, scene.c2w[indices].astype(np.float32))
             np.testing.assert_array_equal(record.K, scene.K[indices].astype(np.float32))

@@ -13,8 +13,11 @@ import torch
 
 from annotation.readers import make_reader
 from annotation.readers.toy4d import (
+    _RISE_SPEED,
     CAMERA_TRAJECTORIES,
     CAMERA_TRAVEL,
+    DEFAULT_DURATION,
+    RISING_COLOURS,
     ROOM_MAX,
     ROOM_MIN,
     Box,
@@ -185,6 +188,7 @@ def test_reader_lists_sorted_scenes_with_held_out_last_splits():
         ("fps", 0.0),
         ("fps", float("nan")),
         ("num_frames", True),
+        ("motion", "sideways"),
     ],
 )
 def test_reader_rejects_bad_options(option, value):
@@ -211,8 +215,12 @@ def test_scene_metadata_follows_the_conventions(dynamic_scene):
     np.testing.assert_allclose(scene.K[3], [[focal, 0, 24.0], [0, focal, 24.0], [0, 0, 1]], rtol=1e-12)
     assert scene.c2w.shape == (9, 4, 4) and scene.c2w.dtype == np.float64
     np.testing.assert_allclose(scene.timestamps, np.arange(9) / 12.0)
-    assert scene.caption.startswith("a room with ") and scene.caption.endswith(" moving")
-    assert all(obj.colour_name in scene.caption for obj in scene.layout.objects)
+    assert scene.caption.startswith("a room with ")
+    for obj in scene.layout.objects:
+        verb = "rising" if obj.colour_name in RISING_COLOURS else "sinking"
+        assert f"{obj.colour_name} {obj.shape.kind} {verb}" in scene.caption
+    random_motion = Toy4DReader(**SMALL, motion="random").open_scene(DYNAMIC)
+    assert random_motion.caption.endswith(" moving") and "rising" not in random_motion.caption
     frames, depth, mask = scene.frames([0, 4]), scene.depth([0, 4]), scene.dynamic_mask([0, 4])
     assert frames.shape == (2, 48, 48, 3) and frames.dtype == np.uint8
     assert depth.shape == (2, 48, 48) and depth.dtype == np.float32 and (depth > 0).all()
@@ -505,12 +513,14 @@ def test_object_texture_moves_with_the_object():
     assert (frames[1, :, :-3][on_face] != frames[0, :, :-3][on_face]).any(-1).mean() > 0.3, "the texture moved"
 
 
-def test_sampled_layouts_keep_objects_apart_and_inside_the_room():
+@pytest.mark.parametrize("motion,duration", [("by_colour", DEFAULT_DURATION), ("by_colour", 2.0), ("random", 8.0)])
+def test_sampled_layouts_keep_objects_apart_and_inside_the_room(motion, duration):
+    """Over the whole ``duration`` the layout was sampled for (a random object oscillates, so any duration)."""
     for index in range(12):
-        layout = sample_layout(0, index, dynamic=True)
+        layout = sample_layout(0, index, dynamic=True, motion=motion, duration=min(duration, DEFAULT_DURATION))
         positions = layout.camera_poses(97)[:, :3, 3]
         for k, obj in enumerate(layout.objects):
-            for time in np.linspace(0.0, 8.0, 33):
+            for time in np.linspace(0.0, duration, 33):
                 _, centre = obj.motion.pose(time)
                 radius = obj.shape.bounding_radius
                 assert (centre - radius > ROOM_MIN).all() and (centre + radius < ROOM_MAX).all()
@@ -518,3 +528,44 @@ def test_sampled_layouts_keep_objects_apart_and_inside_the_room():
                 for other in layout.objects[k + 1 :]:
                     _, other_centre = other.motion.pose(time)
                     assert np.linalg.norm(centre - other_centre) > radius + other.shape.bounding_radius
+
+
+def test_by_colour_objects_rise_or_sink_by_their_colour_at_a_constant_speed():
+    """The default motion: straight up for RISING_COLOURS, straight down otherwise (y points down), at a constant
+    speed in ``_RISE_SPEED`` metres per second, without spinning; a still scene's objects do not move."""
+    colours = set()
+    for index in range(12):
+        for obj in sample_layout(0, index, dynamic=True).objects:
+            (r0, c0), (r1, c1), (_, c2) = (obj.motion.pose(t) for t in (0.0, 1.0, 3.0))
+            np.testing.assert_array_equal(r1, r0)
+            velocity = c1 - c0
+            np.testing.assert_allclose(c2 - c0, 3.0 * velocity, atol=1e-12)  # constant
+            sign = -1.0 if obj.colour_name in RISING_COLOURS else 1.0
+            assert velocity[0] == velocity[2] == 0.0
+            assert _RISE_SPEED[0] <= sign * velocity[1] <= _RISE_SPEED[1]
+            colours.add(obj.colour_name)
+        for obj in sample_layout(0, index, dynamic=False).objects:
+            assert obj.motion.pose(0.0)[1].tolist() == obj.motion.pose(3.0)[1].tolist()
+    assert colours & RISING_COLOURS and colours - RISING_COLOURS, "both directions occur"
+
+
+def test_by_colour_tracks_move_straight_up_or_down_and_random_motion_spins():
+    """Through the reader: every track on a moving object is displaced by exactly its object's velocity times the
+    elapsed time, up for a rising colour; the ``random`` motion oscillates and spins, as before."""
+    reader = Toy4DReader(**SMALL)
+    scene = reader.open_scene(DYNAMIC)
+    pixels = np.argwhere(scene.dynamic_mask([0])[0])[:, ::-1] + 0.5
+    xyz = scene.tracks_from_pixels(pixels, ALL)[0].astype(np.float64)
+    elapsed = scene.timestamps[ALL] - scene.timestamps[0]
+    checked = 0
+    for obj in scene.layout.objects:
+        mine = on_object_surface(obj, xyz[:, 0], time=0.0)
+        velocity = obj.motion.velocity
+        assert (velocity[1] < 0) == (obj.colour_name in RISING_COLOURS)
+        expected = xyz[mine, :1] + elapsed[None, :, None] * velocity
+        np.testing.assert_allclose(xyz[mine], expected, atol=1e-5)
+        checked += mine.sum()
+    assert checked == len(pixels) > 0
+    spinning = Toy4DReader(**SMALL, motion="random").open_scene(DYNAMIC).layout.objects
+    assert spinning and all(o.motion.spin_rate != 0.0 and (o.motion.amplitude > 0).all() for o in spinning)
+    assert all((o.motion.velocity == 0.0).all() for o in spinning)
