@@ -119,18 +119,29 @@ def _resample(dim: int, scale: float) -> nn.Module:
 IDENTITY = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # raw (dmu, dq, ds) of no motion
 
 
+TIME_INPUTS = ("relative", "target")
+
+
 class DeformationHead(nn.Module):
     """DPT-style deformation head conditioned on the target time (Appendix C.2): ``K_d = 10`` per Gaussian.
 
-    Features of four transformer depths are reassembled at 4x, 2x, 1x and 0.5x the token grid, fused from coarse
-    to fine, normalised and modulated by the target time (adaptive normalisation as in MoVieS: a parameter-free
-    group norm, then a FiLM from sinusoidal time features, zero-initialised), and decoded to the
-    Gaussian grid by a transposed 3D convolution straight to ``(dmu 3, dq 4, ds 3)``, like the Gaussian head. That
-    layer starts at zero weight with the identity as bias, so the head outputs the identity deformation at
-    initialisation (static pre-training, Sec. 3.4, starts from a field that does not move); the paper's last layer
-    is a 1x1 convolution at pixel resolution, ours fuses that projection with the upsampling. Target times are
-    decoded ``time_chunk`` at a time: that bounds memory without gradients, and in training with
-    ``checkpoint_chunks`` (recomputed in the backward pass).
+    Features of four transformer depths are reassembled at 4x, 2x, 1x and 0.5x the token grid and fused from coarse
+    to fine (the multi-resolution features of Appendix C.2), brought from the latent frames to the source frames by
+    a transposed temporal convolution (the Gaussian head's temporal layout), normalised and modulated by time
+    (adaptive normalisation as in MoVieS: a parameter-free group norm, then a FiLM from sinusoidal time features,
+    zero-initialised), refined and projected to ``(dmu 3, dq 4, ds 3)`` on the Gaussian grid by a transposed 2D
+    convolution (the paper's last layer is a 1x1 convolution at pixel resolution; ours fuses that projection with the
+    upsampling). That layer starts at zero weight with the identity as bias, so the head outputs the identity
+    deformation at initialisation (static pre-training, Sec. 3.4, starts from a field that does not move).
+
+    ``time_input`` says what the FiLM sees (the paper conditions on "a time embedding for the target frame" of a
+    scene "at a canonical time step" and leaves the canonical time open): ``relative`` (default) the target time
+    minus the time of the Gaussian's own source frame, its canonical time, mapped from ``[-1, 1]`` to ``[0, 1]``;
+    ``target`` the target time alone. Each Gaussian sits where its frame saw it, so its displacement to time ``t`` is
+    a function of ``t - t_source`` (zero at its own time, reversed before it); with ``target`` the head has to infer
+    the source time from the temporal layout, and on toy4d's learnable motion it learns the direction about half as
+    fast (``bench/motion_probe.py``, ``bench/RESULTS.md``). Target times are decoded ``time_chunk`` at a time: that
+    bounds memory without gradients, and in training with ``checkpoint_chunks`` (recomputed in the backward pass).
     """
 
     def __init__(
@@ -141,19 +152,24 @@ class DeformationHead(nn.Module):
         time_dim: int = 64,
         time_chunk: int = 8,
         checkpoint_chunks: bool = False,
+        time_input: str = "relative",
     ):
         super().__init__()
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input: expected one of {TIME_INPUTS}, got {time_input!r}")
         self.time_dim, self.time_chunk, self.checkpoint_chunks = time_dim, time_chunk, checkpoint_chunks
+        self.time_input = time_input
         self.reassemble = nn.ModuleList(
             nn.Sequential(nn.Conv2d(width, dim, 1), _resample(dim, scale)) for scale in DPT_SCALES
         )
         self.fuse = nn.ModuleList(ResidualConvUnit(dim) for _ in DPT_SCALES)
+        self.to_frames = temporal_upsampler(dim, dim, 1)
         self.film = nn.Sequential(nn.Linear(time_dim, dim), nn.SiLU(), nn.Linear(dim, 2 * dim))
         nn.init.zeros_(self.film[-1].weight)
         nn.init.zeros_(self.film[-1].bias)
         self.norm = nn.GroupNorm(1, dim, affine=False)  # bounded inputs: the refine units cannot all saturate
         self.refine = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.SiLU())
-        self.out = temporal_upsampler(dim, 10, spatial_upsample)  # straight to 10 channels: the grid is large
+        self.out = nn.ConvTranspose2d(dim, 10, spatial_upsample, stride=spatial_upsample)  # straight to 10 channels
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
             self.out.bias.copy_(IDENTITY)
@@ -163,7 +179,7 @@ class DeformationHead(nn.Module):
         return bool((self.out.weight == 0).all()) and torch.equal(self.out.bias.detach().cpu(), IDENTITY)
 
     def forward(self, features: list[Tensor], times: Tensor) -> Tensor:
-        """Raw deformations ``[B, T_target, T, H/s, W/s, 10]``.
+        """Raw deformations ``[B, T_target, T, H/s, W/s, 10]``, ``T = 4 T' - 3`` source frames.
 
         Args:
             features: ``len(DPT_SCALES)`` token maps ``[B, D, T', h, w]``, shallow to deep.
@@ -174,24 +190,30 @@ class DeformationHead(nn.Module):
         fused = self.fuse[-1](maps[-1])
         for fuse, skip in zip(reversed(self.fuse[:-1]), reversed(maps[:-1])):
             fused = fuse(skip + nn.functional.interpolate(fused, size=skip.shape[-2:], mode="bilinear"))
-        fused = self.norm(fused).unflatten(0, (B, Tl))  # [B, T', dim, 4h, 4w]
-        film = self.film(time_features(times, self.time_dim).to(fused.dtype))  # [B, Tt, 2 dim]
+        frames = self.to_frames(fused.unflatten(0, (B, Tl)).transpose(1, 2)).transpose(1, 2)  # [B, T, dim, 4h, 4w]
+        T = frames.shape[1]
+        frames = self.norm(frames.flatten(0, 1)).unflatten(0, (B, T))
+        condition = times[:, :, None].float().expand(-1, -1, T)  # [B, Tt, T]
+        if self.time_input == "relative":
+            source = torch.linspace(0.0, 1.0, T, device=times.device)
+            condition = 0.5 * (condition - source + 1.0)  # t - t_source in [-1, 1], mapped to [0, 1]
+        film = self.film(time_features(condition, self.time_dim).to(frames.dtype))  # [B, Tt, T, 2 dim]
         chunks = []
         for chunk in film.split(self.time_chunk, dim=1):
             if self.checkpoint_chunks and self.training:  # keep one chunk's activations at a time in training too
-                chunks.append(checkpoint(self._at_times, fused, chunk, use_reentrant=False))
+                chunks.append(checkpoint(self._at_times, frames, chunk, use_reentrant=False))
             else:
-                chunks.append(self._at_times(fused, chunk))
+                chunks.append(self._at_times(frames, chunk))
         return torch.cat(chunks, dim=1)
 
-    def _at_times(self, fused: Tensor, film: Tensor) -> Tensor:
-        """Deformations ``[B, Tc, T, H/s, W/s, 10]`` of fused features ``[B, T', dim, 4h, 4w]`` at ``Tc`` times."""
-        B, Tl = fused.shape[:2]
+    def _at_times(self, frames: Tensor, film: Tensor) -> Tensor:
+        """Deformations ``[B, Tc, T, H/s, W/s, 10]`` of normalised features ``[B, T, dim, 4h, 4w]`` under the FiLM
+        ``[B, Tc, T, 2 dim]`` of ``Tc`` target times."""
+        B, T = frames.shape[:2]
         Tc = film.shape[1]
-        scale, shift = film[:, :, None, :, None, None].chunk(2, dim=3)
-        x = self.refine((fused[:, None] * (1 + scale) + shift).flatten(0, 2)).unflatten(0, (B * Tc, Tl))
-        x = self.out(x.transpose(1, 2))  # [B*Tc, 10, T, H/s, W/s]
-        return x.unflatten(0, (B, Tc)).permute(0, 1, 3, 4, 5, 2)
+        scale, shift = film[..., None, None].chunk(2, dim=3)
+        x = self.out(self.refine((frames[:, None] * (1 + scale) + shift).flatten(0, 2)))  # [B*Tc*T, 10, H/s, W/s]
+        return x.unflatten(0, (B, Tc, T)).permute(0, 1, 2, 4, 5, 3)
 
     @staticmethod
     def split(raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:

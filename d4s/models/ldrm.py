@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from d4s.gaussians.field import DeformableGaussianField, GaussianField
 from d4s.geometry.cameras import resize_intrinsics, unproject_depth
-from d4s.models.heads import DPT_SCALES, TEMPORAL_STRIDE, DeformationHead, GaussianHead, time_features
+from d4s.models.heads import DPT_SCALES, TEMPORAL_STRIDE, TIME_INPUTS, DeformationHead, GaussianHead, time_features
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class LDRMConfig:
     ``width``, the transformer's width, which the paper does not give). ``latent_patch`` is ``p``;
     ``gaussian_stride`` is ``s`` (one Gaussian per ``s x s`` pixels; ``s`` must divide ``2p``).
     ``feature_layers`` are the blocks whose outputs feed the DPT deformation head (shallow to deep);
-    ``time_chunk`` target times are decoded at once (memory).
+    ``time_chunk`` target times are decoded at once (memory). ``deformation_time``: what the deformation head's time
+    conditioning sees, ``relative`` (target minus source frame time) or ``target`` (:class:`DeformationHead`).
     """
 
     latent_channels: int = 16
@@ -47,6 +48,7 @@ class LDRMConfig:
     dpt_dim: int = 256
     time_dim: int = 64
     time_chunk: int = 8
+    deformation_time: str = "relative"
     near: float = 0.1
     far: float = 100.0
     init_depth: float = 3.0
@@ -65,6 +67,8 @@ class LDRMConfig:
             )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.deformation_time not in TIME_INPUTS:
+            raise ValueError(f"deformation_time: expected one of {TIME_INPUTS}, got {self.deformation_time!r}")
 
     @property
     def pixels_per_token(self) -> int:
@@ -153,6 +157,7 @@ class LatentDynamicReconstructionModel(nn.Module):
             c.time_dim,
             c.time_chunk,
             checkpoint_chunks=c.gradient_checkpointing,
+            time_input=c.deformation_time,
         )
 
     def _tokens(self, latents: Tensor, plucker: Tensor) -> tuple[Tensor, tuple[int, int, int]]:

@@ -7,6 +7,7 @@ import torch
 
 from d4s.geometry import intrinsics_from_fov, look_at, plucker_embedding, project_points
 from d4s.models import LatentDynamicReconstructionModel, LDRMConfig, parameter_count
+from d4s.models.heads import time_features
 from d4s.render import render
 
 TINY = LDRMConfig(
@@ -68,8 +69,26 @@ def test_deformation_is_the_identity_at_initialisation():
     torch.testing.assert_close(field.at(3).means, field.canonical.means)
     assert model.deformation_head.is_identity()
     with torch.no_grad():
-        model.deformation_head.out.weight[0, 0, 0, 0, 0] = 1e-3
+        model.deformation_head.out.weight[0, 0, 0, 0] = 1e-3
     assert not model.deformation_head.is_identity()
+
+
+@pytest.mark.parametrize("time_input", ["relative", "target"])
+def test_the_time_film_sees_the_target_time_relative_to_each_source_frame(time_input):
+    """``relative``: the FiLM of source frame ``f`` at target time ``t`` is computed from ``(t - f / (T - 1) + 1) / 2``;
+    ``target``: from ``t`` alone, the same for every source frame."""
+    model = LatentDynamicReconstructionModel(LDRMConfig(**{**vars(TINY), "deformation_time": time_input}))
+    seen = []
+    model.deformation_head.film.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    times = torch.tensor([[0.0, 0.5, 1.0], [0.25, 0.75, 0.125]])
+    model(*inputs(), times)
+    T = 9
+    source = torch.arange(T) / (T - 1)
+    expected_time = times[:, :, None] - source + 1.0 if time_input == "relative" else times[:, :, None].expand(-1, -1, T)
+    scale = 0.5 if time_input == "relative" else 1.0
+    torch.testing.assert_close(seen[0], time_features(scale * expected_time, TINY.time_dim), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="deformation_time"):
+        LDRMConfig(**{**vars(TINY), "deformation_time": "absolute"})
 
 
 def test_without_target_times_the_head_is_skipped_and_the_gaussians_are_unchanged():
