@@ -223,7 +223,7 @@ class Diff4SplatPipeline:
                 "with (--config)"
             )
         networks.load_state_dict(weights, strict=False)
-        if vae_tiling:
+        if vae_tiling and model_config.video_dit.codec == "vae":  # the space-to-depth codec works block by block
             video_dit.vae.enable_tiling()
         flow = recipe.get("flow_matching")
         flow = FlowMatching(**flow) if isinstance(flow, dict) else None

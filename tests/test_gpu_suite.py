@@ -66,7 +66,7 @@ def test_meta_device_flops_match_a_real_forward_with_math_attention():
     torch.manual_seed(0)
     dit = VideoDiT.from_config(config.video_dit).eval()
     _, _, plucker, text = scene_inputs(9, 64, 64, 8, 32, "cpu", torch.float32)
-    latents = torch.randn(1, 3, 4, 8, 8)
+    latents = torch.randn(1, 3, dit.latent_channels, 8, 8)
     with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         dit(latents, torch.randn_like(latents), plucker, text, FlowMatching().model_timestep(torch.full((1,), 0.5)))
     assert gpu_suite.dit_flops(gpu_suite.SMALL)["dit_forward_tflop"] * 1e12 == pytest.approx(counter.get_total_flops())

@@ -13,6 +13,8 @@ sampler (a signal-to-noise-matched warm start is possible, ``MODEL_NOTES.md``; n
 
 Weights come from a local directory (``transformer/`` and ``vae/`` in diffusers format, ``camera_adapter.safetensors``
 once trained); ``random_init: true`` builds random ones from the config dicts instead (tiny CPU models, timing).
+``codec: space_to_depth`` replaces the VAE by a weight-free codec of the same layout (:mod:`d4s.models.codec`), for
+tiny models that must see their input.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resi
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.heads import TEMPORAL_STRIDE
 
 ADAPTER_FILE = "camera_adapter.safetensors"
@@ -44,7 +47,10 @@ class VideoDiTConfig:
     ``posterior``: how a video becomes latents: ``sample`` from the VAE's posterior (training as CogVideoX; a trained
     VAE's posterior is narrow) or its ``mean``. A randomly initialised VAE has a posterior of unit spread around a
     mean that varies far less (standard deviation ~1 vs ~0.3 with the tiny config), so samples drown the image in
-    noise and a model trained on them learns to ignore its latents: random VAEs need ``mean``."""
+    noise and a model trained on them learns to ignore its latents: random VAEs need ``mean``. ``codec``: what turns
+    videos into latents: ``vae`` (CogVideoX's VAE, from ``path`` or ``vae``) or ``space_to_depth``
+    (:class:`~d4s.models.codec.SpaceToDepthCodec` with the arguments in ``space_to_depth``; weight-free, for tiny
+    models: a random tiny VAE keeps almost nothing of the video; ``posterior`` does not apply)."""
 
     path: str | None = None
     random_init: bool = False
@@ -53,13 +59,18 @@ class VideoDiTConfig:
     camera_channels: int = 16
     gradient_checkpointing: bool = False
     posterior: str = "sample"
+    codec: str = "vae"
+    space_to_depth: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.posterior not in POSTERIORS:
             raise ValueError(f"video_dit.posterior: expected one of {POSTERIORS}, got {self.posterior!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"video_dit.codec: expected one of {CODECS}, got {self.codec!r}")
 
 
 POSTERIORS = ("sample", "mean")
+CODECS = ("vae", "space_to_depth")
 
 
 class CameraPatchEmbed(nn.Module):
@@ -121,7 +132,7 @@ class VideoDiT(nn.Module):
     def __init__(
         self,
         transformer: CogVideoXTransformer3DModel,
-        vae: AutoencoderKLCogVideoX,
+        vae: AutoencoderKLCogVideoX | SpaceToDepthCodec,
         camera_channels: int,
         posterior: str = "sample",
     ):
@@ -136,12 +147,15 @@ class VideoDiT(nn.Module):
             )
         if c.use_learned_positional_embeddings:
             interpolate_learned_positions(transformer.patch_embed)
-        self.latent_channels = vae.config.latent_channels
+        if isinstance(vae, SpaceToDepthCodec):
+            self.latent_channels, spatial = vae.latent_channels, vae.spatial_compression
+        else:
+            self.latent_channels, spatial = vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1)
         if c.in_channels != 2 * self.latent_channels:
             raise ValueError(
                 f"transformer in_channels {c.in_channels} != 2 x VAE latent channels {self.latent_channels}"
             )
-        self.plucker = PluckerPatchifier(camera_channels, 2 ** (len(vae.config.block_out_channels) - 1))
+        self.plucker = PluckerPatchifier(camera_channels, spatial)
         embed = transformer.patch_embed
         embed.proj = CameraPatchEmbed(embed.proj, camera_channels)
 
@@ -154,23 +168,29 @@ class VideoDiT(nn.Module):
     @classmethod
     def from_config(cls, config: VideoDiTConfig) -> VideoDiT:
         """Load from ``config.path`` or, when ``config.random_init``, build random weights from the config dicts."""
+        codec = SpaceToDepthCodec(**config.space_to_depth) if config.codec == "space_to_depth" else None
         if config.random_init:
             transformer = CogVideoXTransformer3DModel(**config.transformer)
-            model = cls(transformer, AutoencoderKLCogVideoX(**config.vae), config.camera_channels, config.posterior)
+            vae = codec or AutoencoderKLCogVideoX(**config.vae)
+            model = cls(transformer, vae, config.camera_channels, config.posterior)
         elif config.path is None:
             raise ValueError("video DiT: give path (a local CogVideoX I2V directory) or set random_init: true")
         else:
-            model = cls.from_pretrained(config.path, config.camera_channels)
+            model = cls.from_pretrained(config.path, config.camera_channels, codec)
             model.posterior = config.posterior
         if config.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
         return model
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, camera_channels: int = 16) -> VideoDiT:
-        """Load ``path/transformer``, ``path/vae`` and, when present, ``path/camera_adapter.safetensors``."""
+    def from_pretrained(
+        cls, path: str | Path, camera_channels: int = 16, codec: SpaceToDepthCodec | None = None
+    ) -> VideoDiT:
+        """Load ``path/transformer``, ``path/vae`` (unless a ``codec`` replaces the VAE) and, when present,
+        ``path/camera_adapter.safetensors``."""
         path = Path(path)
-        missing = [p for p in (path / "transformer" / "config.json", path / "vae" / "config.json") if not p.is_file()]
+        needed = [path / "transformer" / "config.json"] + ([] if codec else [path / "vae" / "config.json"])
+        missing = [p for p in needed if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"video DiT weights: {path} lacks {[str(p) for p in missing]}; expected a diffusers CogVideoX I2V "
@@ -179,7 +199,7 @@ class VideoDiT(nn.Module):
             )
         model = cls(
             CogVideoXTransformer3DModel.from_pretrained(path / "transformer"),
-            AutoencoderKLCogVideoX.from_pretrained(path / "vae"),
+            codec or AutoencoderKLCogVideoX.from_pretrained(path / "vae"),
             camera_channels,
         )
         if (path / ADAPTER_FILE).is_file():
@@ -202,14 +222,18 @@ class VideoDiT(nn.Module):
             self.transformer.save_pretrained(path / "transformer")
         finally:
             embed.proj = adapter
-        self.vae.save_pretrained(path / "vae")
+        if not isinstance(self.vae, SpaceToDepthCodec):  # the codec has no weights
+            self.vae.save_pretrained(path / "vae")
         camera = {k: v for k, v in self.state_dict().items() if k.startswith(("plucker.", ADAPTER_KEY))}
         save_file(camera, path / ADAPTER_FILE)
 
     @torch.no_grad()
     def encode(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Video ``[B, T, 3, H, W]`` in ``[0, 1]`` -> scaled latents ``[B, T', 16, H/8, W/8]`` (``T = 4T' - 3``),
-        sampled from the VAE's posterior with ``generator``, or its mean (``posterior``, :class:`VideoDiTConfig`)."""
+        """Video ``[B, T, 3, H, W]`` in ``[0, 1]`` -> scaled latents ``[B, T', C, H/8, W/8]`` (``T = 4T' - 3``),
+        sampled from the VAE's posterior with ``generator``, or its mean (``posterior``, :class:`VideoDiTConfig`);
+        a :class:`~d4s.models.codec.SpaceToDepthCodec` is deterministic."""
+        if isinstance(self.vae, SpaceToDepthCodec):
+            return self.vae(video)
         posterior = self.vae.encode(video.transpose(1, 2).to(self.vae.dtype) * 2.0 - 1.0).latent_dist
         latents = posterior.mode() if self.posterior == "mean" else posterior.sample(generator=generator)
         return (latents * self.vae.config.scaling_factor).transpose(1, 2)

@@ -1,11 +1,16 @@
-"""The whole chain on tiny models: video -> VAE latents -> DiT velocity -> sampler -> LDRM -> 4D field -> render."""
+"""The whole chain on tiny models: video -> latents (VAE or codec) -> DiT velocity -> sampler -> LDRM -> 4D field ->
+render."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from d4s.diffusion import FlowMatching, Guidance, euler_sample
 from d4s.geometry import intrinsics_from_fov, look_at, plucker_embedding
+from d4s.models.config import ModelConfig
 from d4s.models.ldrm import LatentDynamicReconstructionModel
 from d4s.models.text import TextEncoder
 from d4s.models.video_dit import VideoDiT
@@ -20,10 +25,12 @@ def cameras(T=9, size=64):
     return c2w, K, plucker_embedding(c2w, K, size, size)
 
 
-def test_image_and_cameras_to_a_rendered_4d_scene():
+@pytest.mark.parametrize("name", ["model.yaml", "model_vae.yaml"])
+def test_image_and_cameras_to_a_rendered_4d_scene(name):
+    config = ModelConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "tiny" / name)
     torch.manual_seed(0)
-    dit, ldrm = VideoDiT.from_config(TINY.video_dit).eval(), LatentDynamicReconstructionModel(TINY.ldrm).eval()
-    text = TextEncoder(**TINY.text)
+    dit, ldrm = VideoDiT.from_config(config.video_dit).eval(), LatentDynamicReconstructionModel(config.ldrm).eval()
+    text = TextEncoder(**config.text)
     image = torch.rand(1, 3, 64, 64)
     c2w, K, plucker = cameras()
     image_latents = dit.image_latents(image, latent_frames=3)
@@ -40,7 +47,7 @@ def test_image_and_cameras_to_a_rendered_4d_scene():
         )
 
     latents = euler_sample(velocity, torch.randn_like(image_latents), num_steps=3, guidance=Guidance())
-    assert latents.shape == (1, 3, 4, 8, 8) and torch.isfinite(latents).all()
+    assert latents.shape == (1, 3, dit.latent_channels, 8, 8) and torch.isfinite(latents).all()
     with torch.no_grad():
         out = ldrm(latents, plucker, K, c2w, torch.linspace(0, 1, 9)[None])
     field = out.fields()[0]

@@ -16,7 +16,7 @@ from d4s.models.text import TextEncoder
 from d4s.models.video_dit import VideoDiT, VideoDiTConfig
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ModelConfig.from_yaml(REPO / "configs" / "tiny" / "model.yaml")
+TINY = ModelConfig.from_yaml(REPO / "configs" / "tiny" / "model_vae.yaml")  # the tiny models with a (random) VAE
 
 
 def tiny_inputs(seed=0):
