@@ -58,6 +58,7 @@ from d4s.stages.visuals import comparison_grid, comparison_rows, log_video
 
 DIT_TRAINING = ("full", "camera", "lora", "frozen")
 LDRM_INPUTS = ("one_step", "clean")
+MOTION_FRAMES = ("targets", "all")
 
 
 @dataclass
@@ -117,7 +118,10 @@ class Recipe:
     ``ldrm_input``: ``one_step`` or ``clean`` (see the module docstring). ``condition_dropout``: probability of
     dropping text and camera together (for guidance). ``num_target_views``: rendered frames per clip (frame 0 plus
     random others in training, evenly spaced frames in validation). ``background``: colour behind the Gaussians.
-    ``ema_decay``: keep an EMA of the trainable weights (validation then uses it). ``max_nonfinite_in_a_row``:
+    ``motion_frames``: the times at which the motion loss (Eq. 5) supervises the deformation: ``targets`` (the
+    rendered frames: the head runs at ``num_target_views`` times only) or ``all`` (every frame of the clip, rendered
+    or not: more supervision per step for a head that costs ``T / num_target_views`` times more; the paper does not
+    say). ``ema_decay``: keep an EMA of the trainable weights (validation then uses it). ``max_nonfinite_in_a_row``:
     skipped steps tolerated in a row. ``images_every_n_steps``: TensorBoard image grids (0 = never); validation
     also logs a video of its first clip. ``seed``: the step randomness is drawn from ``(seed, step, rank)``, so a
     resumed run continues exactly as an uninterrupted one.
@@ -129,6 +133,7 @@ class Recipe:
     condition_dropout: float = 0.1
     flow_matching: FlowMatching = field(default_factory=FlowMatching)
     num_target_views: int = 4
+    motion_frames: str = "targets"
     render_backend: str = "auto"
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     ema_decay: float | None = None
@@ -147,6 +152,8 @@ class Recipe:
             raise ValueError(
                 f"recipe.condition_dropout: expected a probability in [0, 1), got {self.condition_dropout}"
             )
+        if self.motion_frames not in MOTION_FRAMES:
+            raise ValueError(f"recipe.motion_frames: expected one of {MOTION_FRAMES}, got {self.motion_frames!r}")
         if self.num_target_views < 1:
             raise ValueError(f"recipe.num_target_views: expected >= 1, got {self.num_target_views}")
 
@@ -313,9 +320,12 @@ class Diff4SplatModule(L.LightningModule):
         times = frames.float() / max(T - 1, 1) if self.deformation_trains else None  # frozen head: the identity
         return self.ldrm(latents, batch.plucker, batch.K, batch.c2w, times), terms
 
-    def render_frames(self, output: LDRMOutput, batch: Batch, frames: Tensor) -> tuple[Tensor, Tensor] | None:
+    def render_frames(
+        self, output: LDRMOutput, batch: Batch, frames: Tensor, slots: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
         """Render ``frames [B, V]`` (camera and time of each): ``(rgb [B, V, 3, H, W], depth [B, V, H, W])``, in
-        float32 outside autocast; ``None`` when the predicted Gaussians are not finite."""
+        float32 outside autocast; ``None`` when the predicted Gaussians are not finite. ``slots [B, V]``: where each
+        frame's deformation lies on ``output``'s time axis (default: ``output`` was deformed to ``frames``)."""
         H, W = batch.video.shape[-2:]
         background = torch.tensor(self.recipe.background, device=self.device)
         rgbs, depths = [], []
@@ -330,7 +340,7 @@ class Diff4SplatModule(L.LightningModule):
                 else:
                     views = []
                     for v in range(frames.shape[1]):
-                        field = self._deformed(canonical, output, b, v)
+                        field = self._deformed(canonical, output, b, v if slots is None else int(slots[b, v]))
                         if field is None:
                             return None
                         views.append(
@@ -355,9 +365,13 @@ class Diff4SplatModule(L.LightningModule):
         predicted Gaussians are not finite)."""
         batch = batch.prepare()
         generator = self.step_generator(0) if train else self.step_generator_for_validation(batch)
-        frames = self.target_frames(len(batch), batch.video.shape[1], generator if train else None)
-        output, terms = self.reconstruct(batch, frames, generator, train)
-        rendered = self.render_frames(output, batch, frames)
+        B, T = batch.video.shape[:2]
+        frames = self.target_frames(B, T, generator if train else None)
+        deformed, slots = frames, None  # the times the LDRM deforms to; where each rendered frame is among them
+        if self.uses_motion and self.recipe.motion_frames == "all":
+            deformed, slots = torch.arange(T, device=self.device).expand(B, T), frames
+        output, terms = self.reconstruct(batch, deformed, generator, train)
+        rendered = self.render_frames(output, batch, frames, slots)
         if rendered is None:
             nan = torch.full((), float("nan"), device=self.device)
             return {"loss": nan}, {}
@@ -388,7 +402,7 @@ class Diff4SplatModule(L.LightningModule):
                 batch.c2w,
                 batch.K,
                 tuple(batch.video.shape[-2:]),
-                frames,
+                deformed,
                 generator,
             )
             error, magnitude, count = motion_loss(

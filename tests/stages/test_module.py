@@ -201,9 +201,10 @@ def test_checkpoints_are_atomic(tmp_path):
 
 
 def test_checkpoints_leave_out_frozen_weights_that_come_from_files(tmp_path):
-    tiny = yaml.safe_load(Path(TINY_MODEL).read_text())
+    with_vae = "configs/tiny/model_vae.yaml"  # a VAE has weights to come from files; the tiny codec has none
+    tiny = yaml.safe_load(Path(with_vae).read_text())
     torch.manual_seed(0)
-    VideoDiT.from_config(ModelConfig.from_yaml(TINY_MODEL).video_dit).save_pretrained(tmp_path / "dit")
+    VideoDiT.from_config(ModelConfig.from_yaml(with_vae).video_dit).save_pretrained(tmp_path / "dit")
     tiny["video_dit"] = {"path": str(tmp_path / "dit"), "camera_channels": tiny["video_dit"]["camera_channels"]}
     config = tmp_path / "model.yaml"
     config.write_text(yaml.safe_dump(tiny))
@@ -233,3 +234,39 @@ def test_squared_motion_option_still_logs_eq5(toy4d_shards):
     # the untrained head predicts no motion: motion = mean |dX|^2 / 0.1 >= (mean |dX|)^2 / 0.1 = motion_l2^2 / 0.1
     assert squared["motion"] != plain["motion"]
     assert squared["motion"] >= squared["motion_l2"] ** 2 / 0.1 * (1 - 1e-5)
+
+
+def test_motion_frames_all_supervises_every_frame_and_renders_the_same_views(toy4d_shards, monkeypatch):
+    import d4s.stages.base as base
+
+    module = tiny_module(DynamicFinetune, recipe={"ldrm_input": "clean"})
+    with torch.no_grad():
+        module.ldrm.deformation_head.out.weight.normal_(std=1e-2)  # a head that moves
+    data = tiny_data(toy4d_shards, "dynamic", samples_per_epoch=None, frame_step=2, batch_size=3)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader())).prepare()
+    seen = []
+
+    def spy(dmu, *args):
+        seen.append((dmu.detach(), args[-2]))
+        return base_track_motion(dmu, *args)
+
+    base_track_motion = base.track_motion
+    monkeypatch.setattr(base, "track_motion", spy)
+    targets, rendered_targets = module.compute_losses(batch, train=True)
+    module.recipe.motion_frames = "all"
+    every, rendered_every = module.compute_losses(batch, train=True)  # same step: same views, noise and tracks
+
+    (dmu_targets, frames_targets), (dmu_every, frames_every) = seen
+    B, T = batch.video.shape[:2]
+    frames = rendered_targets["frames"]
+    assert torch.equal(frames_targets, frames) and torch.equal(rendered_every["frames"], frames)
+    assert torch.equal(frames_every, torch.arange(T).expand(B, T))
+    assert dmu_every.shape[1] == T and dmu_targets.shape[1] == frames.shape[1]
+    assert dmu_targets.abs().amax() > 1e-3
+    torch.testing.assert_close(dmu_every.gather(1, frames[..., None, None].expand_as(dmu_targets)), dmu_targets)
+    torch.testing.assert_close(rendered_every["rgb"], rendered_targets["rgb"])
+    assert every["mse"].item() == pytest.approx(targets["mse"].item(), rel=1e-5)
+    assert every["motion"] != targets["motion"]
+    with pytest.raises(ValueError, match="motion_frames"):
+        tiny_module(DynamicFinetune, recipe={"motion_frames": "some"})
