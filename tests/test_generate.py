@@ -240,9 +240,9 @@ def test_bad_inputs_give_one_line_errors(checkpoint, tmp_path, capsys):
     assert "not found" in one_line_error(capsys, generate.main, base + ["--trajectory", str(tmp_path / "none.json")])
 
     other = tmp_path / "wider.yaml"
-    other.write_text(Path("configs/tiny/model.yaml").read_text().replace("width: 32", "width: 64"))
+    other.write_text(Path("configs/tiny/model.yaml").read_text().replace("  width: 64", "  width: 96"))
     err = one_line_error(capsys, generate.main, base + ["--config", str(other)])
-    assert "trained with another model config" in err and "ldrm.width: 32 in the checkpoint, 64" in err
+    assert "trained with another model config" in err and "ldrm.width: 64 in the checkpoint, 96" in err
     err = one_line_error(capsys, generate.main, [*base[:1], str(tmp_path / "none.ckpt"), *base[2:]])
     assert "checkpoint not found" in err
     err = one_line_error(capsys, generate.main, base + ["--resolution", "72"])

@@ -111,9 +111,9 @@ def test_unreadable_checkpoints_are_named(tmp_path):
     torch.save(checkpoint, path)
     with pytest.raises(ValueError, match="--config"):
         Diff4SplatPipeline.from_checkpoint(path)
-    assert Diff4SplatPipeline.from_checkpoint(path, config="configs/tiny/model.yaml").ldrm.config.width == 32
+    assert Diff4SplatPipeline.from_checkpoint(path, config="configs/tiny/model.yaml").ldrm.config.width == 64
     wider = tmp_path / "wider.yaml"  # without a stored config, only the weights can tell
-    wider.write_text(Path("configs/tiny/model.yaml").read_text().replace("width: 32", "width: 64"))
+    wider.write_text(Path("configs/tiny/model.yaml").read_text().replace("  width: 64", "  width: 96"))
     with pytest.raises(ValueError, match="does not fit the model config .* tensors of another shape .*ldrm"):
         Diff4SplatPipeline.from_checkpoint(path, config=wider)
 
