@@ -2,14 +2,14 @@
 
 Annotates the synthetic toy4d dataset, trains the three tiny stages with hand-off, generates 4D scenes from held-out
 first frames, evaluates the trained and the untrained model, and writes <out>/SUMMARY.md (metrics table, learning
-checks, contact sheet, loss curves, where everything is). About 15 minutes on 2 cores (--fast: a couple of minutes).
+checks, contact sheet, loss curves, where everything is). About 17 minutes on 2 cores (--fast: about 5).
 A killed demo resumes when run again with the same options.
 
 examples:
   python -m d4s.demo                       # the full demo -> runs/demo/SUMMARY.md
   python -m d4s.demo --fast                # the CI-sized variant -> runs/demo-fast/SUMMARY.md
   python -m d4s.demo --restart             # start over (deletes the run folder, keeps data/toy4d)
-  python -m d4s.demo --fast --check        # exit 1 unless every required learning check passes
+  python -m d4s.demo --fast --check        # exit 1 unless every learning check passes
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from d4s.demo.plan import FAST, FULL
 
     parser = doc_parser("python -m d4s.demo", __doc__)
-    parser.add_argument("--fast", action="store_true", help="the small variant (CI smoke test, a couple of minutes)")
+    parser.add_argument("--fast", action="store_true", help="the small variant (CI smoke test, about 5 minutes)")
     parser.add_argument("--out", type=Path, help=f"run folder (default: {FULL.out}, with --fast {FAST.out})")
     parser.add_argument(
         "--data",
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--restart", action="store_true", help="delete the run folder first (and the data with it if it lies inside)"
     )
-    parser.add_argument("--check", action="store_true", help="exit with status 1 if a required learning check fails")
+    parser.add_argument("--check", action="store_true", help="exit with status 1 if a learning check fails")
     args = parser.parse_args(argv)
     plan = FAST if args.fast else FULL
     if args.out is not None:

@@ -6,9 +6,9 @@ alone on the real video's latents (``latents``), plus the protocol's trajectory 
 reference computed here: frame 0 lifted into Gaussians with its true depth (:func:`rgbd_field`), held still and
 rendered along the same cameras, i.e. what a perfect static reconstruction of the input view scores.
 
-The learning checks compare the generated scenes for PSNR and depth, and the LDRM on the real video for motion:
-where a toy4d object goes after the first frame is random, so no single-image model can predict its direction
-(a generated video moves plausibly, not as the real one did), while the video's latents show it.
+The learning checks compare the generated scenes for PSNR and depth, and the LDRM on the real video for motion: the
+LDRM is trained on real videos' latents, and a generated scene moves as the real one did only as far as the tiny DiT
+keeps the objects' colours, which say where toy4d's objects go (both are in the table).
 """
 
 from __future__ import annotations
@@ -116,22 +116,15 @@ def learning_checks(plan: DemoPlan, rows: dict[str, dict[str, float]]) -> list[d
             limits.motion_cosine,
         ),
     ]
-    required = (True, True, limits.motion_required)
     return [
-        {
-            "check": name,
-            "value": value,
-            "threshold": limit,
-            "passed": bool(math.isfinite(value) and value >= limit),
-            "required": needed,
-        }
-        for (name, value, limit), needed in zip(checks, required)
+        {"check": name, "value": value, "threshold": limit, "passed": bool(math.isfinite(value) and value >= limit)}
+        for name, value, limit in checks
     ]
 
 
 def learned(checks: list[dict[str, Any]]) -> bool:
-    """Every required learning check passed."""
-    return all(check["passed"] for check in checks if check["required"])
+    """Every learning check passed."""
+    return all(check["passed"] for check in checks)
 
 
 # ------------------------------------------------------------------------------------------------------ figures
@@ -302,8 +295,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "frames (AbsRel after median scaling; Pearson correlation, the quantity of Eq. 4). Motion: each 3D "
             "track's Gaussian, displaced by the predicted deformation, against the track's true displacement, over "
             "the moving (track, time) pairs of the dynamic clips; an untrained deformation head predicts no motion. "
-            "toy4d objects move in random directions, so motion is judged on the video, which shows it; a generated "
-            "scene's motion is a guess from one frame. The last two rows are not models: the ground truth shows what "
+            "toy4d objects rise or sink by their colour, so the first frame says where they go and the video shows "
+            "it; the check reads motion on the video, where the LDRM sees what it was trained on, and the generated "
+            "scene's motion follows only as far as the tiny DiT keeps the objects' colours. The last two rows are "
+            "not models: the ground truth shows what "
             "the input view alone allows (regions not visible in frame 0 stay black); showing frame 0 at every time "
             "is what a model that ignored the camera would score. A model that beats the untrained one but not "
             "these has learnt an average room seen from the given cameras rather than the input image."
@@ -313,7 +308,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         *[
             f"- {'✓' if c['passed'] else '✗'} {c['check']}: {_format(c['value'])} (needs ≥ {c['threshold']:g})"
-            + ("" if c["required"] else "; reported only, not yet learnt reliably at this scale")
             for c in summary["checks"]
         ],
         "",
@@ -398,7 +392,6 @@ def write_summary(plan: DemoPlan, phases: dict[str, dict[str, Any]], scenes) -> 
         tmp.write_text(render_markdown(summary))
     print("\n" + "\n".join(f"  {label:<52} {path}" for label, path in summary["files"].items()))
     for check in summary["checks"]:
-        mark = "ok  " if check["passed"] else ("FAIL" if check["required"] else "low ")
-        note = "" if check["required"] else " (reported only)"
-        print(f"  [{mark}] {check['check']}: {_format(check['value'])} (needs >= {check['threshold']:g}){note}")
+        mark = "ok  " if check["passed"] else "FAIL"
+        print(f"  [{mark}] {check['check']}: {_format(check['value'])} (needs >= {check['threshold']:g})")
     return files["summary"]
