@@ -33,7 +33,7 @@ install: $(STAMP)  ## create the virtualenv and install the pinned stack (runs o
 test: $(STAMP)  ## run the test suite (CPU)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP)  ## the main job on a CPU: annotate toy4d, train 3 tiny stages, generate, evaluate -> runs/demo/SUMMARY.md (DEMO_FAST=1: ~3 min)
+demo: $(STAMP)  ## the main job on a CPU: annotate toy4d, train 3 tiny stages, generate, evaluate -> runs/demo/SUMMARY.md (DEMO_FAST=1: ~5 min)
 	$(BIN)/python -m d4s.demo $(if $(DEMO_FAST),--fast)
 
 bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, training steps, generation, the demo): tables on stdout, JSON in bench/results/

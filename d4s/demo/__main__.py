@@ -2,7 +2,7 @@
 
 Annotates the synthetic toy4d dataset, trains the three tiny stages with hand-off, generates 4D scenes from held-out
 first frames, evaluates the trained and the untrained model, and writes <out>/SUMMARY.md (metrics table, learning
-checks, contact sheet, loss curves, where everything is). About 17 minutes on 2 cores (--fast: about 5).
+checks, contact sheet, loss curves, where everything is). About 16 minutes on 2 cores (--fast: about 5).
 A killed demo resumes when run again with the same options.
 
 examples:

@@ -71,8 +71,8 @@ FULL = DemoPlan(
     out=Path("runs/demo"),
     data=Path("data/toy4d"),
     annotate=(),
-    steps=(600, 100, 600),
-    checkpoint_every=(100, 50, 100),
+    steps=(500, 50, 400),
+    checkpoint_every=(100, 25, 100),
     checks=LearningChecks(psnr_margin=3.0, depth_corr_margin=0.3, motion_cosine=0.3),
 )
 FAST = DemoPlan(

@@ -143,13 +143,15 @@ def _moves(scene, min_displacement: float) -> bool:
 
 
 def contact_sheet(plan: DemoPlan, scenes, path: Path, min_displacement: float = 0.02) -> Path:
-    """Per held-out clip (dynamic ones first): the real frames, the trained model's render and depth along the same
-    cameras, the true depth and the untrained model's render; frame 0 is the input image."""
+    """Per held-out clip (dynamic ones first), along its real cameras: the real frames, the trained model's scene
+    generated from frame 0 (the input image), the trained LDRM's scene from the real video's latents (the evaluation's
+    ``latents`` sample), the generated scene's depth, the true depth and the untrained model's generated scene."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from d4s.eval.protocol import LATENTS
     from d4s.utils.video import colorize_depth
 
     chosen = sorted(scenes, key=lambda s: not _moves(s, min_displacement))[: plan.contact_sheet_scenes]
@@ -157,13 +159,16 @@ def contact_sheet(plan: DemoPlan, scenes, path: Path, min_displacement: float = 
         raise ValueError("contact sheet: no held-out clip to show")
     T = chosen[0].video.shape[0]
     columns = sorted({0, T // 4, T // 2, (3 * T) // 4, T - 1})
-    row_names = ("ground truth", "trained", "trained depth", "true depth", "untrained")
+    row_names = ("ground truth", "generated", "from the video", "generated depth", "true depth", "untrained")
     figure, axes = plt.subplots(
-        len(chosen) * len(row_names), len(columns), figsize=(1.3 * len(columns) + 1.2, 1.3 * len(chosen) * 5)
+        len(chosen) * len(row_names),
+        len(columns),
+        figsize=(1.3 * len(columns) + 1.2, 1.3 * len(chosen) * len(row_names)),
     )
     axes = np.atleast_2d(axes)
     for s, scene in enumerate(chosen):
         trained = _read_rgb(plan.out / "generated" / scene.name / "rgb.mp4")
+        from_video = _read_rgb(plan.out / "eval" / TRAINED / "samples" / scene.name / LATENTS / "rgb.mp4")
         untrained = _read_rgb(plan.out / "generated_untrained" / scene.name / "rgb.mp4")
         depth = torch.from_numpy(np.load(plan.out / "generated" / scene.name / "depth.npy"))
         valid = scene.depth[scene.depth > 0]
@@ -171,6 +176,7 @@ def contact_sheet(plan: DemoPlan, scenes, path: Path, min_displacement: float = 
         rows = (
             scene.video.permute(0, 2, 3, 1).numpy(),
             trained,
+            from_video,
             colorize_depth(depth, near, far).numpy(),
             colorize_depth(scene.depth, near, far).numpy(),
             untrained,
