@@ -67,8 +67,9 @@ class TreeMemoryMonitor:
     """Context manager: the peak of :func:`tree_memory_bytes` while it is open, sampled every ``interval`` seconds.
 
     ``peak_gib`` is ``None`` where ``/proc`` is not available. Short spikes between samples can be missed. A sample
-    is not free: the kernel walks each process's page tables for its PSS (about 8 ms per GiB resident on our 2-core
-    machine), so sampling a training run's tree every 0.25 s slowed it by 15%; the default of 1 s costs a few percent.
+    is not free: the kernel walks each process's page tables for its PSS (17 ms for a process with 2 GiB resident on
+    our 2-core machine), so every 0.25 s a training run's tree of a few GiB takes ~15% of a core; the default of 1 s
+    takes a few percent.
     """
 
     def __init__(self, interval: float = 1.0, root: int | None = None):
