@@ -26,3 +26,52 @@ def bench_parser(doc: str, name: str, repeats: int, quick_help: str) -> argparse
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser
+
+
+def toy4d_clips(index: str, split: str | None, work: Path, frame_step: int = 2, batch_size: int = 4, motion="dynamic"):
+    """An endless stream of toy4d batches (9 frames at 64², every track) from ``split`` (``None``: train), clips
+    ``motion`` (``dynamic``, ``static`` or ``any``), frame step ``frame_step`` to 4; ``work`` holds its data YAML."""
+    import yaml
+
+    from d4s.data import ClipDataModule
+
+    source = {"name": "toy4d", "index": index} | ({"split": split} if split else {})
+    config = {
+        "train": {"sources": [source], "motion": motion, "resample": True, "samples_per_epoch": 10**6},
+        "clip": {
+            "num_frames": 9,
+            "frame_step": frame_step,
+            "max_frame_step": max(frame_step, 4),
+            "height": 64,
+            "width": 64,
+            "num_tracks": 256,
+        },
+        "batch_size": batch_size,
+        "num_workers": 1,
+        "seed": 0,
+    }
+    path = work / f"data-{split or 'train'}-{motion}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    module = ClipDataModule.from_yaml(path)
+    module.setup("fit")
+    return iter(module.train_dataloader())
+
+
+def model_yaml(path: Path, overrides: list[str], work: Path) -> Path:
+    """A copy of the model YAML ``path`` in ``work`` with ``KEY=VALUE`` overrides (dotted keys, YAML values), e.g.
+    ``ldrm.deformation_time=target``; ``path`` itself when there are none."""
+    import yaml
+
+    if not overrides:
+        return path
+    values = yaml.safe_load(path.read_text())
+    for override in overrides:
+        key, _, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        section = values
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[leaf] = yaml.safe_load(value)
+    copy = work / "model.yaml"
+    copy.write_text(yaml.safe_dump(values))
+    return copy
