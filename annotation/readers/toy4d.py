@@ -248,11 +248,11 @@ class SceneLayout:
         names = [f"{_article(obj.colour_name)} {obj.colour_name} {obj.shape.kind}" for obj in self.objects]
         if not names:
             return "an empty room"
-        rising = [obj.motion.velocity[1] for obj in self.objects]
-        if self.is_dynamic and all(rising):  # y points down
-            names = [f"{name} {'rising' if dy < 0 else 'sinking'}" for name, dy in zip(names, rising, strict=True)]
+        vertical = [obj.motion.velocity[1] for obj in self.objects]  # by_colour motion: all non-zero
+        if self.is_dynamic and all(vertical):  # y points down
+            names = [f"{name} {'rising' if dy < 0 else 'sinking'}" for name, dy in zip(names, vertical, strict=True)]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-        moving = self.is_dynamic and not all(rising)
+        moving = self.is_dynamic and not all(vertical)
         return f"a room with {listed}" + (" moving" if moving else "")
 
 
@@ -564,6 +564,12 @@ def _sample_object(rng: np.random.Generator, focus: np.ndarray, colour: str, mot
     return SceneObject(shape=shape, motion=motion, texture=texture, colour_name=colour)
 
 
+def _check_motion(motion: str) -> str:
+    if motion not in MOTIONS:
+        raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
+    return motion
+
+
 def _object_fits(
     candidate: SceneObject, placed: list[SceneObject], camera_poses: np.ndarray, duration: float
 ) -> bool:
@@ -598,8 +604,7 @@ def sample_layout(
     docstring); otherwise they stand still. Objects keep clear of the room, each other and the camera for
     ``duration`` seconds (a ``by_colour`` object keeps going; later it may leave the room).
     """
-    if motion not in MOTIONS:
-        raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
+    _check_motion(motion)
     rng = np.random.default_rng([seed, index])
     room_textures = tuple(_room_texture(rng) for _ in range(NUM_ROOM_FACES))
     trajectory, placement, scale = _sample_camera(rng)
@@ -671,9 +676,7 @@ class Toy4DReader(Reader):
         self.seed = _check_integer(seed, "seed", 0)
         self.dynamic_fraction = _check_real(dynamic_fraction, "dynamic_fraction", 0.0, 1.0)
         self.fps = _check_real(fps, "fps", 0.0, math.inf, low_open=True)
-        if motion not in MOTIONS:
-            raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
-        self.motion = motion
+        self.motion = _check_motion(motion)
 
     def scene_names(self) -> list[str]:
         return [f"scene_{i:04d}" for i in range(self.num_scenes)]

@@ -304,10 +304,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "toy4d objects rise or sink by their colour, so the first frame says where they go and the video shows "
             "it; the check reads motion on the video, where the LDRM sees what it was trained on, and the generated "
             "scene's motion follows only as far as the tiny DiT keeps the objects' colours. The last two rows are "
-            "not models: the ground truth shows what "
-            "the input view alone allows (regions not visible in frame 0 stay black); showing frame 0 at every time "
-            "is what a model that ignored the camera would score. A model that beats the untrained one but not "
-            "these has learnt an average room seen from the given cameras rather than the input image."
+            "not models: the ground truth shows what the input view alone allows (regions not visible in frame 0 "
+            "stay black); showing frame 0 at every time is what a model that ignored the camera would score. A model "
+            "that beats the untrained one but not these has learnt an average room seen from the given cameras rather "
+            "than the input image."
         ),
         "",
         "Learning checks:",
@@ -351,11 +351,13 @@ def write_summary(plan: DemoPlan, phases: dict[str, dict[str, Any]], scenes) -> 
     """Write the four summary files (module docstring) and print where everything is; returns ``SUMMARY.md``."""
     import platform
 
+    from d4s.eval.protocol import LATENTS
+
     reports = {
         name: json.loads((plan.out / "eval" / name / "report.json").read_text()) for name in (UNTRAINED, TRAINED)
     }
     rows = {f"{name}/generated": _means(report["reconstruction"]) for name, report in reports.items()}
-    rows.update({f"{name}/video": _means(report["latents"]) for name, report in reports.items()})
+    rows.update({f"{name}/video": _means(report[LATENTS]) for name, report in reports.items()})
     rows[REFERENCE], rows[HELD] = reference_metrics(plan, scenes)
     protocol = {
         name: {key: _means(report[section]).get(key) for section, key, _ in PROTOCOL_COLUMNS}
