@@ -1,9 +1,9 @@
 """A weight-free stand-in for the video VAE, for tiny CPU models: frames folded into latent-shaped tensors.
 
 The paper's LDRM reads the latents of CogVideoX's pretrained 3D causal VAE, which keeps what the video shows. A tiny
-CogVideoX VAE cannot be downloaded and a randomly initialised one keeps almost nothing (a linear probe recovers 7% of
-the pixel variance and none of the colour from its latents on toy4d), so a tiny model trained on it learns an
-average scene and cannot tell what moves. :class:`SpaceToDepthCodec` has the VAE's layout and keeps the video
+CogVideoX VAE cannot be downloaded and a randomly initialised one keeps almost nothing (a linear read-out recovers
+4-17% of the pixel variance and almost none of the chroma from its latents on toy4d, ``bench/latent_probe.py``), so
+a tiny model trained on it learns an average scene and cannot tell what moves. :class:`SpaceToDepthCodec` has the VAE's layout and keeps the video
 instead: the same ``4 x 8 x 8`` compression (latent frame 0 is frame 0, latent frame ``k`` stands for frames
 ``4k - 3 .. 4k``), with no weights and nothing to train. Choose it with ``video_dit.codec: space_to_depth``
 (:class:`d4s.models.video_dit.VideoDiTConfig`); paper-scale configs use the VAE.

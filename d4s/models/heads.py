@@ -139,8 +139,8 @@ class DeformationHead(nn.Module):
     minus the time of the Gaussian's own source frame, its canonical time, mapped from ``[-1, 1]`` to ``[0, 1]``;
     ``target`` the target time alone. Each Gaussian sits where its frame saw it, so its displacement to time ``t`` is
     a function of ``t - t_source`` (zero at its own time, reversed before it); with ``target`` the head has to infer
-    the source time from the temporal layout, and on toy4d's learnable motion it learns the direction about half as
-    fast (``bench/motion_probe.py``, ``bench/RESULTS.md``). Target times are decoded ``time_chunk`` at a time: that
+    the source time from the temporal layout, and on toy4d's learnable motion it reaches a held-out cosine of 0.51
+    against 0.95 after 400 steps (``bench/motion_probe.py``, ``bench/RESULTS.md``). Target times are decoded ``time_chunk`` at a time: that
     bounds memory without gradients, and in training with ``checkpoint_chunks`` (recomputed in the backward pass).
     """
 
