@@ -42,7 +42,6 @@ from render import bench_field, gpu_parity
 from torch.utils.flop_counter import FlopCounterMode
 from train import run_in_fresh_process
 
-from d4s.diffusion import FlowMatching
 from d4s.models import ModelConfig, VideoDiT
 from d4s.render import gsplat_available
 
@@ -135,8 +134,7 @@ def dit_flops(scale: Scale) -> dict:
     )  # cameras are checked on real tensors; the forward pass runs on meta ones
     latents = torch.empty(1, latent_frames, transformer["out_channels"], latent_size, latent_size, device=meta)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        dit(latents, torch.empty_like(latents), plucker.to(meta), text.to(meta),
-            FlowMatching().model_timestep(torch.full((1,), 0.5, device=meta)))  # fmt: skip
+        dit(latents, torch.empty_like(latents), plucker.to(meta), text.to(meta), torch.full((1,), 0.5, device=meta))
     return {"dit_forward_tflop": counter.get_total_flops() / 1e12, "latents": list(latents.shape)}
 
 

@@ -71,7 +71,7 @@ def cpu_rows(repeats: int) -> list[dict]:
 
     def dit_loss():
         noise, t = torch.randn_like(z0), fm.sample_times(1)
-        prediction = dit(fm.interpolate(z0, noise, t), image, plucker, text, fm.model_timestep(t))
+        prediction = dit(fm.interpolate(z0, noise, t), image, plucker, text, t)
         return fm.loss(prediction, z0, noise, t)
 
     def ldrm_loss():
@@ -108,11 +108,10 @@ def gpu_rows(repeats: int) -> list[dict]:
     c2w, K, plucker, text = scene_inputs(frames, height, width, 226, 4096, device, dtype)
     latents_shape = (1, (frames - 1) // 4 + 1, 16, height // 8, width // 8)
     image = torch.randn(latents_shape, device=device, dtype=dtype)
-    fm = FlowMatching()
 
     def velocity(z, t, conditional):
         camera = plucker if conditional else torch.zeros_like(plucker)
-        return dit(z, image, camera, text if conditional else torch.zeros_like(text), fm.model_timestep(t))
+        return dit(z, image, camera, text if conditional else torch.zeros_like(text), t)
 
     rows = []
     with torch.no_grad():

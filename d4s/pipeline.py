@@ -128,7 +128,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _check_same_architecture(config: ModelConfig, stored: dict[str, Any], path: Path | str, source: str) -> None:
     """Refuse a model config that builds another model than the checkpoint's (same weight shapes can still hide
-    other heads, depth ranges or scale limits); weight locations, checkpointing and text settings may differ."""
+    other heads, depth ranges, scale limits or another reading of the DiT's output, ``video_dit.prediction``);
+    weight locations, checkpointing and text settings may differ."""
     stored = asdict(ModelConfig.from_dict(stored, f"{path} (stored model config)"))  # settings added since: defaults
     ours, theirs = _flatten(asdict(config)), _flatten(stored)
     differing = sorted(
@@ -155,7 +156,7 @@ class Diff4SplatPipeline:
 
     Args:
         video_dit, ldrm, text: the models (moved to ``device``; the DiT and text encoder cast to ``dtype``).
-        flow: the training flow-matching settings (the sampler uses the same time shift and timestep scale).
+        flow: the training flow-matching settings (the sampler uses the same time shift).
         device: where to run. dtype: the DiT's weights and the LDRM's autocast dtype (``None``: bfloat16 on CUDA,
             float32 elsewhere); rendering and the returned field are float32.
         offload_text: keep the text encoder on the CPU and move it to ``device`` only to encode the prompt
@@ -226,7 +227,7 @@ class Diff4SplatPipeline:
         if vae_tiling and model_config.video_dit.codec == "vae":  # the space-to-depth codec works block by block
             video_dit.vae.enable_tiling()
         flow = recipe.get("flow_matching")
-        flow = FlowMatching(**flow) if isinstance(flow, dict) else None
+        flow = FlowMatching.from_dict(flow) if isinstance(flow, dict) else None
         return cls(video_dit, ldrm, TextEncoder(**model_config.text), flow, device, dtype, offload_text)
 
     # ------------------------------------------------------------------------------------------------- checks
@@ -327,7 +328,7 @@ class Diff4SplatPipeline:
 
             def velocity(z: Tensor, t: Tensor, conditional: bool) -> Tensor:
                 condition, camera = (text, dit_plucker) if conditional else (null, no_camera)
-                v = self.video_dit(z.to(self.dtype), image_latents, camera, condition, self.flow.model_timestep(t))
+                v = self.video_dit(z.to(self.dtype), image_latents, camera, condition, t)
                 return v.float()
 
             # the ODE state and its steps stay float32 (bf16 steps of 1/30 would not even sum to 1)

@@ -16,6 +16,7 @@ from d4s.geometry.cameras import intrinsics_from_fov
 from d4s.geometry.plucker import plucker_embedding
 from d4s.geometry.trajectories import make_trajectory
 from d4s.pipeline import Diff4SplatPipeline, read_checkpoint, thin_field
+from d4s.stages import Recipe
 from tests.helpers import save_tiny_checkpoint
 
 T, SIZE = 5, 32
@@ -45,9 +46,8 @@ def test_sampling_chain_matches_the_equations(tmp_path):
     times = [1.0, 3 * 0.5 / (1 + 2 * 0.5), 0.0]  # 1, 1/2, 0 shifted by 3: t' = 3t / (1 + 2t)
     with torch.no_grad():
         for t, t_next in itertools.pairwise(times):
-            timestep = torch.tensor([t * 1000.0])
-            v_cond = dit(z, latents, plucker, text, timestep)
-            v_uncond = dit(z, latents, torch.zeros_like(plucker), null, timestep)
+            v_cond = dit(z, latents, plucker, text, torch.tensor([t]))
+            v_uncond = dit(z, latents, torch.zeros_like(plucker), null, torch.tensor([t]))
             assert (v_cond - v_uncond).abs().max() > 1e-3  # guidance has something to amplify
             z = z + (t_next - t) * (v_uncond + 3.0 * (v_cond - v_uncond))
         expected = ldrm(z, plucker, K.expand(1, T, 3, 3), c2w[None], torch.linspace(0, 1, T)[None]).fields()[0]
@@ -67,6 +67,9 @@ def test_a_config_that_builds_another_model_is_refused(tmp_path):
     (tmp_path / "near.yaml").write_text(stored.replace("ldrm:\n", "ldrm:\n  near: 0.5\n"))
     with pytest.raises(ValueError, match="ldrm.near: 0.1 in the checkpoint, 0.5 in"):
         Diff4SplatPipeline.from_checkpoint(path, config=tmp_path / "near.yaml")
+    (tmp_path / "v.yaml").write_text(stored.replace("video_dit:\n", "video_dit:\n  prediction: v_prediction\n"))
+    with pytest.raises(ValueError, match="video_dit.prediction: 'flow' in the checkpoint, 'v_prediction' in"):
+        Diff4SplatPipeline.from_checkpoint(path, config=tmp_path / "v.yaml")  # another reading of the same weights
     (tmp_path / "text.yaml").write_text(stored.replace("mode: cache", "mode: 'null'"))  # text settings may differ
     assert Diff4SplatPipeline.from_checkpoint(path, config=tmp_path / "text.yaml").text.mode == "null"
     (tmp_path / "broken.yaml").write_text("ldrm: [unclosed")
@@ -166,6 +169,22 @@ def test_bfloat16_runs_the_autocast_path_and_returns_a_float32_field(tmp_path):
     a.field.check_finite()
     # bf16 keeps about 3 significant digits: the same scene, not the same bits
     assert (a.latents - b.latents).abs().mean() < 0.05 * b.latents.abs().mean()
+
+
+def test_a_recipe_with_the_old_timestep_scale_still_loads(tmp_path):
+    """Older checkpoints store ``num_train_timesteps: 1000`` in ``recipe.flow_matching`` (the scale now lives in the
+    video DiT): the pipeline and a resumed stage's ``Recipe`` drop it; another value is refused in one line."""
+    path = save_tiny_checkpoint(tmp_path / "old.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    recipe = checkpoint["hyper_parameters"]["recipe"]
+    recipe["flow_matching"]["num_train_timesteps"] = 1000
+    torch.save(checkpoint, path)
+    pipeline = Diff4SplatPipeline.from_checkpoint(path)
+    assert pipeline.flow.shift == 3.0 and Recipe(**recipe).flow_matching == pipeline.flow
+    recipe["flow_matching"]["num_train_timesteps"] = 999
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="flow_matching.num_train_timesteps: only 1000"):
+        Diff4SplatPipeline.from_checkpoint(path)
 
 
 def test_a_checkpoint_from_before_a_new_model_setting_still_accepts_its_own_config(tmp_path):

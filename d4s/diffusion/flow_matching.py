@@ -4,21 +4,23 @@ Conventions (the paper's, and diffusers' ``FlowMatchEulerDiscreteScheduler``): `
 data ``z0``, ``t = 1`` is Gaussian noise ``eps``; ``z_t = (1 - t) z0 + t eps``; the model regresses the velocity
 ``dz_t/dt = eps - z0``. Sampling integrates from ``t = 1`` down to ``t = 0``.
 
-Timestep input of the transformer: CogVideoX embeds an integer-like timestep in ``[0, 1000)``; we pass
-``t * num_train_timesteps`` (a float: the sinusoidal embedding takes any value), so ``t = 1`` (pure noise) maps to
-1000 and ``t = 0`` (clean data) to 0, the direction the pretrained model already knows.
+The video DiT takes this ``t`` and returns this velocity, whatever its transformer was trained to predict: how ``t``
+becomes the transformer's timestep, and the output a velocity, is :class:`d4s.models.video_dit.VideoDiT`'s business
+(:mod:`d4s.diffusion.ddpm` for a pretrained v-prediction DDPM).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 LOSS_WEIGHTINGS = ("none", "cosmap")
+LEGACY_TIMESTEP_SCALE = 1000  # the fixed ``num_train_timesteps`` older checkpoints store (FlowMatching.from_dict)
 
 
 def shift_times(t: Tensor, shift: float) -> Tensor:
@@ -39,7 +41,6 @@ class FlowMatching:
             ``logit_mean``, ``logit_std``: most samples at mid noise, SD3's choice); the paper does not say which.
         shift: applied to the sampled times (:func:`shift_times`); 1 keeps them, 3 is SD3's choice at 1024 px.
         weighting: ``w(t)`` of Eq. 2: ``none`` (1) or ``cosmap`` (``2 / (pi (1 - 2t + 2t^2))``, SD3).
-        num_train_timesteps: the transformer's timestep scale (see the module docstring).
     """
 
     timestep_sampling: str = "logit_normal"
@@ -47,7 +48,6 @@ class FlowMatching:
     logit_std: float = 1.0
     shift: float = 1.0
     weighting: str = "none"
-    num_train_timesteps: int = 1000
 
     def __post_init__(self) -> None:
         if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
@@ -56,6 +56,20 @@ class FlowMatching:
             raise ValueError(f"weighting: expected one of {LOSS_WEIGHTINGS}, got {self.weighting!r}")
         if not self.shift > 0 or not self.logit_std > 0:
             raise ValueError(f"shift and logit_std must be positive, got {self.shift} and {self.logit_std}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FlowMatching:
+        """Build from stored values (a checkpoint's ``recipe.flow_matching``). Older checkpoints store
+        ``num_train_timesteps: 1000``, the transformer's timestep scale, which now belongs to the video DiT
+        (``video_dit.scheduler``): accepted and dropped at 1000, refused otherwise."""
+        values = dict(values)
+        scale = values.pop("num_train_timesteps", LEGACY_TIMESTEP_SCALE)
+        if scale != LEGACY_TIMESTEP_SCALE:
+            raise ValueError(
+                f"flow_matching.num_train_timesteps: only {LEGACY_TIMESTEP_SCALE} is accepted (the timestep scale "
+                f"is now video_dit.scheduler.num_train_timesteps), got {scale!r}"
+            )
+        return cls(**values)
 
     def sample_times(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """Training times ``[B]`` in ``(0, 1)``."""
@@ -82,10 +96,6 @@ class FlowMatching:
         if self.weighting == "none":
             return torch.ones_like(t)
         return 2.0 / (math.pi * (1.0 - 2.0 * t + 2.0 * t**2))
-
-    def model_timestep(self, t: Tensor) -> Tensor:
-        """The transformer's timestep input ``[B]``: ``t * num_train_timesteps``."""
-        return t * self.num_train_timesteps
 
     def loss(
         self, prediction: Tensor, z0: Tensor, noise: Tensor, t: Tensor, sample_weight: Tensor | None = None

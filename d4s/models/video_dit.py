@@ -7,19 +7,24 @@ to the latent grid by a causal 3D patchifier (first frame replicated 3 times, as
 of stride 4 x 8 x 8) and appended as extra input channels; the transformer's patch embedding gets a zero-initialised
 projection for them, so a pretrained model computes exactly what it did before the adapter was added.
 
-The VAE is frozen. Pretrained CogVideoX was trained as a v-prediction DDPM; we fine-tune it with flow matching
-(paper Eq. 2) and feed ``t * 1000`` as its timestep, so untuned pretrained weights do not yet sample well with our
-sampler (a signal-to-noise-matched warm start is possible, ``MODEL_NOTES.md``; not implemented).
+The VAE is frozen. ``forward`` takes the flow time ``t`` and returns the flow velocity of Eq. 2 for either kind of
+transformer (``prediction``, :class:`VideoDiTConfig`): a ``flow`` transformer gets ``t * num_train_timesteps`` and
+its output is the velocity; a ``v_prediction`` one (pretrained CogVideoX, a v-prediction DDPM with a zero-terminal-SNR
+schedule) gets the signal-to-noise-matched DDPM state and timestep, and its ``v`` is converted to the velocity
+(:mod:`d4s.diffusion.ddpm`). So the untuned prior samples correctly with :func:`~d4s.diffusion.euler_sample`, and
+training with the flow loss starts from its own predictions. The kind is a property of the weights: it stays
+through fine-tuning and is stored with them (``d4s_video_dit.json``, checkpoints' model config).
 
 Weights come from a local directory (``transformer/`` and ``vae/`` in diffusers format, ``camera_adapter.safetensors``
-once trained); ``random_init: true`` builds random ones from the config dicts instead (tiny CPU models, timing).
-``codec: space_to_depth`` replaces the VAE by a weight-free codec of the same layout (:mod:`d4s.models.codec`), for
-tiny models that must see their input.
+and ``d4s_video_dit.json`` once trained); ``random_init: true`` builds random ones from the config dicts instead
+(tiny CPU models, timing). ``codec: space_to_depth`` replaces the VAE by a weight-free codec of the same layout
+(:mod:`d4s.models.codec`), for tiny models that must see their input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +35,14 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resi
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from d4s.diffusion.ddpm import DDPMSchedule, flow_to_vp, v_to_flow_velocity, vp_scales
 from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.heads import TEMPORAL_STRIDE
 
 ADAPTER_FILE = "camera_adapter.safetensors"
 ADAPTER_KEY = "transformer.patch_embed.proj.camera."
+KIND_FILE = "d4s_video_dit.json"  # what the saved transformer predicts: {"prediction": ..., "scheduler": {...}}
+SCHEDULER_FILE = Path("scheduler") / "scheduler_config.json"  # a diffusers folder's scheduler settings
 
 
 @dataclass
@@ -50,7 +58,12 @@ class VideoDiTConfig:
     noise and a model trained on them learns to ignore its latents: random VAEs need ``mean``. ``codec``: what turns
     videos into latents: ``vae`` (CogVideoX's VAE, from ``path`` or ``vae``) or ``space_to_depth``
     (:class:`~d4s.models.codec.SpaceToDepthCodec` with the arguments in ``space_to_depth``; weight-free, for tiny
-    models: a random tiny VAE keeps almost nothing of the video; ``posterior`` does not apply)."""
+    models: a random tiny VAE keeps almost nothing of the video; ``posterior`` does not apply). ``prediction``: what
+    the transformer predicts: ``flow`` (the velocity of Eq. 2 at timestep ``t * num_train_timesteps``) or
+    ``v_prediction`` (a DDPM's ``v``, as pretrained CogVideoX; read through :mod:`d4s.diffusion.ddpm`). ``scheduler``:
+    that DDPM's schedule (:class:`~d4s.diffusion.ddpm.DDPMSchedule`, the keys of diffusers' ``scheduler_config.json``;
+    defaults: CogVideoX-5b-I2V's); its ``num_train_timesteps`` is the timestep range of both kinds. A ``path`` whose
+    folder states its kind (``d4s_video_dit.json``, else ``scheduler/scheduler_config.json``) must agree with these."""
 
     path: str | None = None
     random_init: bool = False
@@ -61,16 +74,75 @@ class VideoDiTConfig:
     posterior: str = "sample"
     codec: str = "vae"
     space_to_depth: dict[str, Any] = field(default_factory=dict)
+    prediction: str = "flow"
+    scheduler: dict[str, Any] = field(default_factory=lambda: asdict(DDPMSchedule()))
 
     def __post_init__(self) -> None:
         if self.posterior not in POSTERIORS:
             raise ValueError(f"video_dit.posterior: expected one of {POSTERIORS}, got {self.posterior!r}")
         if self.codec not in CODECS:
             raise ValueError(f"video_dit.codec: expected one of {CODECS}, got {self.codec!r}")
+        check_prediction(self.prediction, "video_dit.prediction")
+        self.scheduler = asdict(schedule_from_dict(self.scheduler, "video_dit.scheduler"))  # every key, as stored
+
+    @property
+    def schedule(self) -> DDPMSchedule:
+        """``scheduler`` as a :class:`~d4s.diffusion.ddpm.DDPMSchedule`."""
+        return DDPMSchedule(**self.scheduler)
 
 
 POSTERIORS = ("sample", "mean")
 CODECS = ("vae", "space_to_depth")
+PREDICTIONS = ("flow", "v_prediction")
+
+
+def check_prediction(prediction: str, source: str) -> None:
+    """One-line ``ValueError`` naming ``source`` unless ``prediction`` is one of :data:`PREDICTIONS`."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{source}: expected one of {PREDICTIONS}, got {prediction!r}")
+
+
+def schedule_from_dict(values: dict[str, Any], source: str) -> DDPMSchedule:
+    """A :class:`~d4s.diffusion.ddpm.DDPMSchedule` from ``values`` (missing keys: defaults), or a one-line
+    ``ValueError`` naming ``source`` and the bad key."""
+    known = [f.name for f in fields(DDPMSchedule)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown} (expected some of {known})")
+    try:
+        return DDPMSchedule(**values)
+    except ValueError as error:
+        raise ValueError(f"{source}.{error}") from error
+
+
+def check_folder_kind(path: Path, prediction: str, schedule: DDPMSchedule) -> None:
+    """Refuse a ``prediction`` and ``schedule`` other than what the folder ``path`` states: its
+    ``d4s_video_dit.json`` (written by :meth:`VideoDiT.save_pretrained`), else a diffusers
+    ``scheduler/scheduler_config.json`` (only the keys it has are compared; a ``FlowMatch*`` scheduler means
+    ``flow``, a missing ``prediction_type`` diffusers' default ``epsilon``). Neither file: nothing to check.
+    Raises a one-line ``ValueError`` naming the file and the first differing key."""
+    ours = {"prediction": prediction} | {f"scheduler.{k}": v for k, v in asdict(schedule).items()}
+    if (path / KIND_FILE).is_file():
+        file = path / KIND_FILE
+        stated = json.loads(file.read_text())
+        theirs = {"prediction": ("prediction", stated.get("prediction"))}  # config key: (file key, value)
+        theirs |= {f"scheduler.{k}": (f"scheduler.{k}", v) for k, v in stated.get("scheduler", {}).items()}
+    elif (path / SCHEDULER_FILE).is_file():
+        file = path / SCHEDULER_FILE
+        stated = json.loads(file.read_text())
+        flow = str(stated.get("_class_name", "")).startswith("FlowMatch")
+        kind = "flow" if flow else stated.get("prediction_type", "epsilon")
+        compared = list(asdict(schedule)) if kind == "v_prediction" else ["num_train_timesteps"]
+        theirs = {"prediction": ("prediction_type", kind)}
+        theirs |= {f"scheduler.{k}": (k, stated[k]) for k in compared if k in stated}
+    else:
+        return
+    for key, (file_key, value) in theirs.items():
+        if key in ours and ours[key] != value:
+            raise ValueError(
+                f"{file}: {file_key} is {value!r} there, but video_dit.{key} is {ours[key]!r}; make the video DiT "
+                "config state what the folder's transformer predicts"
+            )
 
 
 class CameraPatchEmbed(nn.Module):
@@ -127,7 +199,9 @@ class PluckerPatchifier(nn.Module):
 
 
 class VideoDiT(nn.Module):
-    """CogVideoX I2V + camera adapter. ``forward`` predicts the flow velocity (see ``d4s.diffusion``)."""
+    """CogVideoX I2V + camera adapter. ``forward`` predicts the flow velocity (see ``d4s.diffusion``) from a
+    transformer of either kind: ``prediction`` ``flow`` or ``v_prediction`` with its DDPM ``schedule`` (default:
+    CogVideoX-5b-I2V's; its ``num_train_timesteps`` also scales a ``flow`` transformer's timestep)."""
 
     def __init__(
         self,
@@ -135,10 +209,13 @@ class VideoDiT(nn.Module):
         vae: AutoencoderKLCogVideoX | SpaceToDepthCodec,
         camera_channels: int,
         posterior: str = "sample",
+        prediction: str = "flow",
+        schedule: DDPMSchedule | None = None,
     ):
         super().__init__()
+        check_prediction(prediction, "video DiT prediction")
         self.transformer, self.vae = transformer, vae.requires_grad_(False).eval()  # the VAE stays frozen
-        self.posterior = posterior
+        self.posterior, self.prediction, self.schedule = posterior, prediction, schedule or DDPMSchedule()
         c = transformer.config
         if c.patch_size_t is not None:
             raise ValueError(
@@ -172,11 +249,11 @@ class VideoDiT(nn.Module):
         if config.random_init:
             transformer = CogVideoXTransformer3DModel(**config.transformer)
             vae = codec or AutoencoderKLCogVideoX(**config.vae)
-            model = cls(transformer, vae, config.camera_channels, config.posterior)
+            model = cls(transformer, vae, config.camera_channels, config.posterior, config.prediction, config.schedule)
         elif config.path is None:
             raise ValueError("video DiT: give path (a local CogVideoX I2V directory) or set random_init: true")
         else:
-            model = cls.from_pretrained(config.path, config.camera_channels, codec)
+            model = cls.from_pretrained(config.path, config.camera_channels, codec, config.prediction, config.schedule)
             model.posterior = config.posterior
         if config.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
@@ -184,11 +261,28 @@ class VideoDiT(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, camera_channels: int = 16, codec: SpaceToDepthCodec | None = None
+        cls,
+        path: str | Path,
+        camera_channels: int = 16,
+        codec: SpaceToDepthCodec | None = None,
+        prediction: str | None = None,
+        schedule: DDPMSchedule | None = None,
     ) -> VideoDiT:
         """Load ``path/transformer``, ``path/vae`` (unless a ``codec`` replaces the VAE) and, when present,
-        ``path/camera_adapter.safetensors``."""
+        ``path/camera_adapter.safetensors``.
+
+        The transformer's kind: ``prediction`` and ``schedule`` when ``prediction`` is given (``schedule`` ``None``:
+        CogVideoX-5b-I2V's), which must agree with what the folder states (:func:`check_folder_kind`); else the
+        kind the folder's ``d4s_video_dit.json`` states (:meth:`save_pretrained`); else ``flow``.
+        """
         path = Path(path)
+        if prediction is None and (path / KIND_FILE).is_file():
+            stated = json.loads((path / KIND_FILE).read_text())
+            prediction = stated.get("prediction")
+            check_prediction(prediction, f"{path / KIND_FILE}: prediction")
+            schedule = schedule_from_dict(stated.get("scheduler", {}), f"{path / KIND_FILE}: scheduler")
+        prediction, schedule = prediction or "flow", schedule or DDPMSchedule()
+        check_folder_kind(path, prediction, schedule)
         needed = [path / "transformer" / "config.json"] + ([] if codec else [path / "vae" / "config.json"])
         missing = [p for p in needed if not p.is_file()]
         if missing:
@@ -201,6 +295,8 @@ class VideoDiT(nn.Module):
             CogVideoXTransformer3DModel.from_pretrained(path / "transformer"),
             codec or AutoencoderKLCogVideoX.from_pretrained(path / "vae"),
             camera_channels,
+            prediction=prediction,
+            schedule=schedule,
         )
         if (path / ADAPTER_FILE).is_file():
             result = model.load_state_dict(load_file(path / ADAPTER_FILE), strict=False)
@@ -213,7 +309,8 @@ class VideoDiT(nn.Module):
         return model
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write the ``from_pretrained`` layout: diffusers folders plus the camera adapter's weights."""
+        """Write the ``from_pretrained`` layout: diffusers folders, the camera adapter's weights and the
+        transformer's kind (``d4s_video_dit.json``: ``prediction`` and ``scheduler``)."""
         path = Path(path)
         embed = self.transformer.patch_embed
         adapter = embed.proj
@@ -226,6 +323,8 @@ class VideoDiT(nn.Module):
             self.vae.save_pretrained(path / "vae")
         camera = {k: v for k, v in self.state_dict().items() if k.startswith(("plucker.", ADAPTER_KEY))}
         save_file(camera, path / ADAPTER_FILE)
+        kind = {"prediction": self.prediction, "scheduler": asdict(self.schedule)}
+        (path / KIND_FILE).write_text(json.dumps(kind, indent=2) + "\n")
 
     @torch.no_grad()
     def encode(self, video: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -252,20 +351,35 @@ class VideoDiT(nn.Module):
         crops = get_resize_crop_region_for_grid(grid, c.sample_width // c.patch_size, c.sample_height // c.patch_size)
         return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, latent_frames, device=device)
 
-    def forward(self, noisy: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor) -> Tensor:
-        """Flow velocity ``[B, T', 16, h, w]``.
+    def forward(self, noisy: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, t: Tensor) -> Tensor:
+        """Flow velocity ``[B, T', C, h, w]`` (``dz_t/dt`` of Eq. 2, ``noisy``'s dtype) at flow time ``t``.
 
         Args:
-            noisy: ``[B, T', 16, h, w]`` latents on the flow path; image_latents: same shape (``image_latents``).
+            noisy: ``[B, T', C, h, w]`` latents ``z_t`` on the flow path; image_latents: same shape (``image_latents``).
             plucker: ``[B, T, 6, 8h, 8w]`` (zeros: no camera); text: ``[B, L, D]`` (``TextEncoder``).
-            timestep: ``[B]`` transformer timesteps (``FlowMatching.model_timestep``).
+            t: ``[B]`` flow times in ``[0, 1]`` (1: noise). A ``flow`` transformer gets ``t * num_train_timesteps``;
+                a ``v_prediction`` one the SNR-matched DDPM state and timestep, its ``v`` converted in float32 or
+                wider (:mod:`d4s.diffusion.ddpm`).
         """
-        Tl, _, h, w = noisy.shape[1:]
-        hidden = torch.cat([noisy, image_latents, self.plucker(plucker).to(noisy.dtype)], dim=2)
+        if self.prediction == "flow":
+            return self._transformer_output(noisy, image_latents, plucker, text, t * self.schedule.num_train_timesteps)
+        dtype = torch.promote_types(noisy.dtype, torch.float32)  # bf16 would round the conversion's cancellations
+        a, sigma = vp_scales(t.to(dtype))
+        x = flow_to_vp(noisy.to(dtype), a, sigma)
+        v = self._transformer_output(x.to(noisy.dtype), image_latents, plucker, text, self.schedule.timestep(a**2))
+        return v_to_flow_velocity(x, v.to(dtype), a, sigma).to(noisy.dtype)
+
+    def _transformer_output(
+        self, x: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor
+    ) -> Tensor:
+        """The transformer's own output ``[B, T', C, h, w]`` on ``[x, image latents, camera features]`` at
+        transformer timesteps ``timestep [B]`` (as diffusers' CogVideoX I2V pipeline calls it)."""
+        Tl, _, h, w = x.shape[1:]
+        hidden = torch.cat([x, image_latents, self.plucker(plucker).to(x.dtype)], dim=2)
         return self.transformer(
             hidden_states=hidden,
             encoder_hidden_states=text,
             timestep=timestep,
-            image_rotary_emb=self.rotary_embedding(Tl, h, w, noisy.device),
+            image_rotary_emb=self.rotary_embedding(Tl, h, w, x.device),
             return_dict=False,
         )[0]

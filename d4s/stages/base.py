@@ -143,7 +143,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if isinstance(self.flow_matching, dict):
-            self.flow_matching = FlowMatching(**self.flow_matching)
+            self.flow_matching = FlowMatching.from_dict(self.flow_matching)
         if self.dit not in DIT_TRAINING:
             raise ValueError(f"recipe.dit: expected one of {DIT_TRAINING}, got {self.dit!r}")
         if self.ldrm_input not in LDRM_INPUTS:
@@ -312,7 +312,7 @@ class Diff4SplatModule(L.LightningModule):
             noisy = fm.interpolate(z0, noise, t)
             image = self.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.dit != "frozen"):
-                velocity = self.video_dit(noisy, image, camera, text, fm.model_timestep(t))
+                velocity = self.video_dit(noisy, image, camera, text, t)
             if self.recipe.dit != "frozen":
                 terms["flow_matching"] = fm.loss(velocity, z0, noise, t, batch.weight)
             if self.recipe.ldrm_input == "one_step":

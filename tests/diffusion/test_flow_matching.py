@@ -48,11 +48,19 @@ def test_timestep_sampling_distributions():
     assert shifted.median() > 0.7  # shift 3 moves the median 0.5 to 0.75
 
 
-def test_shift_and_timestep_mapping():
+def test_shift():
     t = torch.tensor([0.0, 0.5, 1.0])
     torch.testing.assert_close(shift_times(t, 3.0), torch.tensor([0.0, 0.75, 1.0]))
     torch.testing.assert_close(shift_times(t, 1.0), t)
-    assert FlowMatching().model_timestep(torch.tensor([1.0, 0.25])).tolist() == [1000.0, 250.0]
+
+
+def test_stored_settings_with_the_old_timestep_scale_still_load():
+    """Older checkpoints store ``num_train_timesteps: 1000`` in ``recipe.flow_matching``; the scale now belongs to
+    the video DiT, so 1000 is dropped and anything else refused in one line."""
+    assert FlowMatching.from_dict({"shift": 3.0, "num_train_timesteps": 1000}) == FlowMatching(shift=3.0)
+    assert FlowMatching.from_dict({"weighting": "cosmap"}) == FlowMatching(weighting="cosmap")
+    with pytest.raises(ValueError, match=r"^flow_matching.num_train_timesteps: only 1000 .*got 500$"):
+        FlowMatching.from_dict({"num_train_timesteps": 500})
 
 
 def test_bad_settings_are_named():

@@ -34,7 +34,6 @@ def test_image_and_cameras_to_a_rendered_4d_scene(name):
     image = torch.rand(1, 3, 64, 64)
     c2w, K, plucker = cameras()
     image_latents = dit.image_latents(image, latent_frames=3)
-    fm = FlowMatching()
     captions, null_text = text([""]), text.null(1)
 
     def velocity(z, t, conditional):  # guidance drops text and camera together
@@ -43,7 +42,7 @@ def test_image_and_cameras_to_a_rendered_4d_scene(name):
             image_latents,
             plucker if conditional else torch.zeros_like(plucker),
             captions if conditional else null_text,
-            fm.model_timestep(t),
+            t,
         )
 
     latents = euler_sample(velocity, torch.randn_like(image_latents), num_steps=3, guidance=Guidance())
@@ -69,9 +68,7 @@ def test_flow_matching_gradient_reaches_every_trainable_dit_parameter():
 
     def loss():
         noise, t = torch.randn_like(z0), fm.sample_times(1)
-        prediction = dit(
-            fm.interpolate(z0, noise, t), image_latents, plucker, torch.randn(1, 8, 32), fm.model_timestep(t)
-        )
+        prediction = dit(fm.interpolate(z0, noise, t), image_latents, plucker, torch.randn(1, 8, 32), t)
         return fm.loss(prediction, z0, noise, t)
 
     loss().backward()  # the zero-initialised camera projection passes no gradient to the Plücker patchifier yet

@@ -1,15 +1,18 @@
-"""The camera-controlled video DiT: zero-init camera adapter, loading and saving, text modes, paper-scale sizes."""
+"""The camera-controlled video DiT: zero-init camera adapter, loading and saving (with the transformer's kind), text
+modes, paper-scale sizes."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from d4s.data.schema import GENERIC_PROMPT
+from d4s.diffusion import DDPMSchedule
 from d4s.models.config import ModelConfig
 from d4s.models.ldrm import LatentDynamicReconstructionModel, parameter_count
 from d4s.models.text import TextEncoder
@@ -25,24 +28,24 @@ def tiny_inputs(seed=0):
     image = torch.randn(2, 3, 4, 8, 8, generator=generator)
     plucker = torch.randn(2, 9, 6, 64, 64, generator=generator)
     text = torch.randn(2, 8, 32, generator=generator)
-    return noisy, image, plucker, text, torch.tensor([100.0, 900.0])
+    return noisy, image, plucker, text, torch.tensor([0.1, 0.9])  # flow times
 
 
 def test_zero_initialised_camera_adapter_leaves_a_pretrained_model_unchanged():
+    """And the ``flow`` kind (the default) is the transformer at timestep ``t * 1000``, its output unchanged."""
     torch.manual_seed(0)
     model = VideoDiT.from_config(TINY.video_dit)
+    assert model.prediction == "flow"
     pretrained = copy.deepcopy(model.transformer)
     pretrained.patch_embed.proj = pretrained.patch_embed.proj.proj  # the model as diffusers built it
-    noisy, image, plucker, text, timestep = tiny_inputs()
+    noisy, image, plucker, text, t = tiny_inputs()
     rope = model.rotary_embedding(3, 8, 8, "cpu")
-    before = pretrained(torch.cat([noisy, image], 2), text, timestep, image_rotary_emb=rope, return_dict=False)[0]
-    after = model(noisy, image, plucker, text, timestep)
+    before = pretrained(torch.cat([noisy, image], 2), text, t * 1000, image_rotary_emb=rope, return_dict=False)[0]
+    after = model(noisy, image, plucker, text, t)
     assert torch.equal(before, after)  # exactly: the camera projection adds zeros
     with torch.no_grad():
         model.transformer.patch_embed.proj.camera.weight.normal_()
-    assert not torch.allclose(
-        model(noisy, image, plucker, text, timestep), before
-    )  # and cameras do matter once trained
+    assert not torch.allclose(model(noisy, image, plucker, text, t), before)  # and cameras do matter once trained
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -57,6 +60,81 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(*inputs), model(*inputs), rtol=0, atol=0)
     through_config = VideoDiT.from_config(VideoDiTConfig(path=str(tmp_path / "tiny"), camera_channels=4))
     torch.testing.assert_close(through_config(*inputs), model(*inputs), rtol=0, atol=0)
+
+
+def test_the_kind_round_trips_through_save_and_load(tmp_path):
+    """A folder saved by d4s states what its transformer predicts (``d4s_video_dit.json``); loading reads it, and a
+    config that says otherwise is refused in one line naming the file and the key."""
+    torch.manual_seed(0)
+    schedule = DDPMSchedule(snr_shift_scale=2.0)
+    config = dataclasses.replace(TINY.video_dit, prediction="v_prediction", scheduler=dataclasses.asdict(schedule))
+    model = VideoDiT.from_config(config)
+    with torch.no_grad():
+        model.transformer.patch_embed.proj.camera.weight.normal_()
+    model.save_pretrained(tmp_path / "tiny")
+    stated = json.loads((tmp_path / "tiny" / "d4s_video_dit.json").read_text())
+    assert stated == {"prediction": "v_prediction", "scheduler": dataclasses.asdict(schedule)}
+    loaded = VideoDiT.from_pretrained(tmp_path / "tiny", camera_channels=TINY.video_dit.camera_channels)
+    assert (loaded.prediction, loaded.schedule) == ("v_prediction", schedule)
+    inputs = tiny_inputs()
+    torch.testing.assert_close(loaded(*inputs), model(*inputs), rtol=0, atol=0)
+    folder = dataclasses.replace(config, random_init=False, path=str(tmp_path / "tiny"))
+    torch.testing.assert_close(VideoDiT.from_config(folder)(*inputs), model(*inputs), rtol=0, atol=0)
+    for change, key in (({"prediction": "flow"}, "prediction"), ({"scheduler": {}}, "scheduler.snr_shift_scale")):
+        with pytest.raises(ValueError, match=rf"d4s_video_dit.json: {key} is .* but video_dit.{key} is") as error:
+            VideoDiT.from_config(dataclasses.replace(folder, **change))
+        assert "\n" not in str(error.value)
+
+
+def test_a_diffusers_scheduler_config_must_agree_with_the_configured_kind(tmp_path):
+    """A plain diffusers folder (no ``d4s_video_dit.json``) is checked against ``scheduler/scheduler_config.json``
+    when it has one (CogVideoX-5b-I2V's here); without one the config decides."""
+    torch.manual_seed(0)
+    VideoDiT.from_config(TINY.video_dit).save_pretrained(tmp_path / "plain")
+    (tmp_path / "plain" / "d4s_video_dit.json").unlink()
+    config = dataclasses.replace(TINY.video_dit, random_init=False, path=str(tmp_path / "plain"))
+    assert VideoDiT.from_config(dataclasses.replace(config, prediction="v_prediction")).prediction == "v_prediction"
+    shipped = {
+        "_class_name": "CogVideoXDDIMScheduler",
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "set_alpha_to_one": True,
+        "snr_shift_scale": 1.0,
+        "timestep_spacing": "trailing",
+    }
+    (tmp_path / "plain" / "scheduler").mkdir()
+    (tmp_path / "plain" / "scheduler" / "scheduler_config.json").write_text(json.dumps(shipped))
+    assert VideoDiT.from_config(dataclasses.replace(config, prediction="v_prediction")).prediction == "v_prediction"
+    refused = (
+        (config, "prediction_type is 'v_prediction' there, but video_dit.prediction is 'flow'"),
+        (
+            dataclasses.replace(config, prediction="v_prediction", scheduler={"snr_shift_scale": 3.0}),
+            "snr_shift_scale is 1.0 there, but video_dit.scheduler.snr_shift_scale is 3.0",
+        ),
+    )
+    for bad, message in refused:
+        with pytest.raises(ValueError, match=r"scheduler_config.json: " + message.replace(".", r"\.")) as error:
+            VideoDiT.from_config(bad)
+        assert "\n" not in str(error.value)
+
+
+def test_bad_kinds_are_named_in_one_line():
+    for values, message in (
+        ({"prediction": "epsilon"}, r"^video_dit\.prediction: expected one of \('flow', 'v_prediction'\)"),
+        ({"scheduler": {"beta_schedule": "cosine"}}, r"^video_dit\.scheduler\.beta_schedule: expected one of"),
+        ({"scheduler": {"betas": [0.1]}}, r"^video_dit\.scheduler: unknown keys \['betas'\]"),
+        ({"scheduler": {"beta_start": 0.02}}, r"^video_dit\.scheduler\.beta_start, beta_end: expected 0 <"),
+    ):
+        with pytest.raises(ValueError, match=message) as error:
+            VideoDiTConfig(**values)
+        assert "\n" not in str(error.value)
+    partial = VideoDiTConfig(prediction="v_prediction", scheduler={"snr_shift_scale": 3.0})
+    assert partial.scheduler == {**dataclasses.asdict(DDPMSchedule()), "snr_shift_scale": 3.0}  # stored in full
 
 
 def test_missing_weights_name_the_path_and_the_files(tmp_path):
@@ -116,8 +194,8 @@ def test_learned_positions_are_resampled_to_other_sizes():
     learned = model.transformer.patch_embed.pos_embedding
     native = model.transformer.patch_embed._get_positional_embeddings(8, 8, 9)
     torch.testing.assert_close(native, learned)  # at the trained size: the learned table itself
-    noisy, image, _, text, timestep = tiny_inputs()
-    small = model(noisy[..., :4, :4], image[..., :4, :4], torch.zeros(2, 9, 6, 32, 32), text, timestep)
+    noisy, image, _, text, t = tiny_inputs()
+    small = model(noisy[..., :4, :4], image[..., :4, :4], torch.zeros(2, 9, 6, 32, 32), text, t)
     assert small.shape == (2, 3, 4, 4, 4) and torch.isfinite(small).all()
     assert not any(p.requires_grad for p in model.vae.parameters())  # and the VAE is frozen
 
