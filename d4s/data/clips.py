@@ -163,25 +163,54 @@ def select_tracks(
     return xyz[index], visible[index]
 
 
-def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, random: bool) -> ClipSample:
-    """Turn a raw shard sample (member name -> bytes) into a :class:`ClipSample`.
+@dataclass
+class DecodedSample:
+    """A raw shard sample's members decoded and checked, at the stored size: what every clip cut from it reads.
 
-    ``random`` draws the frame step, start and crop from ``rng``; otherwise they are fixed (first frames, centre
-    crop). The track subset always comes from ``rng``. Raises ``ValueError`` on a corrupt sample (naming the
-    member) and :class:`ClipTooShort` when the clip has too few frames.
+    ``cameras``: ``K [N,3,3]``, ``c2w [N,4,4]``, ``timestamps [N]``; ``depth [N,H,W]`` float16 metres, ``mask
+    [N,H,W]`` bool and ``tracks`` ``(xyz [M,N,3], visible [M,N])``, each ``None`` when the sample has none. The video
+    stays encoded (``rgb``: the mp4's bytes; a clip decodes only the frames it uses) until :meth:`decode_frames`
+    keeps every frame (``frames [N,H,W,3]`` uint8) for a cache that cuts many clips from one sample.
     """
-    key = sample.get("__key__", "<unknown>")
+
+    key: str
+    meta: ClipMeta
+    cameras: dict[str, np.ndarray]
+    depth: np.ndarray | None
+    mask: np.ndarray | None
+    tracks: tuple[np.ndarray, np.ndarray] | None
+    dynamic: bool
+    rgb: bytes
+    frames: np.ndarray | None = None
+
+    def decode_frames(self, backend: str) -> DecodedSample:
+        """Decode every frame once (``frames``) and drop the encoded bytes; returns ``self``."""
+        self.frames, self.rgb = read_video(self.rgb, backend=backend), b""
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (what a cache counts)."""
+        arrays = [*self.cameras.values(), self.depth, self.mask, self.frames, *(self.tracks or ())]
+        return sum(a.nbytes for a in arrays if a is not None) + len(self.rgb)
+
+
+def decode_sample(sample: dict) -> DecodedSample:
+    """Decode and check a raw shard sample (member name -> bytes), all but the video frames.
+
+    Raises ``ValueError`` on a corrupt sample, naming the member.
+    """
     missing = [member for member in REQUIRED_MEMBERS if member not in sample]
     if missing:
         raise ValueError(f"missing members {missing}")
     meta = ClipMeta.from_json(sample[META])
     cameras = decode_cameras(sample)
     depth, mask, tracks = decode_depth(sample), decode_dynamic_mask(sample), decode_tracks(sample)
-    size = (len(meta.frame_indices), meta.height, meta.width)
     xyz, visible = tracks if tracks is not None else (None, None)
-    # depth values are checked below, after frame selection and cropping: only the part the clip uses must be finite
+    # depth values are checked by sample_clip, after frame selection and cropping: only the part a clip uses must be
+    # finite
     check_arrays(
-        size,
+        (len(meta.frame_indices), meta.height, meta.width),
         meta,
         **cameras,
         depth=depth,
@@ -190,8 +219,21 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
         track_visible=visible,
         check_depth_values=False,
     )
+    key = sample.get("__key__", "<unknown>")
+    return DecodedSample(key, meta, cameras, depth, mask, tracks, is_dynamic(sample), sample[RGB])
 
-    indices = choose_frames(size[0], config, rng, random)
+
+def sample_clip(sample: dict | DecodedSample, config: ClipConfig, rng: np.random.Generator, random: bool) -> ClipSample:
+    """Turn a raw shard sample (member name -> bytes), or one already decoded (:func:`decode_sample`), into a
+    :class:`ClipSample`.
+
+    ``random`` draws the frame step, start and crop from ``rng``; otherwise they are fixed (first frames, centre
+    crop). The track subset always comes from ``rng``. Raises ``ValueError`` on a corrupt sample (naming the
+    member) and :class:`ClipTooShort` when the clip has too few frames.
+    """
+    decoded = sample if isinstance(sample, DecodedSample) else decode_sample(sample)
+    meta, cameras, depth, tracks = decoded.meta, decoded.cameras, decoded.depth, decoded.tracks
+    indices = choose_frames(len(meta.frame_indices), config, rng, random)
     box = crop_box((meta.height, meta.width), (config.height, config.width), rng, random)
 
     def fit_frame(frame: np.ndarray) -> np.ndarray:
@@ -200,7 +242,12 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
             raise ValueError(f"{RGB}: frames are {list(frame.shape[:2])}, meta.json says {[meta.height, meta.width]}")
         return box.resize_image(frame[: meta.height, : meta.width])
 
-    frames = read_video(sample[RGB], indices.tolist(), backend=config.video_backend, transform=fit_frame)
+    if decoded.frames is None:
+        frames = read_video(decoded.rgb, indices.tolist(), backend=config.video_backend, transform=fit_frame)
+    else:
+        if len(decoded.frames) <= indices[-1]:
+            raise ValueError(f"{RGB}: asked for frame {indices[-1]}, but the video holds {len(decoded.frames)} frames")
+        frames = np.stack([fit_frame(decoded.frames[i]) for i in indices])
 
     K = box.intrinsics(torch.from_numpy(cameras["K"][indices]).double())
     c2w = relative_to_first(torch.from_numpy(cameras["c2w"][indices]).double())
@@ -216,6 +263,7 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
 
     track_xyz = track_visible = None
     if tracks is not None:
+        xyz, visible = tracks
         first = torch.from_numpy(cameras["c2w"][indices[0]]).double()
         points = torch.from_numpy(xyz[:, indices]).double()
         points = (points - first[:3, 3]) @ first[:3, :3]  # world -> first camera: R0^T (x - t0)
@@ -223,7 +271,7 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
             points, torch.from_numpy(visible[:, indices]), c2w, K, box.size, config.num_tracks, rng
         )
     return ClipSample(
-        key=key,
+        key=decoded.key,
         dataset=meta.dataset,
         caption=meta.caption or GENERIC_PROMPT,
         video=torch.from_numpy(frames).permute(0, 3, 1, 2),
@@ -232,10 +280,10 @@ def sample_clip(sample: dict, config: ClipConfig, rng: np.random.Generator, rand
         times=torch.from_numpy(times.astype(np.float32)),
         frame_indices=torch.from_numpy(indices),
         depth=None if clip_depth is None else torch.from_numpy(clip_depth),
-        dynamic_mask=None if mask is None else torch.from_numpy(box.resize_nearest(mask, indices)),
+        dynamic_mask=None if decoded.mask is None else torch.from_numpy(box.resize_nearest(decoded.mask, indices)),
         track_xyz=None if track_xyz is None else track_xyz.float(),
         track_visible=track_visible,
-        is_dynamic=is_dynamic(sample),
+        is_dynamic=decoded.dynamic,
     )
 
 

@@ -118,6 +118,9 @@ class ClipDataModule(L.LightningDataModule):
         seed: base seed of every random choice (shard order, shuffling, clip sampling).
         pin_memory: pin batches in host memory (default: when CUDA is available).
         prefetch_factor, persistent_workers: passed to the DataLoader.
+        cache_mb: MiB of decoded samples each worker keeps for the training split
+            (:class:`~d4s.data.shards.DecodedCache`; 0: none). For small datasets read many times over (the tiny CPU
+            stages); with persistent workers the cache outlives the epochs.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class ClipDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         prefetch_factor: int = 2,
         persistent_workers: bool = False,
+        cache_mb: float = 0.0,
     ):
         super().__init__()
         if batch_size < 1 or num_workers < 0:
@@ -143,6 +147,7 @@ class ClipDataModule(L.LightningDataModule):
                 raise ValueError(f"{name}.sources: give at least one source")
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pin_memory, self.prefetch_factor, self.persistent_workers = pin_memory, prefetch_factor, persistent_workers
+        self.cache_mb = cache_mb
         self.datasets: dict[str, ClipDataset] = {}
         self.skipped: Counter = Counter()
 
@@ -177,6 +182,7 @@ class ClipDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             seed=self.seed,
+            cache_mb=self.cache_mb if training else 0.0,
         )
         if rank is None and self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size

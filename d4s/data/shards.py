@@ -26,7 +26,7 @@ import math
 import os
 import random
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +36,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from d4s.data.clips import ClipConfig, ClipSample, ClipTooShort, blank_sample, sample_clip
+from d4s.data.clips import ClipConfig, ClipSample, ClipTooShort, DecodedSample, blank_sample, decode_sample, sample_clip
 from d4s.data.schema import is_dynamic
 from d4s.data.sources import MOTIONS, ShardInfo, open_url
 
@@ -144,6 +144,30 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
                 log.warning("shard %s: %s", url, error)
 
 
+class DecodedCache:
+    """Decoded samples (:class:`~d4s.data.clips.DecodedSample`, every video frame included) by shard and key, least
+    recently used first out once they hold more than ``max_bytes``: a stream that cuts many clips from a small
+    dataset (resampled epochs) decodes each sample once instead of once per clip. One per worker."""
+
+    def __init__(self, max_bytes: int, backend: str):
+        self.max_bytes, self.backend = max_bytes, backend
+        self.entries: OrderedDict[tuple[str, str], DecodedSample] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, sample: dict) -> DecodedSample:
+        """The decoded ``sample`` (raises as :func:`~d4s.data.clips.decode_sample` and the video decoder do)."""
+        name = (str(sample.get("__url__")), str(sample.get("__key__")))
+        if name in self.entries:
+            self.entries.move_to_end(name)
+            return self.entries[name]
+        decoded = decode_sample(sample).decode_frames(self.backend)
+        self.entries[name] = decoded
+        self.bytes += decoded.nbytes
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            self.bytes -= self.entries.popitem(last=False)[1].nbytes
+        return decoded
+
+
 class ClipDataset(IterableDataset):
     """Streams :class:`ClipSample` s from shards (see the module docstring for epochs, splitting and seeds).
 
@@ -158,6 +182,8 @@ class ClipDataset(IterableDataset):
         batch_size: per-rank batch size; padded and resampled stream lengths are whole batches.
         num_workers: the DataLoader's worker count (0 = in the main process).
         seed: base seed.
+        cache_mb: keep up to this many MiB of decoded samples per worker (:class:`DecodedCache`; 0: decode every
+            clip's frames afresh). For small datasets read many times over, such as the tiny CPU stages.
     """
 
     def __init__(
@@ -174,6 +200,7 @@ class ClipDataset(IterableDataset):
         batch_size: int = 1,
         num_workers: int = 0,
         seed: int = 0,
+        cache_mb: float = 0.0,
     ):
         if motion not in MOTIONS:
             raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
@@ -186,6 +213,10 @@ class ClipDataset(IterableDataset):
         self.clip, self.motion, self.resample = clip, motion, resample
         self.samples_per_epoch, self.shuffle, self.shuffle_buffer = samples_per_epoch, shuffle, shuffle_buffer
         self.random_clips, self.batch_size, self.num_workers, self.seed = random_clips, batch_size, num_workers, seed
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb: must be >= 0, got {cache_mb}")
+        self.cache_mb = cache_mb
+        self._cache: DecodedCache | None = None  # built in the worker that uses it
         self.epoch, self._iterations = 0, 0
         self.shards = [shard for shards in self.sources for shard in shards]
         self.set_distributed(*distributed_topology())
@@ -306,6 +337,11 @@ class ClipDataset(IterableDataset):
                     "check the source's shards and the split's motion filter"
                 )
 
+    def _decoded(self, sample: dict) -> DecodedSample:
+        if self._cache is None:
+            self._cache = DecodedCache(int(self.cache_mb * 2**20), self.clip.video_backend)
+        return self._cache.get(sample)
+
     def _clip_rng(self, key: str, epoch: int) -> np.random.Generator:
         words = [self.seed, zlib.crc32(key.encode())]
         return np.random.default_rng(words + [epoch] if self.random_clips else words)
@@ -338,7 +374,8 @@ class ClipDataset(IterableDataset):
                 break
             key = sample.get("__key__", "<unknown>")
             try:
-                clip = sample_clip(sample, self.clip, self._clip_rng(key, epoch), self.random_clips)
+                source = self._decoded(sample) if self.cache_mb else sample
+                clip = sample_clip(source, self.clip, self._clip_rng(key, epoch), self.random_clips)
             except Exception as error:  # a corrupt sample of any kind is skipped, never the run
                 reason = "too short" if isinstance(error, ClipTooShort) else "corrupt"
                 skipped[reason] += 1

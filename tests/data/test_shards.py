@@ -316,3 +316,32 @@ def test_a_resumed_pass_drops_the_batches_already_trained(toy4d_shards):
     )
     assert [batch.keys for batch in resumed] == full[2:]
     assert len(resumed) == len(full)  # Lightning counts the epoch's batches from its restored index
+
+
+def test_cached_decoding_gives_the_same_clips_and_stays_within_its_budget(toy4d_shards):
+    """A stream with a decoded-sample cache cuts exactly the clips a stream decoding afresh cuts (same seeds), over
+    resampled epochs that revisit samples; the cache evicts the least recently used samples past its budget."""
+    shards = resolve_source(toy4d_source(toy4d_shards))
+
+    def clips(cache_mb: float) -> tuple[list, ClipDataset]:
+        dataset = make_dataset([shards], resample=True, samples_per_epoch=24, cache_mb=cache_mb)
+        streamed = []
+        for epoch in range(2):
+            dataset.set_epoch(epoch)
+            streamed += list(dataset)
+        return streamed, dataset
+
+    fresh, _ = clips(0.0)
+    cached, dataset = clips(1.0)
+    assert [c.key for c in cached] == [c.key for c in fresh] and len({c.key for c in fresh}) < len(fresh)
+    for a, b in zip(cached, fresh):
+        assert np.array_equal(a.video.numpy(), b.video.numpy()) and np.array_equal(a.c2w.numpy(), b.c2w.numpy())
+        assert np.array_equal(a.depth.numpy(), b.depth.numpy()) and np.array_equal(a.K.numpy(), b.K.numpy())
+    cache = dataset._cache
+    assert cache.bytes == sum(entry.nbytes for entry in cache.entries.values()) <= 2**20
+    assert 1 <= len(cache.entries) < len({c.key for c in fresh})  # a 1 MiB budget holds only a few 48 px samples
+
+
+def test_a_negative_cache_budget_is_refused(toy4d_shards):
+    with pytest.raises(ValueError, match="cache_mb"):
+        make_dataset([resolve_source(toy4d_source(toy4d_shards))], cache_mb=-1)
