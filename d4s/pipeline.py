@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from d4s.diffusion.flow_matching import FlowMatching
-from d4s.diffusion.sampler import Guidance, euler_sample
+from d4s.diffusion.sampler import Guidance
 from d4s.gaussians.field import DeformableGaussianField
 from d4s.geometry.cameras import check_c2w, check_intrinsics
 from d4s.geometry.plucker import plucker_embedding
@@ -321,18 +321,12 @@ class Diff4SplatPipeline:
                 image[None].to(self.device, self.dtype), latent_frames, generator
             )
             plucker = plucker_embedding(c2w, K, H, W)[None]
-            dit_plucker = plucker.to(self.dtype)
-            no_camera = torch.zeros_like(dit_plucker)
         with timer("sampling"):
             noise = torch.randn(image_latents.shape, generator=torch.Generator().manual_seed(seed))
-
-            def velocity(z: Tensor, t: Tensor, conditional: bool) -> Tensor:
-                condition, camera = (text, dit_plucker) if conditional else (null, no_camera)
-                v = self.video_dit(z.to(self.dtype), image_latents, camera, condition, t)
-                return v.float()
-
-            # the ODE state and its steps stay float32 (bf16 steps of 1/30 would not even sum to 1)
-            latents = euler_sample(velocity, noise.to(self.device), num_steps, guidance, self.flow.shift, progress)
+            latents = self.video_dit.sample(
+                noise.to(self.device), image_latents, plucker.to(self.dtype), text, null, num_steps, guidance,
+                self.flow.shift, progress,
+            )  # fmt: skip
         return self._to_field(latents, plucker, c2w, K, (H, W), timer)
 
     @torch.no_grad()
@@ -352,10 +346,22 @@ class Diff4SplatPipeline:
         timer = StageTimer(self.device)
         c2w, K = c2w.to(self.device, torch.float32), K.to(self.device, torch.float32)
         with timer("encode"):
-            generator = torch.Generator(self.device).manual_seed(seed)
-            latents = self.video_dit.encode(video[None].to(self.device, self.dtype), generator).float()
+            latents = self.encode_video(video, seed)
             plucker = plucker_embedding(c2w, K, *video.shape[-2:])[None]
         return self._to_field(latents, plucker, c2w, K, tuple(video.shape[-2:]), timer)
+
+    @torch.no_grad()
+    def encode_video(self, video: Tensor, seed: int = 0) -> Tensor:
+        """A real video ``[T, 3, H, W]`` in ``[0, 1]`` as the generator's latents ``[1, T', C, H/8, W/8]`` (float32;
+        ``seed``: the VAE's posterior sample): what the LDRM reads in :meth:`reconstruct`, and what sampled latents
+        are compared with."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        return self.video_dit.encode(video[None].to(self.device, self.dtype), generator).float()
+
+    @property
+    def latent_range(self) -> float | None:
+        """The latents' value range when the codec fixes one (the space-to-depth codec), else ``None``."""
+        return getattr(self.video_dit.vae, "value_range", None)
 
     def _to_field(
         self, latents: Tensor, plucker: Tensor, c2w: Tensor, K: Tensor, size: tuple[int, int], timer: StageTimer

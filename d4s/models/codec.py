@@ -34,6 +34,11 @@ class SpaceToDepthCodec(nn.Module):
         self.spatial_compression, self.pool, self.scaling_factor = spatial_compression, pool, scaling_factor
         self.latent_channels = 3 * (spatial_compression // pool) ** 2
 
+    @property
+    def value_range(self) -> float:
+        """Latents lie in ``[-scaling_factor, scaling_factor]``: a range of ``2 scaling_factor`` (the PSNR peak)."""
+        return 2.0 * self.scaling_factor
+
     def forward(self, video: Tensor) -> Tensor:
         """Latents of ``video [B, T, 3, H, W]`` (``T = 4T' - 3``; ``H``, ``W`` multiples of the compression)."""
         B, T, _, H, W = video.shape

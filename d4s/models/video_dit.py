@@ -24,6 +24,7 @@ and ``d4s_video_dit.json`` once trained); ``random_init: true`` builds random on
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from d4s.diffusion.ddpm import DDPMSchedule, flow_to_vp, v_to_flow_velocity, vp_scales
+from d4s.diffusion.sampler import Guidance, euler_sample
 from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.heads import TEMPORAL_STRIDE
 
@@ -368,6 +370,35 @@ class VideoDiT(nn.Module):
         x = flow_to_vp(noisy.to(dtype), a, sigma)
         v = self._transformer_output(x.to(noisy.dtype), image_latents, plucker, text, self.schedule.timestep(a**2))
         return v_to_flow_velocity(x, v.to(dtype), a, sigma).to(noisy.dtype)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: Tensor,
+        image_latents: Tensor,
+        plucker: Tensor,
+        text: Tensor,
+        null_text: Tensor,
+        num_steps: int = 30,
+        guidance: Guidance | None = None,
+        shift: float = 1.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """Latents ``[B, T', C, h, w]`` sampled from ``noise`` (same shape) by :func:`~d4s.diffusion.euler_sample`.
+
+        The conditional velocity sees the caption ``text`` and the Plücker maps ``plucker [B, T, 6, H, W]``; the
+        unconditional one of classifier-free guidance drops both (``null_text``, zero maps: how training drops
+        conditions). The model runs in its own dtype; the ODE state stays float32 (bf16 steps of 1/30 would not
+        even sum to 1). ``progress(step, num_steps)`` is called after each step.
+        """
+        dtype = image_latents.dtype
+        no_camera = torch.zeros_like(plucker)
+
+        def velocity(z: Tensor, t: Tensor, conditional: bool) -> Tensor:
+            condition, camera = (text, plucker) if conditional else (null_text, no_camera)
+            return self(z.to(dtype), image_latents, camera, condition, t).float()
+
+        return euler_sample(velocity, noise.float(), num_steps, guidance, shift, progress)
 
     def _transformer_output(
         self, x: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor
