@@ -6,14 +6,16 @@ One step on a :class:`~d4s.data.Batch` of ``B`` clips of ``T`` frames:
 2. flow matching (Eq. 2): noise ``z0`` to time ``t``, predict the velocity with the camera-conditioned DiT from
    the condition image, the Plücker maps and the caption (text and camera dropped together with probability
    ``condition_dropout``, which classifier-free guidance needs);
-3. the LDRM reads ``z0`` (``ldrm_input: clean``) or the DiT's one-step estimate ``z_t - t v`` (``one_step``, the
+3. the LDRM reads ``z0`` (``ldrm_input: clean``), the DiT's one-step estimate ``z_t - t v`` (``one_step``, the
    default: the rendering losses then reach the DiT, which is how Sec. 3.4's joint optimisation makes the generated
-   latents geometrically consistent) and predicts pixel-aligned Gaussians plus their deformation to ``V`` target
-   times: frame 0 (the input image's time) and ``V - 1`` other frames of the clip;
+   latents geometrically consistent) or latents the DiT samples from the first frame in a few guided Euler steps
+   (``sampled``: what the LDRM reads at inference, without gradient) and predicts pixel-aligned Gaussians plus their
+   deformation to ``V`` target times: frame 0 (the input image's time) and ``V - 1`` other frames of the clip;
 4. render each target frame from its camera at its time, and add the photometric (Eq. 3), geometric (Eq. 4 + TV)
    and, in the dynamic stage, motion (Eq. 5) losses.
 
-Which parts train is the stages' business (``deformation_trains``, ``uses_motion``) plus ``recipe.dit``. A step
+Which parts train is the stages' business (``reconstructs``, ``deformation_trains``, ``uses_motion``) plus
+``recipe.dit``; a stage that does not reconstruct (:class:`~d4s.stages.VideoPretrain`) stops after step 2. A step
 whose loss is not finite on any rank is skipped on every rank (no parameter update) and counted; too many in a row
 stop the run. Frozen pretrained weights loaded from disk (T5, the VAE) are left out of checkpoints and restored
 from their files.
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from d4s.data.batch import Batch
 from d4s.diffusion.flow_matching import FlowMatching
+from d4s.diffusion.sampler import Guidance
 from d4s.gaussians.deform import apply_deformation
 from d4s.gaussians.field import GaussianField
 from d4s.losses import (
@@ -52,12 +55,13 @@ from d4s.models.lora import DEFAULT_TARGETS, add_lora, lora_parameters
 from d4s.models.perceptual import LPIPS
 from d4s.models.text import TextEncoder
 from d4s.models.video_dit import VideoDiT
+from d4s.pipeline import checkpoint_weights
 from d4s.render import render
 from d4s.stages.ema import ParameterEMA
 from d4s.stages.visuals import comparison_grid, comparison_rows, log_video
 
 DIT_TRAINING = ("full", "camera", "lora", "frozen")
-LDRM_INPUTS = ("one_step", "clean")
+LDRM_INPUTS = ("one_step", "clean", "sampled")
 MOTION_FRAMES = ("targets", "all")
 
 
@@ -115,7 +119,9 @@ class Recipe:
     ``dit``: which part of the video DiT trains: ``full`` (default: Sec. 3.4 fine-tunes the whole model),
     ``camera`` (the Plücker adapter only), ``lora`` (adapter + LoRA of rank ``lora_rank`` on the attention
     projections) or ``frozen`` (no flow-matching loss then, unless ``ldrm_input`` needs the DiT's estimate).
-    ``ldrm_input``: ``one_step`` or ``clean`` (see the module docstring). ``condition_dropout``: probability of
+    ``ldrm_input``: ``one_step``, ``clean`` or ``sampled`` (see the module docstring; ``sampled`` runs
+    ``ldrm_sample_steps`` Euler steps with the paper's guidance, :class:`~d4s.diffusion.Guidance`, on the flow
+    shift of ``flow_matching``; inference takes 30). ``condition_dropout``: probability of
     dropping text and camera together (for guidance). ``num_target_views``: rendered frames per clip (frame 0 plus
     random others in training, evenly spaced frames in validation). ``background``: colour behind the Gaussians.
     ``motion_frames``: the times at which the motion loss (Eq. 5) supervises the deformation: ``targets`` (the
@@ -130,6 +136,7 @@ class Recipe:
     dit: str = "full"
     lora_rank: int = 64
     ldrm_input: str = "one_step"
+    ldrm_sample_steps: int = 4
     condition_dropout: float = 0.1
     flow_matching: FlowMatching = field(default_factory=FlowMatching)
     num_target_views: int = 4
@@ -148,6 +155,8 @@ class Recipe:
             raise ValueError(f"recipe.dit: expected one of {DIT_TRAINING}, got {self.dit!r}")
         if self.ldrm_input not in LDRM_INPUTS:
             raise ValueError(f"recipe.ldrm_input: expected one of {LDRM_INPUTS}, got {self.ldrm_input!r}")
+        if self.ldrm_sample_steps < 1:
+            raise ValueError(f"recipe.ldrm_sample_steps: expected >= 1, got {self.ldrm_sample_steps}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(
                 f"recipe.condition_dropout: expected a probability in [0, 1), got {self.condition_dropout}"
@@ -169,6 +178,8 @@ class Diff4SplatModule(L.LightningModule):
             hand-off. ``--ckpt_path`` instead resumes a run exactly.
     """
 
+    #: the LDRM reconstructs and renders the clip; ``False``: the video DiT alone, on the flow-matching loss
+    reconstructs: bool = True
     #: the deformation head trains (stage 3) or stays frozen at the identity (stages 1-2, Sec. 3.4)
     deformation_trains: bool = True
     #: the motion loss (Eq. 5) is part of the objective
@@ -196,7 +207,7 @@ class Diff4SplatModule(L.LightningModule):
         self.text = TextEncoder(**self.model_config.text)
         lpips = _config(LPIPSConfig, lpips)
         self.lpips = None
-        if self.losses.lpips:  # no LPIPS network (nor its weight file) when its loss weight is 0
+        if self.losses.lpips and self.reconstructs:  # no LPIPS network (nor its weight file) when nothing uses it
             self.lpips = LPIPS(lpips.net, lpips.backbone_path, random_backbone=lpips.random_backbone)
         self._set_trainable()
         self.ema = ParameterEMA(self.networks, self.recipe.ema_decay) if self.recipe.ema_decay else None
@@ -213,12 +224,14 @@ class Diff4SplatModule(L.LightningModule):
 
     @property
     def runs_dit(self) -> bool:
-        """The DiT is evaluated in training steps (for its loss, or for the LDRM's one-step input)."""
-        return self.recipe.dit != "frozen" or self.recipe.ldrm_input == "one_step"
+        """The DiT is evaluated in training steps (for its loss, or for the LDRM's input)."""
+        return self.recipe.dit != "frozen" or self.recipe.ldrm_input != "clean"
 
     def _set_trainable(self) -> None:
+        if not self.reconstructs and self.recipe.dit == "frozen":
+            raise ValueError(f"{type(self).__name__} trains the video DiT alone: recipe.dit cannot be frozen")
         self.requires_grad_(False)
-        self.ldrm.requires_grad_(True)
+        self.ldrm.requires_grad_(self.reconstructs)
         if not self.deformation_trains:
             self.ldrm.deformation_head.requires_grad_(False)
         dit = self.recipe.dit
@@ -254,12 +267,14 @@ class Diff4SplatModule(L.LightningModule):
         checkpoint["state_dict"].update({k: v for k, v in own.items() if k.startswith(prefixes)})
 
     def load_init(self, path: str | Path) -> None:
-        """Load the weights of a previous stage's checkpoint (not its optimiser, schedule or step)."""
+        """Load the weights of a previous stage's checkpoint (not its optimiser, schedule or step); where that stage
+        kept an EMA of its weights (``recipe.ema_decay``), the averages, the weights it validated and sampled with."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from: checkpoint {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        state = {k: v for k, v in state.items() if not k.startswith(("ema.", "lpips."))}
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(("ema.", "lpips."))}
+        state.update(checkpoint_weights(checkpoint, use_ema=True))
         own = self.state_dict()
         state.update({k: v for k, v in own.items() if k.startswith(self._frozen_pretrained_prefixes() + ("lpips.",))})
         if self.ema is not None:
@@ -292,31 +307,56 @@ class Diff4SplatModule(L.LightningModule):
         first = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         return torch.cat([first, others], dim=1).sort(dim=1).values
 
+    def flow_matching_step(
+        self, batch: Batch, z0: Tensor, generator: torch.Generator | None, drop_conditions: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Eq. 2 on the clip: ``(loss, z_t, t [B], velocity)``. Text and camera are dropped together with probability
+        ``recipe.condition_dropout`` when ``drop_conditions``; the DiT keeps its gradient unless ``recipe.dit`` is
+        frozen (then ``loss`` is computed but trains nothing)."""
+        B = z0.shape[0]
+        fm = self.recipe.flow_matching
+        drop = torch.rand(B, generator=generator, device=self.device) < self.recipe.condition_dropout
+        drop &= drop_conditions
+        text = self.text(batch.captions, self.device)
+        text = torch.where(drop[:, None, None], self.text.null(B, self.device).to(text.dtype), text)
+        camera = batch.plucker * (~drop).to(batch.plucker.dtype)[:, None, None, None, None]
+        t = fm.sample_times(B, generator, self.device)
+        noise = torch.randn(z0.shape, generator=generator, device=self.device, dtype=z0.dtype)
+        noisy = fm.interpolate(z0, noise, t)
+        image = self.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.dit != "frozen"):
+            velocity = self.video_dit(noisy, image, camera, text, t)
+        return fm.loss(velocity, z0, noise, t, batch.weight), noisy, t, velocity
+
+    @torch.no_grad()
+    def sampled_latents(self, batch: Batch, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        """Latents ``shape`` (``[B, T', C, h, w]``) the DiT samples from the clip's first frame, cameras and caption
+        in ``recipe.ldrm_sample_steps`` Euler steps with the paper's guidance (``ldrm_input: sampled``)."""
+        B = shape[0]
+        image = self.video_dit.image_latents(batch.condition_image, shape[1], generator)
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        text, null = self.text(batch.captions, self.device), self.text.null(B, self.device)
+        steps, shift = self.recipe.ldrm_sample_steps, self.recipe.flow_matching.shift
+        return self.video_dit.sample(noise, image, batch.plucker, text, null, steps, Guidance(), shift).to(image.dtype)
+
     def reconstruct(
         self, batch: Batch, frames: Tensor, generator: torch.Generator | None, train: bool
     ) -> tuple[LDRMOutput, dict[str, Tensor]]:
         """Gaussians of the clip and their deformation to ``frames [B, V]``; returns ``(output, terms)`` with the
-        flow-matching loss in ``terms`` when the DiT ran. Without ``train`` the LDRM reads clean latents."""
+        flow-matching loss in ``terms`` when the DiT trains. Without ``train`` the LDRM reads clean latents."""
         terms: dict[str, Tensor] = {}
-        B, T = batch.video.shape[:2]
+        T = batch.video.shape[1]
         z0 = self.video_dit.encode(batch.video, generator)
         latents = z0
         if train and self.runs_dit:
-            fm = self.recipe.flow_matching
-            drop = torch.rand(B, generator=generator, device=self.device) < self.recipe.condition_dropout
-            text = self.text(batch.captions, self.device)
-            text = torch.where(drop[:, None, None], self.text.null(B, self.device).to(text.dtype), text)
-            camera = batch.plucker * (~drop).to(batch.plucker.dtype)[:, None, None, None, None]
-            t = fm.sample_times(B, generator, self.device)
-            noise = torch.randn(z0.shape, generator=generator, device=self.device, dtype=z0.dtype)
-            noisy = fm.interpolate(z0, noise, t)
-            image = self.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.dit != "frozen"):
-                velocity = self.video_dit(noisy, image, camera, text, t)
-            if self.recipe.dit != "frozen":
-                terms["flow_matching"] = fm.loss(velocity, z0, noise, t, batch.weight)
-            if self.recipe.ldrm_input == "one_step":
-                latents = noisy - t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype) * velocity
+            if self.recipe.dit != "frozen" or self.recipe.ldrm_input == "one_step":
+                loss, noisy, t, velocity = self.flow_matching_step(batch, z0, generator, drop_conditions=True)
+                if self.recipe.dit != "frozen":
+                    terms["flow_matching"] = loss
+                if self.recipe.ldrm_input == "one_step":
+                    latents = noisy - t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype) * velocity
+            if self.recipe.ldrm_input == "sampled":
+                latents = self.sampled_latents(batch, z0.shape, generator)
         times = frames.float() / max(T - 1, 1) if self.deformation_trains else None  # frozen head: the identity
         return self.ldrm(latents, batch.plucker, batch.K, batch.c2w, times), terms
 
@@ -365,6 +405,10 @@ class Diff4SplatModule(L.LightningModule):
         predicted Gaussians are not finite)."""
         batch = batch.prepare()
         generator = self.step_generator(0) if train else self.step_generator_for_validation(batch)
+        if not self.reconstructs:
+            z0 = self.video_dit.encode(batch.video, generator)
+            loss = self.flow_matching_step(batch, z0, generator, drop_conditions=train)[0]
+            return {"flow_matching": loss, "loss": self.losses.flow_matching * loss}, {}
         B, T = batch.video.shape[:2]
         frames = self.target_frames(B, T, generator if train else None)
         deformed, slots = frames, None  # the times the LDRM deforms to; where each rendered frame is among them
@@ -444,7 +488,7 @@ class Diff4SplatModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch), sync_dist=False)
         every = self.recipe.images_every_n_steps
-        if every and self.global_step % every == 0 and self.global_rank == 0:
+        if every and pictures and self.global_step % every == 0 and self.global_rank == 0:
             self._log_images("train/views", pictures)
         return loss
 

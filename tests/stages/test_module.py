@@ -12,9 +12,10 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from d4s.diffusion import Guidance
 from d4s.models.config import ModelConfig
 from d4s.models.video_dit import VideoDiT
-from d4s.stages import DynamicFinetune, StaticPretrain
+from d4s.stages import DynamicFinetune, StaticPretrain, VideoPretrain
 from d4s.stages.base import warmup_cosine
 from d4s.stages.checkpoint import AtomicCheckpointIO
 from d4s.stages.ema import ParameterEMA
@@ -270,3 +271,60 @@ def test_motion_frames_all_supervises_every_frame_and_renders_the_same_views(toy
     assert every["motion"] != targets["motion"]
     with pytest.raises(ValueError, match="motion_frames"):
         tiny_module(DynamicFinetune, recipe={"motion_frames": "some"})
+
+
+def test_load_init_starts_from_the_previous_stages_ema_weights(tmp_path):
+    stage0 = tiny_module(VideoPretrain, recipe={"ema_decay": 0.9})
+    with torch.no_grad():
+        for name in stage0.ema.names:  # averages unlike the trained weights
+            getattr(stage0.ema, name.replace(".", "__")).normal_()
+    checkpoint = {"state_dict": stage0.state_dict()}
+    stage0.on_save_checkpoint(checkpoint)
+    path = tmp_path / "stage0.ckpt"
+    torch.save(checkpoint, path)
+    stage1 = tiny_module(StaticPretrain, seed=1, recipe={"dit": "frozen"})
+    stage1.load_init(path)
+    parameters = dict(stage1.networks.named_parameters())
+    assert stage0.ema.names and all(n.startswith("video_dit.") for n in stage0.ema.names)  # the DiT alone trains
+    for name in stage0.ema.names:
+        assert torch.equal(parameters[name], getattr(stage0.ema, name.replace(".", "__")))
+        assert not torch.equal(parameters[name], dict(stage0.networks.named_parameters())[name])
+    torch.testing.assert_close(stage1.ldrm.state_dict(), stage0.ldrm.state_dict())  # no EMA there: the weights
+
+
+def test_video_pretrain_trains_the_dit_alone_on_flow_matching(toy4d_shards):
+    module = tiny_module(VideoPretrain)
+    assert module.lpips is None and trainable(module) and all(n.startswith("video_dit.") for n in trainable(module))
+    data = tiny_data(toy4d_shards, "any")
+    data.setup("fit")
+    terms, pictures = module.compute_losses(next(iter(data.train_dataloader())), train=True)
+    assert set(terms) == {"flow_matching", "loss"} and not pictures
+    assert terms["loss"] == module.losses.flow_matching * terms["flow_matching"]
+    with pytest.raises(ValueError, match="recipe.dit cannot be frozen"):
+        tiny_module(VideoPretrain, recipe={"dit": "frozen"})
+
+
+def test_sampled_ldrm_input_is_the_dits_few_step_sample_from_the_first_frame(toy4d_shards, monkeypatch):
+    module = tiny_module(StaticPretrain, recipe={"dit": "frozen", "ldrm_input": "sampled", "ldrm_sample_steps": 2})
+    data = tiny_data(toy4d_shards, "static")
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader())).prepare()
+    seen = []
+    ldrm_forward = module.ldrm.forward
+    monkeypatch.setattr(
+        module.ldrm, "forward", lambda latents, *args: seen.append(latents) or ldrm_forward(latents, *args)
+    )
+    frames = module.target_frames(len(batch), batch.video.shape[1], None)
+    _, terms = module.reconstruct(batch, frames, torch.Generator().manual_seed(5), train=True)
+    assert not terms  # a frozen DiT adds no flow-matching loss
+    # the same draws by hand: the codec's latents, then the condition latents and the noise, then 2 guided steps
+    generator = torch.Generator().manual_seed(5)
+    z0 = module.video_dit.encode(batch.video, generator)
+    image = module.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
+    noise = torch.randn(z0.shape, generator=generator)
+    text, null = module.text(batch.captions), module.text.null(len(batch))
+    expected = module.video_dit.sample(noise, image, batch.plucker, text, null, 2, Guidance(), 1.0)
+    torch.testing.assert_close(seen[0], expected)
+    assert not torch.allclose(seen[0], z0, atol=1e-2)  # not the clean latents
+    with pytest.raises(ValueError, match="ldrm_sample_steps"):
+        tiny_module(StaticPretrain, recipe={"ldrm_input": "sampled", "ldrm_sample_steps": 0})
