@@ -229,6 +229,28 @@ def psnr(prediction: Tensor, target: Tensor, data_range: float = 1.0) -> float:
     return float((10.0 * torch.log10(data_range**2 / mse)).mean())
 
 
+def latent_psnr(prediction: Tensor, target: Tensor, data_range: float) -> list[float]:
+    """PSNR ``10 log10(data_range^2 / MSE)`` in dB of each latent frame (MSE over its channels and cells).
+
+    The generator's output measured apart from the reconstruction model: sampled video latents against the real
+    video's. As ``skimage.metrics.peak_signal_noise_ratio`` per frame.
+
+    Args:
+        prediction, target: ``[T', C, h, w]`` latents of the same shape.
+        data_range: the latents' value range (the space-to-depth codec's ``value_range``, or the target's spread).
+    Returns:
+        ``T'`` values (``inf`` for identical frames).
+    """
+    data_range = _check_data_range(data_range)
+    check_shape(prediction, "prediction", (None, None, None, None))
+    if target.shape != prediction.shape:
+        raise ValueError(f"target: shape {list(target.shape)} differs from prediction's {list(prediction.shape)}")
+    check_finite(prediction, "prediction")
+    check_finite(target, "target")
+    mse = (prediction.detach().double() - target.detach().double()).square().flatten(1).mean(1)
+    return (10.0 * torch.log10(data_range**2 / mse)).tolist()
+
+
 def _gaussian_valid_filter(images: Tensor) -> Tensor:
     """Separable Gaussian filter (sigma 1.5, 11 taps) of ``[B, 1, H, W]`` without padding: ``[B, 1, H-10, W-10]``."""
     offsets = torch.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=images.dtype)

@@ -15,7 +15,10 @@ Samples. Per scene (a captioned first frame, with its real video where the sourc
   correlation of Eq. 4), over the pixels the render covers (``depth_coverage``: their share of the valid real ones). Where the clip has 3D tracks, the generated deformation is compared with their motion
   (the quantity Eq. 5 trains): each track's Gaussian (the pixel-aligned one under it in a frame where it is visible)
   is displaced by the field to every other frame's time, against the track's true displacement, over the pairs
-  that move at least ``motion_min_displacement``: cosine, end-point error and both magnitudes. Ours, not the paper's.
+  that move at least ``motion_min_displacement``: cosine, end-point error and both magnitudes. The generator is also
+  scored apart from the LDRM: the sampled latents against the real video's, per latent frame, beside frame 0's
+  latents held still (:func:`generator_metrics`); and the render at ``t = 0`` against the input (``psnr_t0``). Ours,
+  not the paper's.
 - ``latents`` (scenes with a real video, ``metrics.latent_reconstruction``): no generation; the LDRM reads the real
   clip's VAE latents (:meth:`~d4s.pipeline.Diff4SplatPipeline.reconstruct`) and is scored as ``scene``. It measures
   the reconstruction model on its own, in particular motion: how an object moves after the first frame is not
@@ -96,6 +99,9 @@ SCORING_SETTINGS = {
 }
 SCORING_SETTINGS[LATENTS] = SCORING_SETTINGS[SCENE]
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+#: the definition of the weight-free metrics a cached sample holds; raised when they change (2: the generator's
+#: latent metrics and ``psnr_t0``), so older samples are generated and scored again
+WEIGHT_FREE_VERSION = 2
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -452,6 +458,7 @@ def sample_settings(sample: Sample, scale: float, config: EvalConfig, scene: Sce
         "scene_content": None if scene is None else scene_fingerprint(scene, sample.trajectory in REAL_CAMERA_SAMPLES),
         "model_config": config.model_config,
         "no_ema": config.no_ema,
+        "weight_free_version": WEIGHT_FREE_VERSION,
         "generation": asdict(config.generation),
         "scene": sample.scene,
         "trajectory": sample.trajectory,
@@ -539,6 +546,7 @@ def weight_free_metrics(
     elif sample.trajectory in REAL_CAMERA_SAMPLES:
         real = scene.video.float() / 255.0
         values["psnr"] = m.psnr(video[1:], real[1:])
+        values["psnr_t0"] = m.psnr(video[:1], real[:1])  # the input view at its own time
         values["ssim"] = m.ssim(video[1:], real[1:])
         if lpips is not None:
             device = next(lpips.parameters()).device
@@ -560,6 +568,22 @@ def weight_free_metrics(
             else:
                 failures["depth"] = "no pixel has both a valid real depth and a rendered one"
     return values, curves, failures
+
+
+def generator_metrics(pipeline, latents: Tensor, scene: Scene, seed: int) -> dict[str, float]:
+    """The generator apart from the LDRM: its sampled latents ``[T', C, h, w]`` against the real video's, per latent
+    frame ``k``: ``latent_psnr_<k>``, and for ``k >= 1`` the still copy's ``still_latent_psnr_<k>`` (frame 0's real
+    latents held at every time: what a generator that predicts no change scores). PSNR peak: the codec's value range
+    (space to depth) or the real latents' spread (:func:`d4s.eval.metrics.latent_psnr`)."""
+    from d4s.eval import metrics as m
+
+    real = pipeline.encode_video(scene.video.float() / 255.0, seed)[0].cpu()
+    data_range = pipeline.latent_range or float(real.max() - real.min())
+    generated = m.latent_psnr(latents.float().cpu(), real, data_range)
+    still = m.latent_psnr(real[:1].expand_as(real), real, data_range)
+    values = {f"latent_psnr_{k}": value for k, value in enumerate(generated)}
+    values.update({f"still_latent_psnr_{k}": value for k, value in enumerate(still) if k > 0})
+    return values
 
 
 def motion_metrics(field, grid: tuple[int, int, int], scene: Scene, min_displacement: float) -> dict[str, float]:
@@ -657,6 +681,8 @@ def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, 
     values, curves, failures = weight_free_metrics(sample, scene, render.rgb, render.depth, c2w, K, config, lpips)
     if sample.trajectory in REAL_CAMERA_SAMPLES:
         values.update(motion_metrics(result.field, result.grid, scene, config.metrics.motion_min_displacement))
+    if sample.trajectory == SCENE:
+        values.update(generator_metrics(pipeline, result.latents, scene, sample.seed))
     folder = sample.folder(Path(config.out))
     (folder / "metrics.json").unlink(missing_ok=True)  # unfinished until rewritten below
     (folder / "features.json").unlink(missing_ok=True)

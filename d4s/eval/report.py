@@ -61,6 +61,7 @@ LABELS = {
     "pose_unregistered": "Frames without pose estimate (share)",
     "cycle_psnr": "Cycle PSNR (dB) ↑",
     "psnr": "PSNR (dB) ↑",
+    "psnr_t0": "PSNR at t = 0 (dB) ↑",
     "ssim": "SSIM ↑",
     "lpips": "LPIPS ↓",
     "depth_abs_rel": "Depth AbsRel ↓",
@@ -80,7 +81,7 @@ TABLES = (
     ("Geometric integrity (paper Table 2)", ("mast3r_matches", "subject_consistency", "background_consistency")),
     ("Camera control: relative pose error (paper Table 3)", ("rpe_trans", "rpe_rot_deg", "pose_unregistered")),
 )
-RECONSTRUCTION = ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta1", "depth_corr")
+RECONSTRUCTION = ("psnr", "psnr_t0", "ssim", "lpips", "depth_abs_rel", "depth_delta1", "depth_corr")
 MOTION = ("motion_cosine", "motion_epe", "motion_predicted", "motion_true")
 BAR_METRICS = (
     "rpe_trans",
@@ -207,6 +208,29 @@ def _table(title: str, metrics: tuple[str, ...], rows: list[tuple[str, dict]], s
     return "\n".join(lines) + "\n"
 
 
+def latent_frames(section: dict[str, Any]) -> list[tuple[int, Any, Any]]:
+    """``(k, generated, still)`` per latent frame of the generator metrics in ``section`` (``latent_psnr_<k>``,
+    ``still_latent_psnr_<k>``: :func:`d4s.eval.protocol.generator_metrics`; a report's statistics or plain means),
+    in frame order; ``still`` is ``None`` for frame 0."""
+    frames = sorted(int(key.rsplit("_", 1)[1]) for key in section if key.startswith("latent_psnr_"))
+    return [(k, section.get(f"latent_psnr_{k}"), section.get(f"still_latent_psnr_{k}")) for k in frames]
+
+
+def _generator_table(section: dict[str, Any]) -> str:
+    """The generator apart from the LDRM: sampled latents vs the real video's, per latent frame, beside the still
+    copy (frame 0's latents held)."""
+    lines = [
+        "### The generator alone: sampled latents vs the real video's latents (ours)",
+        "",
+        "| latent frame | generated, PSNR (dB) ↑ | frame 0 held still, PSNR (dB) | gain (dB) |",
+        "|---|---|---|---|",
+    ]
+    for k, generated, still in latent_frames(section):
+        gain = "–" if not (generated and still) else f"{generated['mean'] - still['mean']:+.2f}"
+        lines.append(f"| {k} | {_cell(generated, '', set())} | {_cell(still, '', set())} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the run, the paper-shaped tables, ours-only tables, failures and the skipped metrics."""
     run, skipped = report["run"], {entry["metric"] for entry in report["skipped"]}
@@ -250,6 +274,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             paper=False,
         )
     )
+    if latent_frames(report["reconstruction"]):
+        parts.append(_generator_table(report["reconstruction"]))
     parts.append(
         _table(
             "Motion along the real cameras (ours; the quantity of Eq. 5): the generated deformation of each 3D track's "

@@ -22,6 +22,7 @@ from d4s.eval.metrics import (
     frechet_distance,
     frechet_distance_from_stats,
     kernel_distance,
+    latent_psnr,
     motion_agreement,
     psnr,
     qalign_score,
@@ -169,6 +170,20 @@ def test_psnr_matches_skimage_and_a_known_value():
     assert psnr(prediction.float(), target.float()) == pytest.approx(expected, rel=1e-5)
     assert psnr(torch.full((3, 4, 4), 0.1), torch.zeros(3, 4, 4)) == pytest.approx(20.0)  # MSE 0.01
     assert psnr(target, target) == math.inf
+
+
+def test_latent_psnr_is_skimage_psnr_per_frame():
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randn(4, 6, 5, 5, generator=generator, dtype=torch.float64)
+    prediction = target + 0.3 * torch.arange(1, 5, dtype=torch.float64)[:, None, None, None] * torch.randn(
+        4, 6, 5, 5, generator=generator, dtype=torch.float64
+    )
+    expected = [peak_signal_noise_ratio(t.numpy(), p.numpy(), data_range=4.0) for p, t in zip(prediction, target)]
+    assert latent_psnr(prediction, target, data_range=4.0) == pytest.approx(expected, rel=1e-12)
+    assert expected == sorted(expected, reverse=True)  # the noise grows frame by frame
+    assert latent_psnr(torch.full((1, 2, 3, 3), 0.2), torch.zeros(1, 2, 3, 3), 2.0) == pytest.approx([20.0])
+    with pytest.raises(ValueError, match="target"):
+        latent_psnr(prediction, target[:3], data_range=4.0)
 
 
 def test_ssim_matches_skimage_gaussian_weights():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from skimage.metrics import peak_signal_noise_ratio
 
 from d4s.eval.protocol import (
     FEATURE_METRICS,
@@ -24,6 +25,7 @@ from d4s.eval.protocol import (
     sample_seed,
     sample_settings,
 )
+from d4s.pipeline import Diff4SplatPipeline
 from tests.data.conftest import toy4d_shards  # noqa: F401  (session fixture: small annotated shards)
 from tests.helpers import save_tiny_checkpoint
 
@@ -83,7 +85,9 @@ def test_report_files_and_finite_weight_free_metrics(tiny_config, tiny_run):
     for name in ("report.json", "report.md", "metrics_by_trajectory.png"):  # no RPE curve without registered poses
         assert (out / name).is_file(), name
     assert json.loads((out / "report.json").read_text())["run"] == report["run"]
-    assert report["run"]["scenes"] == 2 and report["run"]["samples"] == 2 * 8  # 5 trajectories, orbit, real cameras, latents
+    assert (
+        report["run"]["scenes"] == 2 and report["run"]["samples"] == 2 * 8
+    )  # 5 trajectories, orbit, real cameras, latents
     assert report["run"]["generated"] == report["run"]["samples"]
     finite = [report["orbit"]["cycle_psnr"]["mean"]]
     finite += [report["reconstruction"][m]["mean"] for m in ("psnr", "ssim", "depth_abs_rel", "depth_delta1")]
@@ -95,6 +99,25 @@ def test_report_files_and_finite_weight_free_metrics(tiny_config, tiny_run):
     assert len(rpe_failures) == 2 * len(PAPER_TRAJECTORIES)
     assert all("could be registered" in f["reason"] for f in rpe_failures)
     assert (out / "samples" / report["samples"][0]["scene"] / "spiral" / "rgb.mp4").is_file()
+
+
+def test_the_generator_is_scored_apart_from_the_ldrm(tiny_config, tiny_run):
+    samples = Path(tiny_config.out) / "samples"
+    pipeline = Diff4SplatPipeline.from_checkpoint(tiny_config.ckpt)
+    for scene in load_scenes(tiny_config.scenes, tiny_config.generation):
+        metrics = json.loads((samples / scene.name / "scene" / "metrics.json").read_text())["metrics"]
+        real = pipeline.encode_video(scene.video.float() / 255.0)[0].double().numpy()
+        peak = pipeline.latent_range
+        assert peak is not None and real.shape[0] == 3  # space-to-depth latents, 3 latent frames
+        for k in range(1, real.shape[0]):  # frame 0 held still, against skimage
+            expected = peak_signal_noise_ratio(real[k], real[0], data_range=peak)
+            assert metrics[f"still_latent_psnr_{k}"] == pytest.approx(expected, rel=1e-6)
+        assert all(math.isfinite(metrics[f"latent_psnr_{k}"]) for k in range(real.shape[0]))
+        assert math.isfinite(metrics["psnr_t0"])
+        reconstructed = json.loads((samples / scene.name / "latents" / "metrics.json").read_text())["metrics"]
+        assert "latent_psnr_0" not in reconstructed  # the LDRM on the real latents samples nothing
+    report_md = (Path(tiny_config.out) / "report.md").read_text()
+    assert "The generator alone" in report_md and "PSNR at t = 0" in report_md
 
 
 def test_weight_needing_metrics_are_listed_as_skipped_with_the_missing_file(tiny_config, tiny_run):
