@@ -14,14 +14,16 @@ import yaml
 
 from d4s.fit import main
 from d4s.models.ldrm import parameter_count
-from d4s.stages import DynamicFinetune, HiResRefine, LPIPSConfig, StaticPretrain
+from d4s.stages import DynamicFinetune, HiResRefine, LPIPSConfig, StaticPretrain, VideoPretrain
 from tests.data.conftest import toy4d_shards  # noqa: F401  (the session's shards)
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {1: StaticPretrain, 2: HiResRefine, 3: DynamicFinetune}
+STAGES = {0: VideoPretrain, 1: StaticPretrain, 2: HiResRefine, 3: DynamicFinetune}
 
 
-@pytest.mark.parametrize("config", ["stage1", "stage2", "stage3", "tiny/stage1", "tiny/stage2", "tiny/stage3"])
+@pytest.mark.parametrize(
+    "config", ["stage1", "stage2", "stage3", "tiny/stage0", "tiny/stage1", "tiny/stage2", "tiny/stage3"]
+)
 def test_stage_configs_parse(config, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as exit_code:
@@ -30,9 +32,14 @@ def test_stage_configs_parse(config, capsys, monkeypatch):
     printed = yaml.safe_load(capsys.readouterr().out)
     stage = int(config[-1])
     assert printed["model"]["class_path"] == f"d4s.stages.{STAGES[stage].__name__}"
-    assert printed["trainer"]["precision"] == "bf16-mixed"
-    assert printed["data"]["train"]["motion"] == ("dynamic" if stage == 3 else "static")
-    if not config.startswith("tiny"):
+    tiny = config.startswith("tiny")
+    assert printed["trainer"]["precision"] == ("32-true" if tiny else "bf16-mixed")  # these CPUs lack bf16
+    assert printed["data"]["train"]["motion"] == {0: "any", 3: "dynamic"}.get(stage, "static")
+    if tiny and stage > 0:  # the generator comes from stage 0 and stays frozen
+        recipe = printed["model"]["init_args"]["recipe"]
+        assert recipe["dit"] == "frozen" and recipe["flow_matching"]["shift"] == 3.0
+        assert printed["model"]["init_args"]["init_from"].startswith(f"outputs/tiny/stage{stage - 1}/")
+    if not tiny:
         assert printed["trainer"]["max_steps"] == {1: 40000, 2: 40000, 3: 20000}[stage]  # Sec. 3.4
         assert (
             printed["trainer"]["strategy"] == "ddp" and printed["data"]["clip"]["height"] == (256, 512, 512)[stage - 1]
@@ -66,6 +73,8 @@ def test_tiny_stage1_runs_with_ddp_on_two_cpu_processes_in_bf16(toy4d_shards, tm
         "d4s.fit",
         "--config",
         "configs/tiny/stage1.yaml",
+        "--model.init_args.init_from=null",  # no stage-0 run here: a random DiT
+        "--trainer.precision=bf16-mixed",
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.accelerator=cpu",

@@ -1,8 +1,9 @@
 """Train and show a real 4D model on a CPU, end to end on built-in data: ``make demo`` (python -m d4s.demo).
 
-Annotates the synthetic toy4d dataset, trains the three tiny stages with hand-off, generates 4D scenes from held-out
-first frames, evaluates the trained and the untrained model, and writes <out>/SUMMARY.md (metrics table, learning
-checks, contact sheet, loss curves, where everything is). About 16 minutes on 2 cores (--fast: about 5).
+Annotates the synthetic toy4d dataset, trains the video generator (stage 0) and the three tiny stages with hand-off,
+generates 4D scenes from held-out first frames, evaluates the trained and the untrained model, and writes
+<out>/SUMMARY.md (metrics table, the generator's latents apart from the LDRM, learning checks, contact sheet, loss
+curves, where everything is). About 17 minutes on 2 cores (--fast: about 7).
 A killed demo resumes when run again with the same options.
 
 examples:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from d4s.demo.plan import FAST, FULL
 
     parser = doc_parser("python -m d4s.demo", __doc__)
-    parser.add_argument("--fast", action="store_true", help="the small variant (CI smoke test, about 5 minutes)")
+    parser.add_argument("--fast", action="store_true", help="the small variant (CI smoke test, about 7 minutes)")
     parser.add_argument("--out", type=Path, help=f"run folder (default: {FULL.out}, with --fast {FAST.out})")
     parser.add_argument(
         "--data",

@@ -125,8 +125,8 @@ def train_stage(plan: DemoPlan, stage: int) -> dict[str, Any]:
         command += ["--ckpt_path", str(last)]
     _run_command(command, plan.out / "logs" / f"stage{stage}.log", quiet_warnings=True)
     step = _checkpoint_step(last) if last.is_file() else 0
-    if step < plan.steps[stage - 1]:
-        raise DemoError(f"stage {stage} stopped at step {step} of {plan.steps[stage - 1]} (log: {plan.out}/logs)")
+    if step < plan.steps[stage]:
+        raise DemoError(f"stage {stage} stopped at step {step} of {plan.steps[stage]} (log: {plan.out}/logs)")
     return {"steps": step, "checkpoint": str(last)}
 
 
@@ -223,7 +223,7 @@ def run_demo(plan: DemoPlan, restart: bool = False) -> Path:
     journal = Journal(plan)
     run_phase(journal, "data", lambda: annotate(plan), f"toy4d -> {plan.data_dir}")
     for stage in STAGES:
-        note = f"{plan.steps[stage - 1]} steps -> {plan.stage_dir(stage)}"
+        note = f"{plan.steps[stage]} steps -> {plan.stage_dir(stage)}"
         run_phase(journal, f"stage{stage}", lambda stage=stage: train_stage(plan, stage), note)
     untrained = plan.out / "untrained.ckpt"
     run_phase(journal, "baseline", lambda: save_untrained(plan, untrained), f"untrained model -> {untrained}")

@@ -17,17 +17,17 @@ def test_stage_configs_chain_the_stages_and_point_at_the_demo_data(tmp_path):
         config = stage_config(plan, stage)
         tiny = yaml.safe_load(Path(f"configs/tiny/stage{stage}.yaml").read_text())
         assert config["model"]["class_path"] == tiny["model"]["class_path"]
-        assert config["trainer"]["max_steps"] == plan.steps[stage - 1]
+        assert config["trainer"]["max_steps"] == plan.steps[stage]
         assert config["trainer"]["default_root_dir"] == str(tmp_path / "run" / f"stage{stage}")
         assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "run" / f"stage{stage}")
         assert Path(config["model"]["init_args"]["model_config"]).is_absolute()
         init_from = config["model"]["init_args"].get("init_from")
-        assert init_from == (None if stage == 1 else str(plan.last_checkpoint(stage - 1)))
+        assert init_from == (None if stage == STAGES[0] else str(plan.last_checkpoint(stage - 1)))
         indexes = {entry["index"] for split in ("train", "val") for entry in config["data"][split]["sources"]}
         assert indexes == {str(tmp_path / "run" / "data" / "toy4d" / "index.json")}
         checkpoint = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
-        assert checkpoint["init_args"]["every_n_train_steps"] == plan.checkpoint_every[stage - 1]
-        assert plan.steps[stage - 1] % plan.checkpoint_every[stage - 1] == 0  # the last step is checkpointed
+        assert checkpoint["init_args"]["every_n_train_steps"] == plan.checkpoint_every[stage]
+        assert plan.steps[stage] % plan.checkpoint_every[stage] == 0  # the last step is checkpointed
     assert FULL.data == Path("data/toy4d") and FULL.steps == tuple(
         yaml.safe_load(Path(f"configs/tiny/stage{stage}.yaml").read_text())["trainer"]["max_steps"] for stage in STAGES
     )  # the full demo is the tiny configs as they stand
@@ -50,5 +50,5 @@ def test_written_stage_config_parses_with_the_training_cli(tmp_path):
         main(["--config", str(path), "--print_config"])
     printed.write_text(buffer.getvalue())
     parsed = yaml.safe_load(printed.read_text())
-    assert parsed["trainer"]["max_steps"] == plan.steps[2]
+    assert parsed["trainer"]["max_steps"] == plan.steps[3]
     assert parsed["model"]["init_args"]["init_from"] == str(plan.last_checkpoint(2))

@@ -16,6 +16,9 @@ from d4s.data.batch import Batch
 from d4s.stages import DynamicFinetune, HiResRefine, StaticPretrain
 from tests.stages.conftest import evaluate, tiny_data, tiny_module, tiny_trainer
 
+#: as in configs/tiny: the LDRM learns on the codec's latents; the DiT (stage 0's business) stays frozen
+LDRM_ONLY = {"dit": "frozen", "ldrm_input": "clean"}
+
 
 class RecordTerms(L.Callback):
     """The logged training terms of every step."""
@@ -50,7 +53,7 @@ class Stage1Run:
 @pytest.fixture(scope="module")
 def stage1(toy4d_shards, tmp_path_factory) -> Stage1Run:
     root = tmp_path_factory.mktemp("stage1")
-    module, data = tiny_module(StaticPretrain), tiny_data(toy4d_shards, "static")
+    module, data = tiny_module(StaticPretrain, recipe=LDRM_ONLY), tiny_data(toy4d_shards, "static")
     data.setup("validate")
     held_out = list(data.val_dataloader())
     before, psnr_before = head_state(module), evaluate(module, held_out, "psnr")
@@ -84,7 +87,7 @@ def only_moving_tracks(batch: Batch) -> Batch:
 
 def test_stage3_after_stage2_learns_motion(stage1, toy4d_shards, tmp_path):
     # stage 2: higher resolution from the stage-1 weights, head still frozen
-    refine = tiny_module(HiResRefine, init_from=str(stage1.checkpoint))
+    refine = tiny_module(HiResRefine, recipe=LDRM_ONLY, init_from=str(stage1.checkpoint))
     before = head_state(refine)
     trainer = tiny_trainer(tmp_path, max_steps=6)
     trainer.fit(refine, tiny_data(toy4d_shards, "static", size=48))
@@ -93,7 +96,7 @@ def test_stage3_after_stage2_learns_motion(stage1, toy4d_shards, tmp_path):
     trainer.save_checkpoint(stage2)
 
     # stage 3: dynamic clips, everything trains, motion loss on the tracks
-    finetune = tiny_module(DynamicFinetune, lr=1e-2, init_from=str(stage2))
+    finetune = tiny_module(DynamicFinetune, lr=1e-2, recipe=LDRM_ONLY, init_from=str(stage2))
     data = tiny_data(toy4d_shards, "dynamic", samples_per_epoch=None, frame_step=2)
     data.on_after_batch_transfer = lambda batch, index: only_moving_tracks(
         ClipDataModule.on_after_batch_transfer(data, batch, index)
