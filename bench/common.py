@@ -28,16 +28,28 @@ def bench_parser(doc: str, name: str, repeats: int, quick_help: str) -> argparse
     return parser
 
 
-def toy4d_clips(index: str, split: str | None, work: Path, frame_step: int = 2, batch_size: int = 4, motion="dynamic"):
+def toy4d_clips(
+    index: str,
+    split: str | None,
+    work: Path,
+    frame_step: int = 2,
+    batch_size: int = 4,
+    motion="dynamic",
+    fixed: bool = False,
+):
     """An endless stream of toy4d batches (9 frames at 64², every track) from ``split`` (``None``: train), clips
-    ``motion`` (``dynamic``, ``static`` or ``any``), frame step ``frame_step`` to 4; ``work`` holds its data YAML."""
+    ``motion`` (``dynamic``, ``static`` or ``any``), frame step ``frame_step`` to 4; ``work`` holds its data YAML.
+    ``fixed``: each clip of the split once, in order, at its first frames with step ``frame_step`` and centre-cropped
+    (how ``make eval`` reads its scenes), then the stream ends."""
     import yaml
 
     from d4s.data import ClipDataModule
 
     source = {"name": "toy4d", "index": index} | ({"split": split} if split else {})
     config = {
-        "train": {"sources": [source], "motion": motion, "resample": True, "samples_per_epoch": 10**6},
+        "train": {"sources": [source], "motion": motion, "resample": True, "samples_per_epoch": 10**6}
+        if not fixed
+        else {"sources": [source], "motion": motion, "shuffle": False, "random_clips": False},
         "clip": {
             "num_frames": 9,
             "frame_step": frame_step,
@@ -50,7 +62,7 @@ def toy4d_clips(index: str, split: str | None, work: Path, frame_step: int = 2, 
         "num_workers": 1,
         "seed": 0,
     }
-    path = work / f"data-{split or 'train'}-{motion}.yaml"
+    path = work / f"data-{split or 'train'}-{motion}-{'fixed' if fixed else 'random'}.yaml"
     path.write_text(yaml.safe_dump(config))
     module = ClipDataModule.from_yaml(path)
     module.setup("fit")
@@ -75,3 +87,18 @@ def model_yaml(path: Path, overrides: list[str], work: Path) -> Path:
     copy = work / "model.yaml"
     copy.write_text(yaml.safe_dump(values))
     return copy
+
+
+def write_rows(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The probes' JSON: ``{"machine", "args", "rows"}`` to ``args.out`` (paths written as strings), then say where."""
+    import json
+
+    def plain(value):
+        return (
+            [plain(v) for v in value] if isinstance(value, list) else str(value) if isinstance(value, Path) else value
+        )
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {key: plain(value) for key, value in vars(args).items()}
+    args.out.write_text(json.dumps({"machine": machine_info(), "args": settings, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")

@@ -14,12 +14,11 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
-from common import machine_info, toy4d_clips
+from common import toy4d_clips, write_rows
 
 from d4s.models.config import ModelConfig
 from d4s.models.video_dit import VideoDiT
@@ -87,10 +86,7 @@ def main() -> None:
         rows.append(row)
         print(f"| {path} | {row['codec']} | {row['latent_channels']} | {row['pixels_cell']:.2f} / "
               f"{row['pixels_3x3']:.2f} | {row['colour_3x3']:.2f} | {row['chroma_3x3']:.2f} |", flush=True)  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = vars(args) | {"out": str(args.out), "models": [str(m) for m in args.models]}
-    args.out.write_text(json.dumps({"machine": machine_info(), "args": settings, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_rows(args, rows)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ tiny VAE) and the deformation head's time input (``ldrm.deformation_time``). Pri
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import machine_info, model_yaml, toy4d_clips
+from common import model_yaml, toy4d_clips, write_rows
 
 from d4s.losses import track_motion
 from d4s.stages import DynamicFinetune, LPIPSConfig
@@ -101,10 +100,7 @@ def main() -> None:
                 r = rows[-1]
                 print(f"step {step:5d}  train 3D {r['train_cos_3d']:+.3f}  held-out 3D {r['held_cos_3d']:+.3f}  "
                       f"image plane {r['held_cos_image']:+.3f}  ({r['held_pairs']} moving pairs)", flush=True)  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = vars(args) | {"out": str(args.out), "model": str(args.model)}
-    args.out.write_text(json.dumps({"machine": machine_info(), "args": settings, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_rows(args, rows)
 
 
 if __name__ == "__main__":
