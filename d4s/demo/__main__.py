@@ -3,12 +3,12 @@
 Annotates the synthetic toy4d dataset, trains the video generator (stage 0) and the three tiny stages with hand-off,
 generates 4D scenes from held-out first frames, evaluates the trained and the untrained model, and writes
 <out>/SUMMARY.md (metrics table, the generator's latents apart from the LDRM, learning checks, contact sheet, loss
-curves, where everything is). About 17 minutes on 2 cores (--fast: about 7).
+curves, where everything is). About 18 minutes on 2 cores (--fast: about 7).
 A killed demo resumes when run again with the same options.
 
 examples:
   python -m d4s.demo                       # the full demo -> runs/demo/SUMMARY.md
-  python -m d4s.demo --fast                # the CI-sized variant -> runs/demo-fast/SUMMARY.md
+  python -m d4s.demo --fast                # the small variant -> runs/demo-fast/SUMMARY.md
   python -m d4s.demo --restart             # start over (deletes the run folder, keeps data/toy4d)
   python -m d4s.demo --fast --check        # exit 1 unless every learning check passes
 """
@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     from d4s.demo.plan import FAST, FULL
 
     parser = doc_parser("python -m d4s.demo", __doc__)
-    parser.add_argument("--fast", action="store_true", help="the small variant (CI smoke test, about 7 minutes)")
+    parser.add_argument(
+        "--fast", action="store_true", help="the small variant (about 7 minutes; make test-slow checks that it learns)"
+    )
     parser.add_argument("--out", type=Path, help=f"run folder (default: {FULL.out}, with --fast {FAST.out})")
     parser.add_argument(
         "--data",

@@ -250,7 +250,7 @@ def loss_curves(plan: DemoPlan, path: Path) -> Path:
     for axis in axes.flat:
         axis.set_xlabel(f"training step (stages {', '.join(map(str, STAGES))} in turn)", fontsize=8)
         axis.tick_params(labelsize=7)
-        if axis.lines:
+        if axis.get_legend_handles_labels()[0]:  # a run too short to log has only the stage boundaries
             axis.legend(fontsize=6)
     figure.tight_layout()
     return _save(figure, path)

@@ -97,7 +97,8 @@ def test_stage3_after_stage2_learns_motion(stage1, toy4d_shards, tmp_path):
 
     # stage 3: dynamic clips, everything trains, motion loss on the tracks
     finetune = tiny_module(DynamicFinetune, lr=1e-2, recipe=LDRM_ONLY, init_from=str(stage2))
-    data = tiny_data(toy4d_shards, "dynamic", samples_per_epoch=None, frame_step=2)
+    # loaded in-process: with overfit_batches=1 every step is an epoch, and each epoch would start a new worker
+    data = tiny_data(toy4d_shards, "dynamic", samples_per_epoch=None, frame_step=2, num_workers=0)
     data.on_after_batch_transfer = lambda batch, index: only_moving_tracks(
         ClipDataModule.on_after_batch_transfer(data, batch, index)
     )
