@@ -68,7 +68,8 @@ def free_port() -> int:
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # faulthandler: a viewer that hangs can be made to print every thread's stack (SIGABRT), for the failure report
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen([sys.executable, "-m", "d4s.view", *args], cwd=REPO, env=env, text=True, **kwargs)
 
 
@@ -98,7 +99,13 @@ def test_cli_serves_the_viewer_page_and_stops_cleanly(scene_dir, field, stop_sig
         assert "mode: splats (no CUDA" in out
         assert f"viewer at http://127.0.0.1:{port}" in out
         proc.send_signal(stop_signal)
-        assert proc.wait(timeout=60.0) == 0, log.read_text()  # generous: once, in a full make test, over 20 s
+        try:
+            code = proc.wait(timeout=60.0)  # it takes about a second; a full make test once hung here (60 s and more)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes where every thread waits into the log
+            proc.wait(timeout=30.0)
+            pytest.fail(f"the viewer did not stop within 60 s of {stop_signal.name}:\n{log.read_text()}")
+        assert code == 0, log.read_text()
         assert "viewer stopped" in log.read_text()
     finally:
         if proc.poll() is None:
