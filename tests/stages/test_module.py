@@ -19,7 +19,7 @@ from d4s.stages import DynamicFinetune, StaticPretrain, VideoPretrain
 from d4s.stages.base import warmup_cosine
 from d4s.stages.checkpoint import AtomicCheckpointIO
 from d4s.stages.ema import ParameterEMA
-from tests.stages.conftest import RANDOM_LPIPS, TINY_MODEL, tiny_data, tiny_module, tiny_trainer
+from tests.stages.conftest import RANDOM_LPIPS, tiny_data, tiny_module, tiny_trainer
 
 
 def trainable(module) -> set[str]:
