@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenes is not None and args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
 
-    from d4s.eval.protocol import load_config, run_protocol
+    from d4s.eval.protocol import load_config
+    from d4s.eval.run import run_protocol
 
     overrides = {"ckpt": args.ckpt, "out": args.out, "scenes.max_scenes": args.scenes, "device": args.device}
     config = load_config(args.config, {key: value for key, value in overrides.items() if value is not None})

@@ -70,7 +70,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from d4s.data.schema import GENERIC_PROMPT
-from d4s.eval.offline import go_offline
 from d4s.utils.fileio import atomic_output
 
 log = logging.getLogger(__name__)
@@ -620,48 +619,6 @@ def motion_metrics(field, grid: tuple[int, int, int], scene: Scene, min_displace
 
 
 # ------------------------------------------------------------------------------------------------- generation
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"device: not a torch device: {name!r} (e.g. cpu, cuda, cuda:1)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested, but no CUDA device is visible here; use cpu")
-    return device
-
-
-class _LazyPipeline:
-    """The pipeline, loaded at the first sample that needs generating (a finished run never loads the model)."""
-
-    def __init__(self, config: EvalConfig, device: torch.device):
-        self.config, self.device, self._pipeline = config, device, None
-
-    def __call__(self):
-        if self._pipeline is None:
-            from d4s.generate import DTYPES
-            from d4s.pipeline import Diff4SplatPipeline
-
-            self._pipeline = Diff4SplatPipeline.from_checkpoint(
-                self.config.ckpt,
-                self.config.model_config,
-                self.device,
-                DTYPES[self.config.generation.dtype],
-                use_ema=not self.config.no_ema,
-            )
-        return self._pipeline
-
-
-def _lpips(config: MetricConfig, device: torch.device):
-    """LPIPS with the configured local backbone, or ``None`` (skipped) when no backbone is configured."""
-    if config.lpips_backbone is None:
-        return None
-    from d4s.models.perceptual import LPIPS
-
-    return LPIPS(config.lpips_net, backbone_path=config.lpips_backbone).to(device)
-
-
 def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, settings: dict, lpips=None) -> dict:
     """Generate, render and score one sample; writes its folder (module docstring) and returns its ``metrics.json``."""
     from d4s.diffusion.sampler import Guidance
@@ -905,48 +862,3 @@ def _distribution_metrics(videos: list[Sample], real: list[Scene], extractors: _
         result["fvd"][group] = m.frechet_distance(stacked, real_features) if len(features) > 1 else None
         result["kvd"][group] = m.kernel_distance(stacked, real_features) if len(features) > 1 else None
     return result
-
-
-# ---------------------------------------------------------------------------------------------------- the run
-def run_protocol(config: EvalConfig) -> dict[str, Any]:
-    """Run the whole protocol (module docstring) and write the report; returns the report (``report.json``).
-
-    Raises ``FileNotFoundError`` for a missing checkpoint or scene source and ``ValueError`` for bad settings,
-    before any generation.
-    """
-    go_offline()
-    from d4s.eval.report import build_report, write_report
-
-    ckpt = Path(config.ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt} (give a .ckpt written by python -m d4s.fit, --ckpt)")
-    device = _device(config.device)
-    out = Path(config.out)
-    scenes = load_scenes(config.scenes, config.generation, config.metrics.motion_tracks)
-    by_name = {scene.name: scene for scene in scenes}
-    samples = plan_samples(scenes, config)
-    pipeline = _LazyPipeline(config, device)
-    lpips = _lpips(config.metrics, device)
-    results: dict[Sample, dict] = {}
-    generated = 0
-    for sample in tqdm(samples, desc="samples", unit="sample"):
-        scene = by_name[sample.scene]
-        _, _, scale = sample_cameras(sample, scene, config)
-        settings = sample_settings(sample, scale, config, scene)
-        cached = completed(sample, settings, out)
-        if cached is None:
-            cached = generate_sample(pipeline(), sample, scene, config, settings, lpips)
-            generated += 1
-        results[sample] = cached
-    features, distribution, skipped = feature_metrics(samples, by_name, config, device)
-    if config.metrics.lpips_backbone is None and any(s.trajectory in REAL_CAMERA_SAMPLES for s in samples):
-        skipped.append(
-            {
-                "metric": "lpips",
-                "skipped": "no LPIPS backbone: set metrics.lpips_backbone to torchvision's local "
-                f"{config.metrics.lpips_net} ImageNet weights file",
-            }
-        )
-    run = {"generated": generated, "reused": len(samples) - generated, "device": str(device)}
-    report = build_report(out, config, scenes, samples, results, features, distribution, skipped, run)
-    return write_report(out, report)

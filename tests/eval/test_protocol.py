@@ -21,10 +21,10 @@ from d4s.eval.protocol import (
     load_config,
     load_scenes,
     plan_samples,
-    run_protocol,
     sample_seed,
     sample_settings,
 )
+from d4s.eval.run import run_protocol
 from d4s.pipeline import Diff4SplatPipeline
 from tests.data.conftest import toy4d_shards  # noqa: F401  (session fixture: small annotated shards)
 from tests.helpers import save_tiny_checkpoint
