@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 TINY_CONFIGS = Path("configs/tiny")
+EVAL_CONFIG = TINY_CONFIGS / "eval.yaml"
+TRAINED, UNTRAINED, REFERENCE = "trained", "untrained", "reference"  # the evaluated models (eval/<name>)
 STAGES = (0, 1, 2, 3)  # stage 0: the video DiT alone (d4s.stages.VideoPretrain), the prior the paper starts from
 
 
@@ -145,3 +147,11 @@ def write_stage_config(plan: DemoPlan, stage: int) -> Path:
     )
     path.write_text(header + yaml.safe_dump(stage_config(plan, stage), sort_keys=False))
     return path
+
+
+def eval_config(plan: DemoPlan, checkpoint: Path, name: str):
+    """``configs/tiny/eval.yaml`` on the demo's data for one checkpoint, into ``<out>/eval/<name>``."""
+    from d4s.eval.protocol import load_config
+
+    overrides = {"ckpt": str(checkpoint), "out": str(plan.out / "eval" / name), "scenes.index": str(plan.index)}
+    return load_config(EVAL_CONFIG, overrides)

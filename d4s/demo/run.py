@@ -24,13 +24,11 @@ import torch
 import yaml
 from PIL import Image
 
-from d4s.demo.plan import STAGES, DemoPlan, write_stage_config
+from d4s.demo.plan import EVAL_CONFIG, STAGES, TRAINED, UNTRAINED, DemoPlan, eval_config, write_stage_config
 from d4s.utils.fileio import atomic_output
 from d4s.utils.memory import TreeMemoryMonitor
 
 JOURNAL = "demo.json"
-TRAINED, UNTRAINED, REFERENCE = "trained", "untrained", "reference"
-EVAL_CONFIG = Path("configs/tiny/eval.yaml")
 NOVEL_TRAJECTORY = "spiral"
 
 
@@ -146,14 +144,6 @@ def save_untrained(plan: DemoPlan, path: Path) -> dict[str, Any]:
     return {"checkpoint": str(path)}
 
 
-def eval_config(plan: DemoPlan, checkpoint: Path, name: str):
-    """``configs/tiny/eval.yaml`` on the demo's data for one checkpoint, into ``<out>/eval/<name>``."""
-    from d4s.eval.protocol import load_config
-
-    overrides = {"ckpt": str(checkpoint), "out": str(plan.out / "eval" / name), "scenes.index": str(plan.index)}
-    return load_config(EVAL_CONFIG, overrides)
-
-
 def held_out_scenes(plan: DemoPlan):
     """The held-out clips (the ``test`` split) at the evaluation's size, with depth and tracks."""
     from d4s.eval.protocol import load_scenes
@@ -197,7 +187,7 @@ def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, ply: bool =
 
 def evaluate(plan: DemoPlan, checkpoint: Path, name: str) -> dict[str, Any]:
     """The weight-free evaluation protocol (``make eval`` on the tiny config) of one checkpoint."""
-    from d4s.eval.protocol import run_protocol
+    from d4s.eval.run import run_protocol
 
     report = run_protocol(eval_config(plan, checkpoint, name))
     return {"report": str(plan.out / "eval" / name / "report.json"), "samples": report["run"]["samples"]}

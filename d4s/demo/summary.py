@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from d4s.demo.plan import STAGES, DemoPlan
-from d4s.demo.run import REFERENCE, TRAINED, UNTRAINED, eval_config
+from d4s.demo.plan import REFERENCE, STAGES, TRAINED, UNTRAINED, DemoPlan, eval_config
 from d4s.eval.report import latent_frames
 from d4s.utils.fileio import atomic_output
 
