@@ -5,7 +5,7 @@ per trajectory and overall, with the paper's numbers beside ours) and plots (``m
 Aggregates are means over samples with their standard deviation and sample count ``n`` (samples where a metric could
 not be computed are listed under ``failures`` and left out). FVD and KVD are set metrics: one value per set of
 generated videos against all real ones, with both set sizes (with fewer videos than feature dimensions the
-covariances are singular and KVD can be negative; EVAL_NOTES.md).
+covariances are singular, and KVD, an unbiased estimate, can be negative).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from d4s.utils.fileio import atomic_output
 
 #: Diff4Splat's own numbers: Table 1 (FVD .. QA-Quality), Table 2 (matches, consistency), Table 3 (RPE; the paper
 #: states no units), Table 6 / Appendix E (cycle consistency, dB). KVD: both Table 1 and Table 4 read
-#: "2316" in our copy of the paper; 2.316 is EVAL_NOTES.md's reading (the decimal point lost), an inference.
+#: "2316" in our copy of the paper; we read it as 2.316 (a decimal point lost in the text), an inference.
 PAPER: dict[str, float] = {
     "fvd": 210.153,
     "kvd": 2.316,

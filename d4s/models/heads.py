@@ -36,7 +36,7 @@ class GaussianHead(nn.Module):
 
     Channels (``K_g = 1 + 3 K + 3 + 4 + 1``, ``K = (sh_degree + 1)^2``): depth, SH colour, log-scale, rotation,
     opacity. :meth:`activate` bounds them; an untrained head (raw 0) gives ``init_depth``, ``init_scale``, identity
-    rotations, opacity 0.12 and grey, as the latent reconstruction models of ``MODEL_NOTES.md`` start.
+    rotations, opacity 0.12 (``sigmoid(-2)``, the opacity offset GS-LRM and Long-LRM start from) and grey.
     """
 
     def __init__(
