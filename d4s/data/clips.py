@@ -37,7 +37,7 @@ from d4s.geometry.cameras import (
     relative_to_first,
 )
 from d4s.geometry.crop import crop_box
-from d4s.utils.video import VIDEO_BACKENDS, read_video
+from d4s.utils.video import VIDEO_BACKENDS, check_length, read_video
 
 
 class ClipTooShort(ValueError):
@@ -245,8 +245,7 @@ def sample_clip(sample: dict | DecodedSample, config: ClipConfig, rng: np.random
     if decoded.frames is None:
         frames = read_video(decoded.rgb, indices.tolist(), backend=config.video_backend, transform=fit_frame)
     else:
-        if len(decoded.frames) <= indices[-1]:
-            raise ValueError(f"{RGB}: asked for frame {indices[-1]}, but the video holds {len(decoded.frames)} frames")
+        check_length(RGB, len(decoded.frames), indices.tolist())
         frames = np.stack([fit_frame(decoded.frames[i]) for i in indices])
 
     K = box.intrinsics(torch.from_numpy(cameras["K"][indices]).double())

@@ -134,7 +134,7 @@ def _read_pyav(source: str | Path | bytes, name: str, indices: Sequence[int] | N
                     break
     except (av.error.FFmpegError, IndexError) as error:
         raise ValueError(f"{name}: cannot decode video ({error})") from error
-    _check_length(name, seen, indices)
+    check_length(name, seen, indices)
     return np.stack([decoded[n] for n in (range(seen) if indices is None else indices)])
 
 
@@ -147,7 +147,7 @@ def _read_decord(
     target = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:
         reader = decord.VideoReader(target, ctx=decord.cpu(0), num_threads=1)
-        _check_length(name, len(reader), indices)
+        check_length(name, len(reader), indices)
         frames = []
         for i in range(len(reader)) if indices is None else indices:  # frame by frame: ~25% faster than get_batch
             frame = reader[i].asnumpy()
@@ -159,7 +159,8 @@ def _read_decord(
     return np.stack(frames)
 
 
-def _check_length(name: str, count: int, indices: Sequence[int] | None) -> None:
+def check_length(name: str, count: int, indices: Sequence[int] | None) -> None:
+    """Raise ``ValueError`` naming ``name`` if the video holds no frames or fewer than ``indices`` ask for."""
     if count == 0:
         raise ValueError(f"{name}: the video holds no frames")
     if indices is not None and max(indices) >= count:
