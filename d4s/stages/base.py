@@ -1,4 +1,5 @@
-"""The training module shared by the three stages of the progressive scheme (paper Sec. 3.4, Appendix C.3).
+"""The training module shared by the stages: the three of the progressive scheme (paper Sec. 3.4, Appendix C.3)
+and the optional video pre-training of stage 0.
 
 One step on a :class:`~d4s.data.Batch` of ``B`` clips of ``T`` frames:
 
@@ -222,11 +223,6 @@ class Diff4SplatModule(L.LightningModule):
         """The trained networks (what the EMA and the optimiser see)."""
         return nn.ModuleDict({"video_dit": self.video_dit, "ldrm": self.ldrm})
 
-    @property
-    def runs_dit(self) -> bool:
-        """The DiT is evaluated in training steps (for its loss, or for the LDRM's input)."""
-        return self.recipe.dit != "frozen" or self.recipe.ldrm_input != "clean"
-
     def _set_trainable(self) -> None:
         if not self.reconstructs and self.recipe.dit == "frozen":
             raise ValueError(f"{type(self).__name__} trains the video DiT alone: recipe.dit cannot be frozen")
@@ -348,15 +344,14 @@ class Diff4SplatModule(L.LightningModule):
         T = batch.video.shape[1]
         z0 = self.video_dit.encode(batch.video, generator)
         latents = z0
-        if train and self.runs_dit:
-            if self.recipe.dit != "frozen" or self.recipe.ldrm_input == "one_step":
-                loss, noisy, t, velocity = self.flow_matching_step(batch, z0, generator, drop_conditions=True)
-                if self.recipe.dit != "frozen":
-                    terms["flow_matching"] = loss
-                if self.recipe.ldrm_input == "one_step":
-                    latents = noisy - t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype) * velocity
-            if self.recipe.ldrm_input == "sampled":
-                latents = self.sampled_latents(batch, z0.shape, generator)
+        if train and (self.recipe.dit != "frozen" or self.recipe.ldrm_input == "one_step"):
+            loss, noisy, t, velocity = self.flow_matching_step(batch, z0, generator, drop_conditions=True)
+            if self.recipe.dit != "frozen":
+                terms["flow_matching"] = loss
+            if self.recipe.ldrm_input == "one_step":
+                latents = noisy - t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype) * velocity
+        if train and self.recipe.ldrm_input == "sampled":
+            latents = self.sampled_latents(batch, z0.shape, generator)
         times = frames.float() / max(T - 1, 1) if self.deformation_trains else None  # frozen head: the identity
         return self.ldrm(latents, batch.plucker, batch.K, batch.c2w, times), terms
 
