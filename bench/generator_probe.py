@@ -26,7 +26,7 @@ import torch
 from common import model_yaml, toy4d_clips, write_rows
 
 from d4s.diffusion import FlowMatching, Guidance
-from d4s.eval.metrics import latent_psnr
+from d4s.eval.metrics import latent_psnr, still_latent_psnr
 from d4s.stages import Recipe, VideoPretrain
 from d4s.stages.ema import ParameterEMA
 
@@ -44,7 +44,7 @@ def latent_rows(module: VideoPretrain, batch) -> tuple[list[float], list[float]]
     dit.train()
     peak = dit.vae.value_range
     generated = torch.tensor([latent_psnr(s, z, peak) for s, z in zip(sampled, z0)]).mean(0)
-    still = torch.tensor([latent_psnr(z[:1].expand_as(z), z, peak) for z in z0]).mean(0)
+    still = torch.tensor([still_latent_psnr(z, peak) for z in z0]).mean(0)
     return generated.tolist(), still.tolist()
 
 

@@ -20,7 +20,7 @@ import torch
 from common import write_rows
 
 from d4s.diffusion import Guidance
-from d4s.eval.metrics import latent_psnr
+from d4s.eval.metrics import latent_psnr, still_latent_psnr
 from d4s.eval.protocol import load_config, load_scenes
 from d4s.geometry.plucker import plucker_embedding
 from d4s.pipeline import Diff4SplatPipeline
@@ -41,7 +41,7 @@ def checkpoint_rows(path: str, scenes, seeds: int, steps: int, guidance: float) 
             noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
             sample = dit.sample(noise, image, plucker, text, null, steps, Guidance(guidance), pipeline.flow.shift)
             generated.append(latent_psnr(sample[0], real, peak))
-        still.append(latent_psnr(real[:1].expand_as(real), real, peak))
+        still.append(still_latent_psnr(real, peak))
     return np.mean(generated, 0).tolist(), np.mean(still, 0).tolist()
 
 

@@ -251,6 +251,12 @@ def latent_psnr(prediction: Tensor, target: Tensor, data_range: float) -> list[f
     return (10.0 * torch.log10(data_range**2 / mse)).tolist()
 
 
+def still_latent_psnr(target: Tensor, data_range: float) -> list[float]:
+    """:func:`latent_psnr` of a still copy: frame 0 of ``target [T', C, h, w]`` held at every time, against
+    ``target``. What a generator that predicts no change scores (``inf`` at frame 0)."""
+    return latent_psnr(target[:1].expand_as(target), target, data_range)
+
+
 def _gaussian_valid_filter(images: Tensor) -> Tensor:
     """Separable Gaussian filter (sigma 1.5, 11 taps) of ``[B, 1, H, W]`` without padding: ``[B, 1, H-10, W-10]``."""
     offsets = torch.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, dtype=images.dtype)

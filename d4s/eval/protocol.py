@@ -579,7 +579,7 @@ def generator_metrics(pipeline, latents: Tensor, scene: Scene, seed: int) -> dic
     real = pipeline.encode_video(scene.video.float() / 255.0, seed)[0].cpu()
     data_range = pipeline.latent_range or float(real.max() - real.min())
     generated = m.latent_psnr(latents.float().cpu(), real, data_range)
-    still = m.latent_psnr(real[:1].expand_as(real), real, data_range)
+    still = m.still_latent_psnr(real, data_range)
     values = {f"latent_psnr_{k}": value for k, value in enumerate(generated)}
     values.update({f"still_latent_psnr_{k}": value for k, value in enumerate(still) if k > 0})
     return values

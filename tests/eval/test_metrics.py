@@ -27,6 +27,7 @@ from d4s.eval.metrics import (
     psnr,
     qalign_score,
     ssim,
+    still_latent_psnr,
 )
 
 
@@ -184,6 +185,13 @@ def test_latent_psnr_is_skimage_psnr_per_frame():
     assert latent_psnr(torch.full((1, 2, 3, 3), 0.2), torch.zeros(1, 2, 3, 3), 2.0) == pytest.approx([20.0])
     with pytest.raises(ValueError, match="target"):
         latent_psnr(prediction, target[:3], data_range=4.0)
+
+
+def test_still_latent_psnr_is_skimage_psnr_of_frame_0_against_each_frame():
+    target = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = [peak_signal_noise_ratio(t.numpy(), target[0].numpy(), data_range=4.0) for t in target[1:]]
+    still = still_latent_psnr(target, data_range=4.0)
+    assert still[0] == math.inf and still[1:] == pytest.approx(expected, rel=1e-12)
 
 
 def test_ssim_matches_skimage_gaussian_weights():
