@@ -27,7 +27,7 @@ from d4s.demo.run import JOURNAL, run_demo
 
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ("data", "stage0", "stage1", "stage2", "stage3", "baseline", "generate", "eval_trained", "eval_untrained")
-#: 20 scenes (16 train, 2 val, 2 test, one of each dynamic), a few steps per stage: every phase runs, in ~2 minutes
+#: 20 scenes (16 train, 2 val, 2 test, one of each dynamic), a few steps per stage: every phase runs (about 2 minutes)
 SMOKE_STEPS = (8, 4, 2, 4)
 
 
