@@ -1,17 +1,18 @@
 """Pure-PyTorch differentiable Gaussian rasteriser: the CPU twin of gsplat's CUDA kernels.
 
 Per camera: project (``projection.py``), cull, sort the visible Gaussians by depth once, then composite front
-to back. Instead of gsplat's 16x16 tiles, every Gaussian is paired with exactly the pixels inside its
-bounding box; pairs are generated in depth order and stably sorted by pixel, so each pixel's pairs form a
-contiguous, depth-ordered segment. Transmittance is an exclusive segmented cumulative sum of
-``log(1 - alpha)`` in float64. The compositing rule is gsplat's:
+to back. Instead of gsplat's 16x16 tiles, every Gaussian is paired with exactly the pixels of its bounding box
+where its ellipse reaches ``alpha >= 1/255`` (each box row trimmed to that interval); pairs are generated in
+depth order and stably sorted by pixel, so each pixel's pairs form a contiguous, depth-ordered segment.
+Transmittance is an exclusive segmented cumulative sum of ``log(1 - alpha)`` in float64. The backward pass is
+written out (``_Composite``) rather than traced by autograd. The compositing rule is gsplat's:
 
     alpha = min(ALPHA_MAX, opacity * exp(-sigma)),  skipped if sigma < 0 or alpha < 1/255,
     a pixel stops (exclusive) at the first Gaussian that would take its transmittance to <= 1e-4,
     rgb = sum w_i c_i + (1 - sum w_i) background,  depth = sum w_i z_i / sum w_i  ("ED"),  w_i = alpha_i T_i.
 
 Memory is bounded: image rows are grouped into bands of at most ``max_pairs`` (Gaussian, pixel) box pairs,
-a gradient-free first pass finds the pairs that contribute, and only those are kept for autograd. With
+a gradient-free first pass finds the pairs that contribute, and only those are kept for the backward pass. With
 several bands and gradients enabled, each band is recomputed during the backward pass (activation
 checkpointing), so training memory is bounded as well. The bound is ``max_pairs`` or the pairs of a single
 image row, whichever is larger: a row is never split, so a row crossed by very many large Gaussians (at
@@ -44,19 +45,22 @@ def _segment_exclusive_cumsum(values: Tensor, segment_ids: Tensor, num_segments:
     return exclusive - exclusive.index_select(0, starts.index_select(0, segment_ids))
 
 
-def _pair_alpha(means2d: Tensor, conics: Tensor, opacities: Tensor, gauss: Tensor, px: Tensor, py: Tensor) -> Tensor:
-    """Differentiable alpha ``[P]`` (clamped at ``ALPHA_MAX``) of Gaussians ``gauss [P]`` at pixels ``(px, py)``."""
-    mx, my = means2d.index_select(0, gauss).unbind(-1)
-    a, b, c = conics.index_select(0, gauss).unbind(-1)
-    dx = px.to(means2d.dtype) + 0.5 - mx
-    dy = py.to(means2d.dtype) + 0.5 - my
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    return torch.clamp_max(opacities.index_select(0, gauss) * torch.exp(-sigma), ALPHA_MAX)
-
-
 def _transmittance(alpha: Tensor, pixel: Tensor, num_pixels: int) -> Tensor:
     """Transmittance in front of each pair, ``prod_{earlier pairs of the pixel} (1 - alpha)`` (float64)."""
     return torch.exp(_segment_exclusive_cumsum(torch.log1p(-alpha.double()), pixel, num_pixels))
+
+
+def _row_interval(mx: Tensor, conic: tuple[Tensor, Tensor, Tensor], bound: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+    """Inclusive pixel columns ``(x_first, x_last)`` ``[S]`` (int64; empty when ``x_last < x_first``) of the row
+    segments ``S`` where ``sigma <= bound``: the roots of ``a dx^2 / 2 + b dy dx + c dy^2 / 2 - bound``, a quadratic
+    in ``dx = x + 1/2 - mx`` (``mx``, the conic ``(a, b, c)``, ``bound`` and ``dy``: ``[S]``, float64)."""
+    a, b, c = conic
+    discriminant = (b * b - a * c) * dy * dy + 2.0 * a * bound
+    half_width = torch.sqrt(discriminant.clamp_min(0.0)) / a
+    centre = mx - 0.5 - b * dy / a
+    first = torch.ceil(centre - half_width)
+    last = torch.where(discriminant >= 0, torch.floor(centre + half_width), first - 1)
+    return first.long(), last.long()
 
 
 def _contributing_pairs(
@@ -65,8 +69,10 @@ def _contributing_pairs(
     """The (Gaussian, pixel) pairs of rows ``[row_start, row_end)`` that contribute under gsplat's rules.
 
     Works row segment by row segment: a Gaussian's box is cut into rows, each row into pixels, so the
-    quadratic form factors as ``sigma = (A dx + B) dx + C`` with ``A, B, C`` constant along a row.
-    Pairs are generated front to back and stably sorted by pixel.
+    quadratic form factors as ``sigma = (A dx + B) dx + C`` with ``A, B, C`` constant along a row. Each row is
+    trimmed to the interval where ``alpha >= 1/255`` (the roots of that quadratic, widened by a slack far above
+    rounding), which drops the box's corners outside the ellipse before any per-pixel work; the per-pixel test
+    below stays the rule. Pairs are generated front to back and stably sorted by pixel.
 
     Returns:
         pixel ``[P]`` (band-local, ascending), gauss ``[P]`` (index into the inputs), alpha ``[P]`` and the
@@ -81,7 +87,16 @@ def _contributing_pairs(
     seg_y = (
         torch.repeat_interleave(seg_y0, rows_per_gauss) + torch.arange(len(seg_gauss), device=gauss.device) - seg_first
     )
-    seg_len = (x1 - x0 + 1)[seg_gauss]
+    mx, my = means2d[seg_gauss].unbind(-1)
+    a, b, c = conics[seg_gauss].unbind(-1)
+    seg_opacity = opacities[seg_gauss]
+    dy = seg_y.to(mx.dtype) + 0.5 - my
+    # alpha >= 1/255 <=> sigma <= log(255 o); in float64 with a slack of 1e-4 (relative and absolute), far above
+    # rounding, so that the trimmed rows keep every pixel the per-pixel test below keeps
+    bound = torch.log(seg_opacity.double() / ALPHA_THRESHOLD).clamp_min(0.0) * (1 + 1e-4) + 1e-4
+    seg_x0, seg_x1 = _row_interval(mx.double(), (a.double(), b.double(), c.double()), bound, dy.double())
+    seg_x0 = torch.maximum(seg_x0, x0[seg_gauss])
+    seg_len = (torch.minimum(seg_x1, x1[seg_gauss]) - seg_x0 + 1).clamp_min(0)
     num_pairs = int(seg_len.sum())
 
     seg_of_pair = torch.repeat_interleave(
@@ -91,18 +106,16 @@ def _contributing_pairs(
     def expand(per_segment: Tensor) -> Tensor:
         return per_segment.index_select(0, seg_of_pair)
 
-    mx, my = means2d[seg_gauss].unbind(-1)
-    a, b, c = conics[seg_gauss].unbind(-1)
-    dy = seg_y.to(mx.dtype) + 0.5 - my
-    # a pair's x is its segment's x0 plus (pair index - index of the segment's first pair)
-    seg_x_shift = x0[seg_gauss] - (torch.cumsum(seg_len, 0) - seg_len)
-    pair_index = torch.arange(num_pairs, device=gauss.device)
-    dx = expand(seg_x_shift.to(mx.dtype) + 0.5 - mx) + pair_index.to(mx.dtype)
+    # a pair's column is its segment's first column plus (pair index - index of the segment's first pair), in
+    # integers: as a float sum, the pair index (up to millions) would cost dx its fractional digits in float32
+    seg_x_shift = seg_x0 - (torch.cumsum(seg_len, 0) - seg_len)
+    pair_x = expand(seg_x_shift) + torch.arange(num_pairs, device=gauss.device)
+    dx = pair_x.to(mx.dtype) + 0.5 - expand(mx)
     sigma = (expand(0.5 * a) * dx + expand(b * dy)) * dx + expand(0.5 * c * dy * dy)
-    alpha = torch.clamp_max(expand(opacities[seg_gauss]) * torch.exp(-sigma), ALPHA_MAX)
+    alpha = torch.clamp_max(expand(seg_opacity) * torch.exp(-sigma), ALPHA_MAX)
     valid = ((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
 
-    pixel = (expand((seg_y - row_start) * width + seg_x_shift) + pair_index).index_select(0, valid).int()
+    pixel = (expand((seg_y - row_start) * width) + pair_x).index_select(0, valid).int()
     pixel, order = torch.sort(pixel, stable=True)  # pixel-major; front-to-back order kept within a pixel
     source = valid.index_select(0, order)
     alpha = alpha.index_select(0, source)
@@ -113,6 +126,69 @@ def _contributing_pairs(
     transmittance = _transmittance(alpha, pixel, num_pixels)
     keep = (transmittance * (1.0 - alpha.double()) > TRANSMITTANCE_MIN).nonzero().squeeze(1)
     return tuple(t.index_select(0, keep) for t in (pixel, pair_gauss, alpha, transmittance))
+
+
+class _Composite(torch.autograd.Function):
+    """Per-pixel weighted sums of the contributing pairs' features, with an analytic backward pass.
+
+    Forward: ``out[p] = sum_i w_i [features[g_i], 1]`` over the pairs ``i`` of pixel ``p`` (front to back),
+    ``w_i = alpha_i T_i``; the last channel is the pixel's coverage. Backward, with ``s_i = [features[g_i], 1] .
+    grad_out[p]`` and ``S_i = sum_{j behind i} w_j s_j`` (every ``T_j`` behind ``i`` holds a factor
+    ``1 - alpha_i``):
+
+        dL/dalpha_i = T_i s_i - S_i / (1 - alpha_i)
+        alpha_i = min(ALPHA_MAX, o exp(-sigma)):  dalpha/do = alpha / o,  dalpha/dsigma = -alpha  (0 when clamped)
+        sigma = a dx^2 / 2 + b dx dy + c dy^2 / 2,  dx = px + 1/2 - mx,  dy = py + 1/2 - my
+
+    As ``a, b, c, o`` are constant per Gaussian, its gradients need only the sums over its pairs of
+    ``g dx, g dy, g dx^2, g dx dy, g dy^2`` (``g = dL/dsigma``), ``alpha dL/dalpha`` and ``w grad_out[p]``, taken by
+    one ``index_add``. These are autograd's gradients of the formulas above without autograd's graph of per-pair
+    intermediates. Per-pair quantities are laid out channel-major (``[K, P]``), where gathers and ``index_add``
+    run several times faster than pair-major on a CPU (bench/RESULTS.md, "Renderer").
+    """
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, pairs):
+        pixel, gauss, alpha, transmittance, row_start, width, num_pixels = pairs
+        weight = (alpha.double() * transmittance).to(features.dtype)
+        channels = torch.cat([features, features.new_ones(features.shape[0], 1)], dim=1).T.contiguous()  # [F+1, G]
+        ctx.save_for_backward(means2d, conics, opacities, channels, pixel, gauss, alpha, transmittance)
+        ctx.row_start, ctx.width = row_start, width
+        summed = channels.new_zeros(channels.shape[0], num_pixels).index_add(
+            1, pixel, channels.index_select(1, gauss) * weight
+        )
+        return summed.T
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        means2d, conics, opacities, channels, pixel, gauss, alpha, transmittance = ctx.saved_tensors
+        num_pixels = grad_out.shape[0]
+        pair_grad = grad_out.T.contiguous().index_select(1, pixel)  # [F+1, P]
+        weight = alpha.double() * transmittance
+        s = (channels.index_select(1, gauss) * pair_grad).sum(0).double()
+        weighted = weight * s
+        in_front = _segment_exclusive_cumsum(weighted, pixel, num_pixels)
+        behind = weighted.new_zeros(num_pixels).index_add(0, pixel, weighted).index_select(0, pixel)
+        behind = behind - in_front - weighted
+        grad_alpha = (transmittance * s - behind / (1.0 - alpha.double())).to(alpha.dtype)
+        grad_alpha = grad_alpha.masked_fill(alpha >= ALPHA_MAX, 0.0)  # clamped: no gradient to o or sigma
+        mx, my = means2d.T.index_select(1, gauss)
+        dx = (pixel % ctx.width).to(mx.dtype) + 0.5 - mx
+        dy = (pixel // ctx.width + ctx.row_start).to(mx.dtype) + 0.5 - my
+        g = -grad_alpha * alpha  # dL/dsigma
+        g_dx, g_dy = g * dx, g * dy
+        per_pair = torch.cat(
+            [
+                torch.stack([g_dx, g_dy, g_dx * dx, g_dx * dy, g_dy * dy, -g]),
+                weight.to(pair_grad.dtype) * pair_grad[:-1],
+            ]
+        )
+        sums = per_pair.new_zeros(per_pair.shape[0], means2d.shape[0]).index_add(1, gauss, per_pair)
+        sx, sy, sxx, sxy, syy, s_alpha = sums[:6]
+        a, b, c = conics.unbind(-1)
+        grad_means2d = torch.stack([-(a * sx + b * sy), -(c * sy + b * sx)], dim=-1)
+        grad_conics = torch.stack([0.5 * sxx, sxy, 0.5 * syy], dim=-1)
+        return grad_means2d, grad_conics, s_alpha / opacities, sums[6:].T, None
 
 
 def _composite_band(
@@ -134,21 +210,13 @@ def _composite_band(
     Returns:
         accumulated ``features [rows * width, F]`` and ``alpha [rows * width]``.
     """
-    num_pixels = (row_end - row_start) * width
     with torch.no_grad():
         pixel, gauss, alpha, transmittance = _contributing_pairs(
             means2d, conics, opacities, boxes, row_start, row_end, width
         )
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (means2d, conics, opacities)):
-        # second, differentiable pass over the contributing pairs only
-        alpha = _pair_alpha(means2d, conics, opacities, gauss, pixel % width, pixel // width + row_start)
-        transmittance = _transmittance(alpha, pixel, num_pixels)
-    weight = alpha * transmittance.to(alpha.dtype)
-    accumulated = features.new_zeros(num_pixels, features.shape[1]).index_add(
-        0, pixel, weight[:, None] * features.index_select(0, gauss)
-    )
-    coverage = weight.new_zeros(num_pixels).index_add(0, pixel, weight)
-    return accumulated, coverage
+    pairs = (pixel, gauss, alpha, transmittance, row_start, width, (row_end - row_start) * width)
+    out = _Composite.apply(means2d, conics, opacities, features, pairs)
+    return out[:, :-1], out[:, -1]
 
 
 def _pixel_boxes(means2d: Tensor, radii: Tensor, width: int, height: int) -> Tensor:
