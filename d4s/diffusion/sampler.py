@@ -78,6 +78,7 @@ def time_grid(num_steps: int, shift: float = 1.0, device=None) -> Tensor:
 
 
 Velocity = Callable[[Tensor, Tensor, bool], Tensor]
+VelocityPair = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @torch.no_grad()
@@ -88,6 +89,7 @@ def euler_sample(
     guidance: Guidance | None = None,
     shift: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    velocity_pair: VelocityPair | None = None,
 ) -> Tensor:
     """Integrate ``dz/dt = v(z, t)`` from ``z(1) = noise [B, ...]`` to ``t = 0`` with Euler steps.
 
@@ -100,6 +102,9 @@ def euler_sample(
             within ``guidance.skip_below`` of 1 skip the unconditional pass (:meth:`Guidance.guided`).
         shift: time shift of the grid (:func:`time_grid`), as used in training.
         progress: called with ``(step, num_steps)`` after each step.
+        velocity_pair: ``velocity_pair(z_t, t [B])`` -> ``(conditional, unconditional)``, both in one call (one
+            batch of ``2B``, as diffusers' pipelines run guidance: fewer, larger passes); used on guided steps
+            when given, and must equal the two calls of ``velocity``.
     Returns:
         the latents at ``t = 0``, ``[B, ...]``, in ``noise``'s dtype.
     """
@@ -108,10 +113,14 @@ def euler_sample(
     z = noise.clone()
     for step in range(num_steps):
         t = times[step].to(time_dtype).expand(noise.shape[0])
-        v = velocity(z, t, True)
         if guidance is not None and guidance.guided(step, num_steps):
-            v_uncond = velocity(z, t, False)
+            if velocity_pair is not None:
+                v, v_uncond = velocity_pair(z, t)
+            else:
+                v, v_uncond = velocity(z, t, True), velocity(z, t, False)
             v = v_uncond + guidance.scale(step, num_steps) * (v - v_uncond)
+        else:
+            v = velocity(z, t, True)
         z = z + (times[step + 1] - times[step]).to(noise.dtype) * v
         if progress is not None:
             progress(step + 1, num_steps)

@@ -388,7 +388,7 @@ class VideoDiT(nn.Module):
 
         The conditional velocity sees the caption ``text`` and the Plücker maps ``plucker [B, T, 6, H, W]``; the
         unconditional one of classifier-free guidance drops both (``null_text``, zero maps: how training drops
-        conditions). The model runs in its own dtype; the ODE state stays float32 (bf16 steps of 1/30 would not
+        conditions); guided steps run both in one batch of ``2B``. The model runs in its own dtype; the ODE state stays float32 (bf16 steps of 1/30 would not
         even sum to 1). ``progress(step, num_steps)`` is called after each step.
         """
         dtype = image_latents.dtype
@@ -398,7 +398,17 @@ class VideoDiT(nn.Module):
             condition, camera = (text, plucker) if conditional else (null_text, no_camera)
             return self(z.to(dtype), image_latents, camera, condition, t).float()
 
-        return euler_sample(velocity, noise.float(), num_steps, guidance, shift, progress)
+        # guided steps: [conditional; unconditional] in one batch
+        pair_image = torch.cat([image_latents, image_latents])
+        pair_camera = torch.cat([plucker, no_camera])
+        pair_text = torch.cat([text, null_text.expand_as(text)])
+
+        def velocity_pair(z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            z = z.to(dtype)
+            v = self(torch.cat([z, z]), pair_image, pair_camera, pair_text, torch.cat([t, t])).float()
+            return v.chunk(2)
+
+        return euler_sample(velocity, noise.float(), num_steps, guidance, shift, progress, velocity_pair)
 
     def _transformer_output(
         self, x: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor

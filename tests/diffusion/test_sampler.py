@@ -59,6 +59,23 @@ def test_guided_steps_mix_the_two_velocities_with_the_schedule():
     assert calls.count(False) == N
 
 
+def test_a_velocity_pair_replaces_the_two_calls_on_guided_steps_only():
+    def velocity(z, t, conditional):
+        return (1.0 if conditional else -0.5) * z + t[:, None]
+
+    pairs = []
+
+    def velocity_pair(z, t):
+        pairs.append(t[0].item())
+        return velocity(z, t, True), velocity(z, t, False)
+
+    noise, guidance, N = torch.tensor([[1.0, -2.0]], dtype=torch.float64), Guidance(max_scale=7.5), 30
+    expected = euler_sample(velocity, noise, num_steps=N, guidance=guidance)
+    result = euler_sample(velocity, noise, num_steps=N, guidance=guidance, velocity_pair=velocity_pair)
+    assert torch.equal(result, expected)
+    assert len(pairs) == sum(guidance.guided(i, N) for i in range(N)) == 19  # the others need one velocity only
+
+
 def test_steps_whose_scale_has_decayed_to_one_skip_the_unconditional_pass():
     v_cond, v_uncond = torch.tensor([[1.0, -2.0]], dtype=torch.float64), torch.tensor([[0.5, 0.5]], dtype=torch.float64)
     calls = []

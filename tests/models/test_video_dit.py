@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from d4s.data.schema import GENERIC_PROMPT
-from d4s.diffusion import DDPMSchedule
+from d4s.diffusion import DDPMSchedule, Guidance, euler_sample
 from d4s.models.config import ModelConfig
 from d4s.models.ldrm import LatentDynamicReconstructionModel, parameter_count
 from d4s.models.text import TextEncoder
@@ -46,6 +46,29 @@ def test_zero_initialised_camera_adapter_leaves_a_pretrained_model_unchanged():
     with torch.no_grad():
         model.transformer.patch_embed.proj.camera.weight.normal_()
     assert not torch.allclose(model(noisy, image, plucker, text, t), before)  # and cameras do matter once trained
+
+
+def test_guided_sampling_in_one_batch_equals_two_passes_per_step():
+    """``VideoDiT.sample`` runs guided steps as one batch of 2B; the same ODE with two separate passes per step (the
+    conditional one, then text and camera dropped) must give the same latents."""
+    torch.manual_seed(0)
+    model = VideoDiT.from_config(TINY.video_dit).eval()
+    with torch.no_grad():
+        model.transformer.patch_embed.proj.camera.weight.normal_()  # so that dropping the camera matters
+    noise, image, plucker, text, _ = tiny_inputs()
+    null = torch.zeros(1, *text.shape[1:])
+    guidance = Guidance()
+    batched = model.sample(noise, image, plucker, text, null, num_steps=6, guidance=guidance)
+
+    def velocity(z, t, conditional):
+        condition, camera = (text, plucker) if conditional else (null.expand_as(text), torch.zeros_like(plucker))
+        return model(z, image, camera, condition, t)
+
+    with torch.no_grad():
+        separate = euler_sample(velocity, noise, num_steps=6, guidance=guidance)
+        unguided = euler_sample(velocity, noise, num_steps=6)
+    torch.testing.assert_close(batched, separate, atol=1e-5, rtol=1e-5)
+    assert (batched - unguided).abs().max() > 1e-2  # guidance did act
 
 
 def test_save_and_load_round_trip(tmp_path):
