@@ -170,6 +170,7 @@ def proc_status_mb(key: str) -> float:
 def run_one(spec: dict) -> dict:
     """Build the stage module, then warm-up and timed training steps on one synthetic batch; the row's numbers."""
     from d4s.stages import DynamicFinetune, LPIPSConfig, Recipe, StaticPretrain
+    from d4s.stages.base import adamw
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -191,8 +192,7 @@ def run_one(spec: dict) -> dict:
             module = stage(str(model_config), lpips=lpips, recipe=recipe)
     module = module.to(device).train()
     trainable = [p for p in module.parameters() if p.requires_grad]
-    o = module.optim
-    optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    optimizer = adamw(trainable, module.optim, mixed_precision=False)  # autocast here, no Lightning plugin
     batch = synthetic_batch(spec["batch_size"], spec["frames"], spec["size"], spec["size"], spec["tracks"])
     batch = batch.to(device).prepare()
 

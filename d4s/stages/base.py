@@ -103,13 +103,17 @@ class LPIPSConfig:
 class OptimizerConfig:
     """AdamW with learning rate 1e-5 and weight decay 1e-4, cosine schedule (Sec. 4.1). The warm-up length and
     the final learning rate (``min_lr_ratio`` x ``lr``) are not in the paper: our choices. The schedule spans the
-    trainer's ``max_steps``."""
+    trainer's ``max_steps``. ``fused``: PyTorch's fused AdamW kernel (CPU and CUDA), the same update in one pass
+    over the weights (on the tiny CPU models about 6 times faster than the per-tensor loop); ``None``: fused
+    unless the trainer runs mixed precision, where Lightning refuses gradient clipping with a fused optimiser
+    (then the multi-tensor ``foreach`` loop)."""
 
     lr: float = 1e-5
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0
+    fused: bool | None = None
 
 
 @dataclass
@@ -559,7 +563,7 @@ class Diff4SplatModule(L.LightningModule):
         if not parameters:
             raise ValueError(f"{type(self).__name__}: nothing to train (check recipe.dit and the stage)")
         o = self.optim
-        optimizer = torch.optim.AdamW(parameters, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+        optimizer = adamw(parameters, o, mixed_precision=str(self.trainer.precision).endswith("mixed"))
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, o.warmup_steps, int(total), o.min_lr_ratio)
@@ -593,6 +597,13 @@ def _config(cls, value):
     if value is None:
         return cls()
     return cls(**value) if isinstance(value, dict) else value
+
+
+def adamw(parameters: list[nn.Parameter], config: OptimizerConfig, mixed_precision: bool) -> torch.optim.AdamW:
+    """AdamW of ``config`` over ``parameters``, fused unless ``config.fused`` says otherwise (see OptimizerConfig)."""
+    fused = config.fused if config.fused is not None else not mixed_precision
+    kernel = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, **kernel)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

@@ -16,7 +16,7 @@ from d4s.diffusion import Guidance
 from d4s.models.config import ModelConfig
 from d4s.models.video_dit import VideoDiT
 from d4s.stages import DynamicFinetune, StaticPretrain, VideoPretrain
-from d4s.stages.base import warmup_cosine
+from d4s.stages.base import OptimizerConfig, adamw, warmup_cosine
 from d4s.stages.checkpoint import AtomicCheckpointIO
 from d4s.stages.ema import ParameterEMA
 from tests.stages.conftest import RANDOM_LPIPS, tiny_data, tiny_module, tiny_trainer
@@ -328,3 +328,24 @@ def test_sampled_ldrm_input_is_the_dits_few_step_sample_from_the_first_frame(toy
     assert not torch.allclose(seen[0], z0, atol=1e-2)  # not the clean latents
     with pytest.raises(ValueError, match="ldrm_sample_steps"):
         tiny_module(StaticPretrain, recipe={"ldrm_input": "sampled", "ldrm_sample_steps": 0})
+
+
+def test_adamw_is_fused_unless_mixed_precision_and_both_kernels_take_the_same_step():
+    weights = [torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(i))) for i in range(3)]
+    config = OptimizerConfig(lr=1e-2, weight_decay=0.1)
+    assert adamw(weights, config, mixed_precision=False).defaults["fused"]
+    mixed = adamw(weights, config, mixed_precision=True)  # Lightning refuses clipping with a fused one there
+    assert not mixed.defaults["fused"] and mixed.defaults["foreach"]
+    assert not adamw(weights, OptimizerConfig(fused=False), mixed_precision=False).defaults["fused"]
+    results = []
+    for mixed_precision in (False, True):
+        copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+        optimizer = adamw(copies, config, mixed_precision)
+        for step in range(3):
+            for i, w in enumerate(copies):
+                w.grad = torch.sin(w.detach() * (step + i + 1))
+            optimizer.step()
+        results.append(copies)
+    for fused, loop, start in zip(*results, weights):
+        torch.testing.assert_close(fused, loop)
+        assert not torch.allclose(fused, start)  # the steps moved the weights
