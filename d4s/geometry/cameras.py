@@ -132,12 +132,12 @@ def pixel_centers(height: int, width: int, dtype: torch.dtype = torch.float32, d
     return torch.stack([u, v], dim=-1) + 0.5
 
 
-def _camera_frame_rays(K: Tensor, height: int, width: int) -> Tensor:
+def camera_frame_rays(K: Tensor, height: int, width: int) -> Tensor:
     """Rays ``K^-1 [u, v, 1]`` through pixel centres, camera frame, z = 1: ``[..., H, W, 3]``."""
     uv = pixel_centers(height, width, dtype=K.dtype, device=K.device)
-    uv1 = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)  # [H, W, 3]
-    K_inv = torch.linalg.inv(K)[..., None, None, :, :]  # [..., 1, 1, 3, 3]
-    return (K_inv @ uv1[..., None]).squeeze(-1)
+    uv1 = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1).reshape(height * width, 3)
+    # one [H W, 3] x [3, 3] product per camera, not H W products of 3 x 3 by 3 x 1 (tens of times slower on a CPU)
+    return (uv1 @ torch.linalg.inv(K).mT).unflatten(-2, (height, width))
 
 
 def camera_rays(c2w: Tensor, K: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -150,9 +150,9 @@ def camera_rays(c2w: Tensor, K: Tensor, height: int, width: int) -> tuple[Tensor
         origins ``[..., H, W, 3]`` (the camera centre) and unit directions ``[..., H, W, 3]``,
         ``d = normalize(R K^-1 [u + 0.5, v + 0.5, 1])``.
     """
-    rays_cam = _camera_frame_rays(K, height, width)
-    R = c2w[..., None, None, :3, :3]
-    directions = torch.nn.functional.normalize((R @ rays_cam[..., None]).squeeze(-1), dim=-1)
+    rays_cam = camera_frame_rays(K, height, width).flatten(-3, -2)  # [..., H W, 3]
+    rotated = (rays_cam @ c2w[..., :3, :3].mT).unflatten(-2, (height, width))
+    directions = torch.nn.functional.normalize(rotated, dim=-1)
     origins = c2w[..., None, None, :3, 3].expand_as(directions)
     return origins, directions
 
@@ -168,7 +168,7 @@ def unproject_depth(depth: Tensor, K: Tensor, c2w: Tensor | None = None) -> Tens
         points ``[..., H, W, 3]``, world frame if ``c2w`` is given, else camera frame.
     """
     height, width = depth.shape[-2:]
-    points = _camera_frame_rays(K, height, width) * depth[..., None]
+    points = camera_frame_rays(K, height, width) * depth[..., None]
     if c2w is None:
         return points
     R = c2w[..., None, None, :3, :3]
