@@ -3,7 +3,7 @@
 Annotates the synthetic toy4d dataset, trains the video generator (stage 0) and the three tiny stages with hand-off,
 generates 4D scenes from held-out first frames, evaluates the trained and the untrained model, and writes
 <out>/SUMMARY.md (metrics table, the generator's latents apart from the LDRM, learning checks, contact sheet, loss
-curves, where everything is). 18 to 24 minutes on 2 cores (--fast: about 7).
+curves, where everything is). About 20 minutes on 2 cores (--fast: about 7).
 A killed demo resumes when run again with the same options.
 
 examples:

@@ -1,7 +1,7 @@
 """The demo's two sizes and the files it derives from the tiny configs.
 
 ``full`` (``make demo``): toy4d as ``make annotate`` writes it (48 scenes of 49 frames, 128 px, in ``data/toy4d``)
-and the tiny stages for the step counts of ``configs/tiny/stage{0,1,2,3}.yaml``; 18 to 24 minutes on 2 CPU cores.
+and the tiny stages for the step counts of ``configs/tiny/stage{0,1,2,3}.yaml``; about 20 minutes on 2 CPU cores.
 ``fast`` (``make demo DEMO_FAST=1``; ``make test-slow`` checks that it learns): a smaller toy4d (80 scenes of 33
 frames at 64 px, in the run folder) and short stages; about 7 minutes. Both evaluate on the held-out ``test`` split
 and judge learning by the same checks, with thresholds for their scale (:class:`LearningChecks`; the values measured
