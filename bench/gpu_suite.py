@@ -92,10 +92,11 @@ def generation(scale: Scale, device: torch.device, work: Path, repeats: int) -> 
     pipeline = random_pipeline(scale.model, device, text_null=True)
     passes = []
     forward = pipeline.video_dit.forward
-    pipeline.video_dit.forward = lambda *args, **kwargs: passes.append(1) or forward(*args, **kwargs)
+    # clips through the DiT per call: a guided step runs its two passes as one batch of 2 (VideoDiT.sample)
+    pipeline.video_dit.forward = lambda *args, **kwargs: passes.append(len(args[0])) or forward(*args, **kwargs)
     extra = ["--no-ply"] + (["--backend", "torch"] if device.type == "cpu" else [])
     row, scene_dir = scene_rows(pipeline, scale.model.stem, scale.frames, scale.size, repeats, extra, work)
-    row["dit_passes"] = len(passes) // (repeats + 1)  # scene_rows makes a warm-up scene, then ``repeats``
+    row["dit_passes"] = sum(passes) // (repeats + 1)  # scene_rows makes a warm-up scene, then ``repeats``
     return row, viewer_row(scene_dir, device, repeats, scale.size)
 
 
