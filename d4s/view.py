@@ -521,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mode: {mode} ({reason})", flush=True)
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the viewer as Ctrl-C does
+    # SIGTERM stops the viewer as Ctrl-C does; SIGINT explicitly too: a shell starts background jobs with SIGINT
+    # ignored, and Python then leaves it ignored (the viewer never stopped on SIGINT under `make test &`)
+    for sig in handlers:
+        signal.signal(sig, signal.default_int_handler)
     viewer = None
     try:
         viewer = SceneViewer(
