@@ -21,6 +21,7 @@ samples are skipped with a warning and counted by reason in the next clip's ``sk
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -103,9 +104,12 @@ def distributed_topology() -> tuple[int, int]:
 def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
     """Raw samples (``__key__``, ``__url__``, member name -> bytes) of one tar shard.
 
-    An unreadable shard (cannot open, or a ``pipe:`` command that fails) or a broken tar is logged and counted as
-    ``unreadable shard`` / ``broken tar``; the complete samples before the damage are still yielded, the sample
-    the damage cut short is counted as ``truncated sample`` and dropped.
+    A shard that cannot be opened is logged and counted as ``unreadable shard``. Broken tar data, or a ``pipe:``
+    command that exits with a failure status, is counted once as ``broken tar``; the complete samples before the
+    damage are still yielded, and the sample being read when it struck is counted as ``truncated sample`` and
+    dropped. A pipe's status is known only once its output has ended, and a command that dies between two tar
+    members leaves a sample with members missing, so the last sample is held back until the stream has closed
+    cleanly: which samples come through does not depend on when the failure was noticed.
     """
     try:
         stream = open_url(url)
@@ -124,6 +128,12 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
         breaks += 1
         return True
 
+    def drop(sample: dict | None) -> None:
+        if sample is not None:
+            skipped["truncated sample"] += 1
+            log.warning("skipped %s from %s: cut short by the broken tar", sample.get("__key__"), url)
+
+    held = None  # the newest complete sample, yielded once the next one arrives or the stream closes cleanly
     try:
         seen_breaks = 0
         for sample in group_by_keys(
@@ -131,17 +141,23 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
         ):
             if breaks != seen_breaks:  # the sample being assembled when the tar broke: some members may be missing
                 seen_breaks = breaks
-                skipped["truncated sample"] += 1
-                log.warning("skipped %s from %s: cut short by the broken tar", sample.get("__key__"), url)
+                drop(sample)
                 continue
-            yield sample
-    finally:
+            if held is not None:
+                yield held
+            held = sample
         try:
             stream.close()
         except Exception as error:  # noqa: BLE001 - e.g. a pipe: command's non-zero exit status
-            if not breaks:  # not counted yet while reading
-                skipped["unreadable shard"] += 1
-                log.warning("shard %s: %s", url, error)
+            if not breaks:  # the data ended cleanly, then the status said the command failed: the last sample is
+                handler(error)  # the one it may have left incomplete
+                drop(held)
+                return
+        if held is not None:
+            yield held
+    finally:
+        with contextlib.suppress(Exception):  # a consumer that stopped early: nothing read is in question now
+            stream.close()  # a no-op after the close above
 
 
 class DecodedCache:

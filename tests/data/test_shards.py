@@ -188,9 +188,37 @@ def test_a_failing_pipe_command_skips_the_shard(toy4d_shards):
     shards = resolve_source(toy4d_source(toy4d_shards, split="val"))
     failing = [ShardInfo(f"pipe:cat {shards[0].url}; exit 3", 2), ShardInfo("pipe:cat /nonexistent.tar", 2)]
     totals, real = epoch_totals(lambda rank: make_dataset([failing], rank=rank, world_size=2))
-    # webdataset reports a command's exit status as a read error near the end of its output (when exactly depends
-    # on timing): the clips around it are not trusted, the run goes on, both shards are counted
+    # the failure may be noticed at any read once the command has exited, but never before the last sample is out
+    # of the first shard's tar: that one is held back and dropped; both shards count once, the run goes on
     assert real <= 1 and totals["broken tar"] == 2 and "unreadable shard" not in totals
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "exit 0",
+        "exit 3",  # the failure is seen by the read that meets the end of the data
+        "exec 1>&-; sleep 1; exit 3",  # the data ends while the command runs on: the failure is seen at close
+    ],
+)
+def test_the_last_sample_of_a_pipe_waits_for_the_command_status(toy4d_shards, tmp_path, ending):
+    samples = raw_samples(toy4d_shards)[:3]
+    with wds.TarWriter(str(tmp_path / "three.tar")) as writer:
+        for sample in samples:
+            writer.write({k: v for k, v in sample.items() if k != "__url__"})
+    release = tmp_path / "release"  # the command cannot exit (so its status cannot be seen) before the test says so
+    command = f"pipe:cat {tmp_path / 'three.tar'}; while [ ! -e {release} ]; do sleep 0.01; done; {ending}"
+    skipped = Counter()
+    stream = shards_module.read_shard(command, skipped)
+    # a sample is out once the next one is complete, which the third sample's first member shows: the command runs on
+    first = next(stream)["__key__"]
+    release.touch()
+    rest = [sample["__key__"] for sample in stream]
+    assert first == samples[0]["__key__"]
+    if ending == "exit 0":
+        assert rest == [sample["__key__"] for sample in samples[1:]] and not skipped
+    else:  # the last sample could be missing members the dead command never wrote: not trusted
+        assert rest == [samples[1]["__key__"]] and skipped == {"broken tar": 1, "truncated sample": 1}
 
 
 def test_corrupt_masks_under_a_motion_filter_are_skipped(toy4d_shards, tmp_path):
