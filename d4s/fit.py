@@ -14,10 +14,13 @@ Hand-off and resume:
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningCLI
 
 from d4s.data.datamodule import ClipDataModule
 from d4s.stages.base import Diff4SplatModule
+from d4s.utils.cli import run_cli
 
 
 class FitCLI(LightningCLI):
@@ -29,19 +32,39 @@ class FitCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> FitCLI:
-    """Parse ``argv`` (default: the command line) and train; ``--print_config`` prints the config and exits."""
-    cli = FitCLI(
-        Diff4SplatModule,
-        ClipDataModule,
-        subclass_mode_model=True,
-        args=argv,
-        run=False,
-        parser_kwargs={"prog": "python -m d4s.fit", "description": __doc__},
-        save_config_kwargs={"overwrite": True},
-    )
+    """Parse ``argv`` (default: the command line) and train; ``--print_config`` prints the config and exits.
+
+    Raises:
+        ValueError: a config value the stage refuses (its own message, not the parser's dump of the whole config).
+    """
+    try:
+        cli = FitCLI(
+            Diff4SplatModule,
+            ClipDataModule,
+            subclass_mode_model=True,
+            args=argv,
+            run=False,
+            parser_kwargs={"prog": "python -m d4s.fit", "description": __doc__},
+            save_config_kwargs={"overwrite": True},
+        )
+    except ValueError as error:  # jsonargparse wraps the error a stage raised while it was being built
+        raise ValueError(str(root_cause(error))) from error
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config["ckpt_path"])
     return cli
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The first exception of the chain that led to ``error``."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ if error.__cause__ is not None else error.__context__
+    return error
+
+
+def command(argv: list[str] | None = None) -> int:
+    """:func:`main` for the command line: exit status 0 once trained."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(command))

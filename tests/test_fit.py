@@ -35,6 +35,9 @@ def test_stage_configs_parse(config, capsys, monkeypatch):
     tiny = config.startswith("tiny")
     assert printed["trainer"]["precision"] == ("32-true" if tiny else "bf16-mixed")  # these CPUs lack bf16
     assert printed["data"]["train"]["motion"] == {0: "any", 3: "dynamic"}.get(stage, "static")
+    # what trains is in the YAML (Sec. 3.4): the LDRM from stage 1, the deformation head in stage 3 only
+    trains = printed["model"]["init_args"]["stage"]
+    assert (trains["reconstruct"], trains["deformation"], trains["expects_init"]) == (stage > 0, stage == 3, stage > 1)
     if tiny and stage > 0:  # the generator comes from stage 0 and stays frozen
         recipe = printed["model"]["init_args"]["recipe"]
         assert recipe["dit"] == "frozen" and recipe["flow_matching"]["shift"] == 3.0
@@ -47,7 +50,7 @@ def test_stage_configs_parse(config, capsys, monkeypatch):
         optimizer = printed["model"]["init_args"]["optimizer"]
         assert optimizer["lr"] == 1e-5 and optimizer["weight_decay"] == 1e-4  # Sec. 4.1
         assert printed["model"]["init_args"]["losses"]["lpips"] == 0.5
-        assert printed["model"]["init_args"]["losses"]["motion"] == 2.0
+        assert printed["model"]["init_args"]["losses"]["motion"] == (2.0 if stage == 3 else None)  # lambda_m
 
 
 @pytest.mark.parametrize("stage", [1, 3])

@@ -15,8 +15,10 @@ One step on a :class:`~d4s.data.Batch` of ``B`` clips of ``T`` frames:
 4. render each target frame from its camera at its time, and add the photometric (Eq. 3), geometric (Eq. 4 + TV)
    and, in the dynamic stage, motion (Eq. 5) losses.
 
-Which parts train is the stages' business (``reconstructs``, ``deformation_trains``, ``uses_motion``) plus
-``recipe.dit``; a stage that does not reconstruct (:class:`~d4s.stages.VideoPretrain`) stops after step 2. A step
+Which parts train is configuration: ``stage`` (:class:`~d4s.stages.objective.StageConfig`: whether the LDRM
+reconstructs, whether the deformation head trains), ``recipe.dit`` and the loss weights, which
+:mod:`d4s.stages.objective` checks against each other and turns into the loss; a stage that does not reconstruct
+(``configs/tiny/stage0.yaml``) stops after step 2. A step
 whose loss is not finite on any rank is skipped on every rank (no parameter update) and counted; too many in a row
 stop the run. Frozen pretrained weights loaded from disk (T5, the VAE) are left out of checkpoints and restored
 from their files.
@@ -39,17 +41,8 @@ from torch import Tensor, nn
 from d4s.data.batch import Batch
 from d4s.diffusion.flow_matching import FlowMatching
 from d4s.diffusion.sampler import Guidance
-from d4s.gaussians.deform import apply_deformation
-from d4s.gaussians.field import GaussianField
-from d4s.losses import (
-    depth_total_variation,
-    lpips_distance,
-    motion_loss,
-    mse,
-    pearson_depth_loss,
-    track_motion,
-    weighted_mean,
-)
+from d4s.gaussians.field import DeformableGaussianField
+from d4s.losses import lpips_distance, track_motion
 from d4s.models.config import ModelConfig
 from d4s.models.ldrm import LatentDynamicReconstructionModel, LDRMOutput
 from d4s.models.lora import DEFAULT_TARGETS, add_lora, lora_parameters
@@ -59,34 +52,20 @@ from d4s.models.video_dit import VideoDiT
 from d4s.pipeline import checkpoint_weights
 from d4s.render import render
 from d4s.stages.ema import ParameterEMA
+from d4s.stages.objective import (
+    LossWeights,
+    RenderedViews,
+    StageConfig,
+    TrackedMotion,
+    reconstruction_terms,
+    total_loss,
+    usable_terms,
+)
 from d4s.stages.visuals import comparison_grid, comparison_rows, log_video
 
 DIT_TRAINING = ("full", "camera", "lora", "frozen")
 LDRM_INPUTS = ("one_step", "clean", "sampled")
 MOTION_FRAMES = ("targets", "all")
-
-
-@dataclass
-class LossWeights:
-    """Weights of the terms of the training loss. Paper values: ``lpips`` = lambda_p = 0.5 and ``motion`` =
-    lambda_m = 2 (Sec. 4.1, Appendix C.4); the paper gives no other weight, so the rest are our choices (1 for
-    the main terms, a small TV weight because it regularises). ``motion_magnitude`` weighs Eq. 5's second term,
-    ``||dX_pred||_1``, which Eq. 5 adds without a coefficient (1). A weight of 0 skips its term's computation.
-    ``motion_squared_scale``: ``None`` keeps Eq. 5's ``||e||_2``; a length in metres switches the motion error to
-    ``||e||^2 / scale`` (:func:`d4s.losses.motion_loss`), which an untrained head learns from faster when most
-    tracks are static (then ``motion_l2`` still logs Eq. 5's norm). ``motion_balance_threshold``: ``None`` averages
-    the motion error over all pairs (Eq. 5); a length in metres averages moving and static pairs separately and
-    weighs the two halves equally (:func:`d4s.losses.motion_loss`; an option for data where few tracks move)."""
-
-    flow_matching: float = 1.0
-    mse: float = 1.0
-    lpips: float = 0.5
-    depth_pearson: float = 1.0
-    depth_tv: float = 0.01
-    motion: float = 2.0
-    motion_magnitude: float = 1.0
-    motion_squared_scale: float | None = None
-    motion_balance_threshold: float | None = None
 
 
 @dataclass
@@ -173,28 +152,24 @@ class Recipe:
 
 
 class Diff4SplatModule(L.LightningModule):
-    """Video DiT + LDRM + losses; the stages are subclasses that set which parts train.
+    """Video DiT + LDRM + losses; what trains is ``stage`` (the named stages are its presets).
 
     Args:
         model_config: a model YAML (``configs/model/paper.yaml``, :class:`d4s.models.config.ModelConfig`).
-        losses: :class:`LossWeights`. lpips: :class:`LPIPSConfig`. optimizer: :class:`OptimizerConfig`.
-        recipe: :class:`Recipe`.
+        stage: :class:`~d4s.stages.objective.StageConfig` (default: the class's ``default_stage``).
+        losses: :class:`~d4s.stages.objective.LossWeights`. lpips: :class:`LPIPSConfig`. optimizer:
+            :class:`OptimizerConfig`. recipe: :class:`Recipe`.
         init_from: a checkpoint whose weights (not its optimiser or step) start this stage; the previous stage's
             hand-off. ``--ckpt_path`` instead resumes a run exactly.
     """
 
-    #: the LDRM reconstructs and renders the clip; ``False``: the video DiT alone, on the flow-matching loss
-    reconstructs: bool = True
-    #: the deformation head trains (stage 3) or stays frozen at the identity (stages 1-2, Sec. 3.4)
-    deformation_trains: bool = True
-    #: the motion loss (Eq. 5) is part of the objective
-    uses_motion: bool = True
-    #: the stage is meant to start from the previous stage's weights (warn when ``init_from`` is missing)
-    expects_init: bool = False
+    #: what trains when the config gives no ``stage``: everything (the dynamic stage); the named stages override it
+    default_stage: StageConfig = StageConfig()
 
     def __init__(
         self,
         model_config: str = "configs/model/paper.yaml",
+        stage: StageConfig | None = None,
         losses: LossWeights | None = None,
         lpips: LPIPSConfig | None = None,
         optimizer: OptimizerConfig | None = None,
@@ -203,8 +178,10 @@ class Diff4SplatModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.losses, self.optim = _config(LossWeights, losses), _config(OptimizerConfig, optimizer)
-        self.recipe = _config(Recipe, recipe)
+        self.stage = self.default_stage if stage is None else _config(StageConfig, stage)
+        self.recipe, self.optim = _config(Recipe, recipe), _config(OptimizerConfig, optimizer)
+        usable = usable_terms(self.stage, dit_trains=self.recipe.dit != "frozen")
+        self.losses = _config(LossWeights, losses).resolved(usable, type(self).__name__)
         self.init_from = init_from
         self.model_config = ModelConfig.from_yaml(model_config)
         self.video_dit = VideoDiT.from_config(self.model_config.video_dit)
@@ -212,7 +189,7 @@ class Diff4SplatModule(L.LightningModule):
         self.text = TextEncoder(**self.model_config.text)
         lpips = _config(LPIPSConfig, lpips)
         self.lpips = None
-        if self.losses.lpips and self.reconstructs:  # no LPIPS network (nor its weight file) when nothing uses it
+        if self.losses.lpips:  # no LPIPS network (nor its weight file) when nothing uses it
             self.lpips = LPIPS(lpips.net, lpips.backbone_path, random_backbone=lpips.random_backbone)
         self._set_trainable()
         self.ema = ParameterEMA(self.networks, self.recipe.ema_decay) if self.recipe.ema_decay else None
@@ -228,11 +205,11 @@ class Diff4SplatModule(L.LightningModule):
         return nn.ModuleDict({"video_dit": self.video_dit, "ldrm": self.ldrm})
 
     def _set_trainable(self) -> None:
-        if not self.reconstructs and self.recipe.dit == "frozen":
+        if not self.stage.reconstruct and self.recipe.dit == "frozen":
             raise ValueError(f"{type(self).__name__} trains the video DiT alone: recipe.dit cannot be frozen")
         self.requires_grad_(False)
-        self.ldrm.requires_grad_(self.reconstructs)
-        if not self.deformation_trains:
+        self.ldrm.requires_grad_(self.stage.reconstruct)
+        if not self.stage.deformation:
             self.ldrm.deformation_head.requires_grad_(False)
         dit = self.recipe.dit
         if dit == "full":
@@ -356,7 +333,7 @@ class Diff4SplatModule(L.LightningModule):
                 latents = noisy - t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype) * velocity
         if train and self.recipe.ldrm_input == "sampled":
             latents = self.sampled_latents(batch, z0.shape, generator)
-        times = frames.float() / max(T - 1, 1) if self.deformation_trains else None  # frozen head: the identity
+        times = frames.float() / max(T - 1, 1) if self.stage.deformation else None  # frozen head: the identity
         return self.ldrm(latents, batch.plucker, batch.K, batch.c2w, times), terms
 
     def render_frames(
@@ -377,41 +354,40 @@ class Diff4SplatModule(L.LightningModule):
                 if output.dmu is None:
                     views = [render(canonical, c2w, K, W, H, self.recipe.render_backend, background)]
                 else:
-                    views = []
-                    for v in range(frames.shape[1]):
-                        field = self._deformed(canonical, output, b, v if slots is None else int(slots[b, v]))
-                        if field is None:
-                            return None
-                        views.append(
-                            render(field, c2w[v : v + 1], K[v : v + 1], W, H, self.recipe.render_backend, background)
+                    deformations = [x[b].float() for x in (output.dmu, output.dq, output.ds)]
+                    if not all(torch.isfinite(x).all() for x in deformations):
+                        return None
+                    scene = DeformableGaussianField(canonical, *deformations)
+                    views = [
+                        render(
+                            scene.at(v if slots is None else int(slots[b, v])),
+                            c2w[v : v + 1],
+                            K[v : v + 1],
+                            W,
+                            H,
+                            self.recipe.render_backend,
+                            background,
                         )
+                        for v in range(frames.shape[1])
+                    ]
                 rgbs.append(torch.cat([view.rgb for view in views]).permute(0, 3, 1, 2))
                 depths.append(torch.cat([view.depth for view in views]))
         return torch.stack(rgbs), torch.stack(depths)
-
-    @staticmethod
-    def _deformed(canonical: GaussianField, output: LDRMOutput, b: int, v: int) -> GaussianField | None:
-        dmu, dq, ds = (x[b, v].float() for x in (output.dmu, output.dq, output.ds))
-        if not (torch.isfinite(dmu).all() and torch.isfinite(dq).all() and torch.isfinite(ds).all()):
-            return None
-        means, quats, log_scales = apply_deformation(
-            canonical.means, canonical.quats, canonical.log_scales, dmu, dq, ds
-        )
-        return GaussianField(means, quats, log_scales, canonical.opacity_logits, canonical.sh)
 
     def compute_losses(self, batch: Batch, train: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Every loss term (scalars) and the pictures behind them; the total is ``terms["loss"]`` (NaN when the
         predicted Gaussians are not finite)."""
         batch = batch.prepare()
         generator = self.step_generator(0) if train else self.step_generator_for_validation(batch)
-        if not self.reconstructs:
+        if not self.stage.reconstruct:
             z0 = self.video_dit.encode(batch.video, generator)
-            loss = self.flow_matching_step(batch, z0, generator, drop_conditions=train)[0]
-            return {"flow_matching": loss, "loss": self.losses.flow_matching * loss}, {}
+            terms = {"flow_matching": self.flow_matching_step(batch, z0, generator, drop_conditions=train)[0]}
+            return terms | {"loss": total_loss(terms, self.losses)}, {}
         B, T = batch.video.shape[:2]
         frames = self.target_frames(B, T, generator if train else None)
+        trains_motion = bool(self.losses.motion or self.losses.motion_magnitude)
         deformed, slots = frames, None  # the times the LDRM deforms to; where each rendered frame is among them
-        if self.uses_motion and self.recipe.motion_frames == "all":
+        if trains_motion and self.recipe.motion_frames == "all":
             deformed, slots = torch.arange(T, device=self.device).expand(B, T), frames
         output, terms = self.reconstruct(batch, deformed, generator, train)
         rendered = self.render_frames(output, batch, frames, slots)
@@ -422,44 +398,29 @@ class Diff4SplatModule(L.LightningModule):
         index = frames[:, :, None, None, None].expand(-1, -1, *batch.video.shape[2:])
         rgb_gt = batch.video.gather(1, index).float()
         depth_gt = batch.depth.gather(1, frames[:, :, None, None].expand(-1, -1, *batch.depth.shape[2:]))
-        weight = batch.weight.to(self.device)
-        w = self.losses
-        terms["mse"] = weighted_mean(mse(rgb, rgb_gt).mean(1), weight)
-        if self.lpips is not None:
-            terms["lpips"] = weighted_mean(lpips_distance(self.lpips, rgb, rgb_gt).mean(1), weight)
-        if w.depth_pearson:
-            pearson, supervised = pearson_depth_loss(depth, depth_gt, depth_gt > 0)
-            per_clip = (pearson * supervised).sum(1) / supervised.sum(1).clamp_min(1)
-            clip_weight = weight * (batch.has_depth & supervised.any(1)).to(weight.dtype)
-            terms["depth_pearson"] = weighted_mean(per_clip, clip_weight)
-        if w.depth_tv:
-            terms["depth_tv"] = weighted_mean(depth_total_variation(depth).mean(1), weight)
-        if self.uses_motion and (w.motion or w.motion_magnitude) and output.dmu is not None:
+        motion = None
+        if trains_motion and output.dmu is not None:
             s = self.ldrm.config.gaussian_stride
-            predicted, true, supervised = track_motion(
-                output.dmu,
-                (batch.video.shape[-2] // s, batch.video.shape[-1] // s),
-                batch.track_xyz,
-                batch.track_visible,
-                batch.track_valid,
-                batch.c2w,
-                batch.K,
-                tuple(batch.video.shape[-2:]),
-                deformed,
-                generator,
+            motion = TrackedMotion(
+                *track_motion(
+                    output.dmu,
+                    (batch.video.shape[-2] // s, batch.video.shape[-1] // s),
+                    batch.track_xyz,
+                    batch.track_visible,
+                    batch.track_valid,
+                    batch.c2w,
+                    batch.K,
+                    tuple(batch.video.shape[-2:]),
+                    deformed,
+                    generator,
+                )
             )
-            error, magnitude, count = motion_loss(
-                predicted, true, supervised, w.motion_squared_scale, w.motion_balance_threshold
-            )
-            clip_weight = weight * (batch.has_tracks & (count > 0)).to(weight.dtype)
-            terms["motion"] = weighted_mean(error, clip_weight)
-            terms["motion_magnitude"] = weighted_mean(magnitude, clip_weight)
-        terms["loss"] = sum(getattr(w, name) * value for name, value in terms.items())
-        with torch.no_grad():
-            if "motion" in terms and (w.motion_squared_scale, w.motion_balance_threshold) != (None, None):
-                terms["motion_l2"] = weighted_mean(motion_loss(predicted, true, supervised)[0], clip_weight)
-            psnr = -10.0 * torch.log10(mse(rgb, rgb_gt).clamp_min(1e-10))
-            terms["psnr"] = weighted_mean(psnr.mean(1), weight)
+        perceptual = None if self.lpips is None else lambda x, y: lpips_distance(self.lpips, x, y)
+        views = RenderedViews(rgb, rgb_gt, depth, depth_gt)
+        terms |= reconstruction_terms(
+            views, self.losses, batch.weight.to(self.device), batch.has_depth, batch.has_tracks, motion, perceptual
+        )
+        terms["loss"] = total_loss(terms, self.losses)
         return terms, {"rgb": rgb, "rgb_gt": rgb_gt, "depth": depth, "depth_gt": depth_gt, "frames": frames}
 
     def step_generator_for_validation(self, batch: Batch) -> torch.Generator:
@@ -579,13 +540,13 @@ class Diff4SplatModule(L.LightningModule):
         if self.trainer.ckpt_path is None:
             if self.init_from is not None:
                 self.load_init(self.init_from)
-            elif self.expects_init:
+            elif self.stage.expects_init:
                 warnings.warn(
                     f"{type(self).__name__}: no init_from checkpoint, so this stage starts from scratch instead of "
                     "from the previous stage's weights (Sec. 3.4)",
                     stacklevel=2,
                 )
-        if not self.deformation_trains and not self.ldrm.deformation_head.is_identity():
+        if not self.stage.deformation and not self.ldrm.deformation_head.is_identity():
             raise ValueError(
                 f"{type(self).__name__}: the deformation head is frozen in this stage, so it must be the identity "
                 "(its initial state), but the loaded weights hold a trained one; static stages render static scenes"

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from d4s.stages.base import Diff4SplatModule
+from d4s.stages.objective import StageConfig
 
 
 class HiResRefine(Diff4SplatModule):
-    """Stage 2: see the module docstring; arguments as :class:`~d4s.stages.base.Diff4SplatModule`."""
+    """Stage 2: a preset of :class:`~d4s.stages.base.Diff4SplatModule` (same arguments) whose ``stage`` defaults to
+    reconstructing with the deformation head frozen, continuing from stage 1."""
 
-    deformation_trains = False
-    uses_motion = False
-    expects_init = True
+    default_stage = StageConfig(reconstruct=True, deformation=False, expects_init=True)

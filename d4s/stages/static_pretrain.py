@@ -4,11 +4,11 @@ losses, the deformation head frozen at the identity (40K iterations, ``configs/s
 from __future__ import annotations
 
 from d4s.stages.base import Diff4SplatModule
+from d4s.stages.objective import StageConfig
 
 
 class StaticPretrain(Diff4SplatModule):
-    """Stage 1: see the module docstring; arguments as :class:`~d4s.stages.base.Diff4SplatModule`."""
+    """Stage 1: a preset of :class:`~d4s.stages.base.Diff4SplatModule` (same arguments) whose ``stage`` defaults to
+    reconstructing with the deformation head frozen."""
 
-    deformation_trains = False
-    uses_motion = False
-    expects_init = False
+    default_stage = StageConfig(reconstruct=True, deformation=False, expects_init=False)

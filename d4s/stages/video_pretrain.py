@@ -11,13 +11,11 @@ starts from its weights (``init_from``). Not in the paper; ``configs/tiny/stage0
 from __future__ import annotations
 
 from d4s.stages.base import Diff4SplatModule
+from d4s.stages.objective import StageConfig
 
 
 class VideoPretrain(Diff4SplatModule):
-    """Stage 0: see the module docstring; arguments as :class:`~d4s.stages.base.Diff4SplatModule` (``recipe.dit``
-    must train the DiT; the LDRM stays at its initialisation)."""
+    """Stage 0: a preset of :class:`~d4s.stages.base.Diff4SplatModule` (same arguments) whose ``stage`` defaults to
+    the DiT alone (``recipe.dit`` must train it; the LDRM stays at its initialisation)."""
 
-    reconstructs = False
-    deformation_trains = False
-    uses_motion = False
-    expects_init = False
+    default_stage = StageConfig(reconstruct=False, deformation=False, expects_init=False)
