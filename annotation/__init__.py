@@ -1,1 +1,1 @@
-"""Annotation pipeline: raw datasets to webdataset shards of metric 4D clips (see ARCHITECTURE.md)."""
+"""Annotation pipeline: raw datasets to webdataset shards of metric 4D clips (see docs/annotation.md)."""

@@ -1,6 +1,6 @@
 """Dynamic Replica: synthetic metric stereo videos of people and animals in scanned rooms, with 3D tracks.
 
-Layout (DATASETS.md, "Dynamic Replica")::
+Layout (docs/datasets.md, "Dynamic Replica")::
 
     <root>/{train,valid,test}/frame_annotations_<split>.jgz      gzipped JSON list of frame annotations
                              <seq>_{left,right}/images/<seq>-0000.png         RGB frames
@@ -15,7 +15,7 @@ Each frame annotation (PyTorch3D / Implicitron style) must hold ``sequence_name`
 and the key. The ``real`` split (real footage, no ground truth) is not read. Scene names are
 ``"<split folder>/<seq>_<camera>"``; the ``valid`` folder is the ``val`` split.
 
-Tracks (unverified key names, DATASETS.md): ``trajectories/<frame_number:06d>.pth`` in the left camera's folder
+Tracks (unverified key names, docs/datasets.md): ``trajectories/<frame_number:06d>.pth`` in the left camera's folder
 is a ``torch.save`` dict with ``traj_3d_world [N,3]`` float world points and ``verts_inds_vis [N]`` bool; the
 same N mesh vertices in every frame. Only the left camera has them, so only its scenes declare ``has_tracks``.
 

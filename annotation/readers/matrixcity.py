@@ -1,6 +1,6 @@
 """MatrixCity: a static synthetic city rendered in Unreal Engine, with metric camera poses and EXR depth.
 
-Layout (``/work/shared/DATASETS.md``, "MatrixCity"; the official loaders ``scripts/load_aerial.py`` and
+Layout (``docs/datasets.md``, "MatrixCity"; the official loaders ``scripts/load_aerial.py`` and
 ``scripts/load_street.py`` of github.com/city-super/MatrixCity read the same per-block files)::
 
     <root>/{small_city,big_city}/{aerial,street}/{train,train_dense,test}/<block>/
@@ -18,7 +18,7 @@ Frames are sampled along camera paths (street every 5 m, dense every 1 m), not f
 by frame number, are one scene and its clips are path segments. The frame rate is nominal (:data:`NOMINAL_FPS`);
 timestamps are ``frame position / NOMINAL_FPS``. A block may hold several paths one after the other (unverified);
 a clip across such a jump fails the reprojection check of quality control. The released data has no dynamic
-objects (unverified, DATASETS.md), so there are no dynamic masks and no tracks.
+objects (unverified, docs/datasets.md), so there are no dynamic masks and no tracks.
 
 The frame key of ``transforms.json`` is ``frame_index`` (an int, as the official loaders read it); a NeRF-style
 ``file_path`` naming ``NNNN.png`` is accepted too. Any other layout is an InputError naming the file.

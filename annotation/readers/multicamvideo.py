@@ -1,6 +1,6 @@
 """MultiCamVideo (ReCamMaster's dataset): ten synchronised Unreal Engine 5 videos per dynamic scene, metric cameras.
 
-Layout (DATASETS.md, "MultiCamVideo")::
+Layout (docs/datasets.md, "MultiCamVideo")::
 
     <root>/train/f{18,24,35,50}_aperture<N>/scene<K>/videos/cam01.mp4 .. cam10.mp4   81 frames, 15 fps, 1280x1280
                                                     /cameras/camera_extrinsics.json    poses of the 10 cameras
@@ -28,7 +28,7 @@ Conversion, done when a scene is opened (the camera file once per scene folder, 
   leaves a reflection, det(R) = -1; with the world flip every pose is a proper rotation, which is checked
   (finite, orthonormal within 1e-3, det +1). Points keep their pixels: a point ``(X, Y, Z)`` cm in the Unreal
   world is ``(X, -Y, Z) / 100`` m in the converted world.
-- ``K`` (**unverified**, DATASETS.md): fx = fy = f_mm / 23.76 * W for the 23.76 mm square sensor, principal point
+- ``K`` (**unverified**, docs/datasets.md): fx = fy = f_mm / 23.76 * W for the 23.76 mm square sensor, principal point
   at the image centre ``(W / 2, H / 2)`` (pixel centres at +0.5), i.e. :func:`d4s.geometry.intrinsics_from_fov`
   of the horizontal FoV ``2 atan(23.76 / (2 f_mm))``, with ``W`` and ``H`` those of the decoded
   frames, which must be square. Only the released focal lengths 18, 24, 35 and 50 mm are accepted.
@@ -62,7 +62,7 @@ FPS = 15.0
 FRAMES_PER_VIDEO = 81
 CAMERAS = tuple(f"cam{i:02d}" for i in range(1, 11))
 FOCAL_LENGTHS_MM = (18.0, 24.0, 35.0, 50.0)  # the released f<mm>_aperture<N> folders
-SENSOR_MM = 23.76  # square sensor width = height (unverified, DATASETS.md)
+SENSOR_MM = 23.76  # square sensor width = height (unverified, docs/datasets.md)
 CM_TO_M = 0.01
 CACHED_CAMERA_FILES = 16  # converted camera files a reader keeps (10 + 81 scenes share one; ~52 KB each)
 LICENCE = "Apache-2.0 (dataset card); rendered from Fab and Mixamo assets"

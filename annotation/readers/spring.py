@@ -13,10 +13,10 @@ camera would only add a second view of the same scene, and flow ground truth is 
 Scene names are ``"<split>/<seq>"``. The test split ships no disparity (the benchmark withholds it), so its
 scenes fail to open with an InputError naming the missing ``disp1_left/`` folder.
 
-Conventions (``/work/shared/DATASETS.md``, "Spring"): the disparity ground truth is stored at twice the frame
+Conventions (``docs/datasets.md``, "Spring"): the disparity ground truth is stored at twice the frame
 resolution (3840x2160 for 1920x1080 frames) with values in pixels of the 1080p frames; depth = fx * B / d with
 the stereo baseline B = 0.065 m; NaN marks invalid pixels. The extrinsics are read as world-to-camera in OpenCV
-axes; DATASETS.md marks this convention **unverified** in official text (third-party loaders invert them the same
+axes; this convention is **unverified** in official text (third-party loaders invert them the same
 way), so the reader checks every matrix is rigid (bottom row 0 0 0 1, orthonormal rotation, det +1) and fails
 loudly otherwise. The frame rate is not stated in the sources checked: 60 fps is assumed (**unverified**;
 override it with the reader option ``fps``).
@@ -50,7 +50,7 @@ from annotation.readers.native import cameras_from_w2c, pinhole_intrinsics, read
 
 SPLITS = ("train", "test")
 FPS = 60.0  # unverified, see the module doc
-BASELINE = 0.065  # metres between the left and right cameras (DATASETS.md)
+BASELINE = 0.065  # metres between the left and right cameras (docs/datasets.md)
 DISPARITY_KEY = "disparity"
 TEXT_ROTATION_ATOL = 1e-4  # orthonormality error allowed in the text extrinsics (rounded decimals)
 LICENCE = "CC-BY-4.0 (unconfirmed, see annotation/readers/spring.py)"

@@ -11,7 +11,7 @@ Layout::
 ``frames_root`` defaults to ``<root>/frames`` (see :mod:`annotation.readers.frames`); the split is the folder the
 npz is in. Stereo4D has no validation split.
 
-The npz (DATASETS.md, "Stereo4D"; keys, shapes and the ragged layout as the authors' ``load_dataset_npz`` in
+The npz (docs/datasets.md, "Stereo4D"; keys, shapes and the ragged layout as the authors' ``load_dataset_npz`` in
 github.com/Stereo4d/stereo4d-code reads them; dtypes are not documented, so only their kind is checked):
 
 - ``name`` and ``video_id``: strings (``name`` must equal the file's stem);

@@ -1,6 +1,6 @@
 """TartanAir (v1): synthetic, static, metric AirSim trajectories with ground-truth depth and camera poses.
 
-Layout (DATASETS.md, "TartanAir (v1)"; the official ``tartanair_tools`` README and ``data_type.md``)::
+Layout (docs/datasets.md, "TartanAir (v1)"; the official ``tartanair_tools`` README and ``data_type.md``)::
 
     <root>/<ENV>/{Easy,Hard}/P0xx/image_left/000000_left.png             RGB, 640x480
                                   depth_left/000000_left_depth.npy       z-depth, metres (sky ~1e4)
@@ -31,7 +31,7 @@ Conversion, done once when a scene is opened:
   ``>= max_depth`` (sky, ~1e4; default 1000 m), non-finite or non-positive become 0 (invalid).
 
 Frame rate: v1 does not state one; v2 documents 10 Hz, which is the default ``fps`` here (**unverified** for v1,
-a reader option). Scenes are treated as static (DATASETS.md: "~static"): no dynamic masks and no tracks; the
+a reader option). Scenes are treated as static (mostly static, docs/datasets.md): no dynamic masks and no tracks; the
 annotate config derives both from optical flow.
 
 Splits: TartanAir v1 has no official train/val/test split. Whole environments go to one split (trajectories of

@@ -1,6 +1,6 @@
 """Virtual KITTI 2: synthetic stereo driving videos (clones of five KITTI drives) with metric depth and cameras.
 
-Layout (``/work/shared/DATASETS.md``, "Virtual KITTI 2")::
+Layout (``docs/datasets.md``, "Virtual KITTI 2")::
 
     <root>/SceneXX/<variation>/intrinsic.txt                          per frame and camera: fx fy cx cy (pixels)
                                extrinsic.txt                          per frame and camera: 4x4 world-to-camera

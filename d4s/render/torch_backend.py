@@ -31,7 +31,7 @@ from d4s.render.projection import ALPHA_THRESHOLD, project_gaussians, quat_scale
 from d4s.render.output import RenderOutput
 
 # gsplat 1.5.3's kernels clamp alpha at 0.999; the original 3DGS rasteriser uses 0.99. We follow gsplat so
-# the two backends agree (see README, "Renderer").
+# the two backends agree (see docs/renderer.md).
 ALPHA_MAX = 0.999
 TRANSMITTANCE_MIN = 1e-4
 DEFAULT_MAX_PAIRS = 1 << 22

@@ -115,7 +115,7 @@ def test_cameras_intrinsics_and_frames_follow_the_native_clip(tmp_path):
     scene = Stereo4DReader(tmp_path).open_scene(NAME)
     assert (scene.height, scene.width, scene.num_frames) == (S, S, T)
     np.testing.assert_allclose(scene.K, np.repeat(K_HAND[None], T, 0), rtol=1e-6)
-    assert abs(scene.K[0, 0, 0] * 512 / S - 443.405) < 1e-3  # DATASETS.md: ~443.4 px at 512x512
+    assert abs(scene.K[0, 0, 0] * 512 / S - 443.405) < 1e-3  # docs/datasets.md: ~443.4 px at 512x512
     c2w = native_c2w()
     np.testing.assert_allclose(scene.c2w[:, :3], c2w, atol=1e-6)
     np.testing.assert_array_equal(scene.c2w[:, 3], np.tile([0.0, 0.0, 0.0, 1.0], (T, 1)))

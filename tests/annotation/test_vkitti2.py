@@ -20,7 +20,7 @@ from d4s.geometry import project_points
 from tests.annotation.conftest import cli_overrides
 
 T, H, W = 5, 24, 32
-BASELINE = 0.532725  # metres between Camera_0 and Camera_1 (DATASETS.md)
+BASELINE = 0.532725  # metres between Camera_0 and Camera_1 (docs/datasets.md)
 FX, FY, CX, CY = 31.0, 29.0, 15.5, 11.0  # fx != fy and cx != cy, so swapped columns would show
 SKY = (slice(0, 4), slice(None))  # rows 0..3 are sky in every frame
 INTRINSIC_HEADER = "frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]"

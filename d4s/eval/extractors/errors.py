@@ -1,8 +1,9 @@
 """What each feature extractor's weights are, where they come from, and the error raised when they are absent.
 
-Weights are never downloaded (see ARCHITECTURE.md): ``configs/eval.yaml`` names a local file or folder for each
-extractor, config key ``weights.<name>`` (the ``weights:`` section of that file), and a missing one stops the evaluation with a one-line message that names the
-metric, the file, the config key and the place to get it.
+Weights are never downloaded (docs/evaluation.md): ``configs/eval.yaml`` names a local file or folder for each
+extractor under its config key ``weights.<name>``. A missing one raises :class:`MissingWeights`, whose one-line message
+names the metric, the file, the config key and the place to get it; the evaluation reports that metric as skipped
+with this message and goes on.
 """
 
 from __future__ import annotations
