@@ -11,6 +11,7 @@ Gaussian.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ class LDRMConfig:
     ``feature_layers`` are the blocks whose outputs feed the DPT deformation head (shallow to deep);
     ``time_chunk`` target times are decoded at once (memory). ``deformation_time``: what the deformation head's time
     conditioning sees, ``relative`` (target minus source frame time) or ``target`` (:class:`DeformationHead`).
+    ``gaussian_head`` and ``deformation_head`` name the decoders in :data:`GAUSSIAN_HEADS` and
+    :data:`DEFORMATION_HEADS` (their contracts are stated there).
     """
 
     latent_channels: int = 16
@@ -55,6 +58,8 @@ class LDRMConfig:
     init_scale: float = 0.01
     max_scale: float = 0.3
     gradient_checkpointing: bool = False
+    gaussian_head: str = "pixel_aligned"
+    deformation_head: str = "dpt"
 
     def __post_init__(self) -> None:
         if len(self.feature_layers) != len(DPT_SCALES) or not all(0 <= i < self.depth for i in self.feature_layers):
@@ -69,10 +74,55 @@ class LDRMConfig:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
         if self.deformation_time not in TIME_INPUTS:
             raise ValueError(f"deformation_time: expected one of {TIME_INPUTS}, got {self.deformation_time!r}")
+        for key, registry in (("gaussian_head", GAUSSIAN_HEADS), ("deformation_head", DEFORMATION_HEADS)):
+            if getattr(self, key) not in registry:
+                raise ValueError(f"ldrm.{key}: expected one of {sorted(registry)}, got {getattr(self, key)!r}")
 
     @property
     def pixels_per_token(self) -> int:
         return self.spatial_compression * self.latent_patch
+
+
+def pixel_aligned_gaussian_head(c: LDRMConfig) -> nn.Module:
+    """:class:`~d4s.models.heads.GaussianHead`: one Gaussian per ``s x s`` pixels of every source frame."""
+    return GaussianHead(
+        c.width,
+        c.pixels_per_token // c.gaussian_stride,
+        c.sh_degree,
+        c.near,
+        c.far,
+        c.init_depth,
+        c.init_scale,
+        c.max_scale,
+    )
+
+
+def dpt_deformation_head(c: LDRMConfig) -> nn.Module:
+    """:class:`~d4s.models.heads.DeformationHead`: DPT fusion of four depths, FiLM by time (Appendix C.2)."""
+    return DeformationHead(
+        c.width,
+        c.pixels_per_token // (4 * c.gaussian_stride),
+        c.dpt_dim,
+        c.time_dim,
+        c.time_chunk,
+        checkpoint_chunks=c.gradient_checkpointing,
+        time_input=c.deformation_time,
+    )
+
+
+#: Gaussian heads by ``ldrm.gaussian_head``: a builder from the config to a module with
+#: ``forward(tokens [B, width, T', h/p, w/p]) -> raw [B, T, H/s, W/s, K]`` (``T = 4 T' - 3``) and
+#: ``activate(raw) -> {depth [...] z-depth in metres, sh [..., K_sh, 3], log_scales [..., 3], quats [..., 4] unit
+#: wxyz, opacity_logits [...]}``. Add an entry to try another decoder; checkpoints keep its weights under
+#: ``ldrm.gaussian_head.``.
+GAUSSIAN_HEADS: dict[str, Callable[[LDRMConfig], nn.Module]] = {"pixel_aligned": pixel_aligned_gaussian_head}
+
+#: Deformation heads by ``ldrm.deformation_head``: a builder from the config to a module with
+#: ``forward(features, times [B, V] in [0, 1]) -> raw [B, V, T, H/s, W/s, 10]`` (``features``: the token maps
+#: ``[B, width, T', h/p, w/p]`` of the blocks in ``feature_layers``, shallow to deep), ``split(raw) -> (dmu [..., 3]
+#: metres, dq [..., 4] unit wxyz, ds [..., 3] log-scale)`` (Eq. 7) and ``is_identity() -> bool``; it must start at
+#: the identity deformation, which the static stages require (Sec. 3.4).
+DEFORMATION_HEADS: dict[str, Callable[[LDRMConfig], nn.Module]] = {"dpt": dpt_deformation_head}
 
 
 @dataclass
@@ -140,25 +190,8 @@ class LatentDynamicReconstructionModel(nn.Module):
             for _ in range(c.depth)
         )
         self.norm = nn.LayerNorm(c.width)
-        self.gaussian_head = GaussianHead(
-            c.width,
-            c.pixels_per_token // c.gaussian_stride,
-            c.sh_degree,
-            c.near,
-            c.far,
-            c.init_depth,
-            c.init_scale,
-            c.max_scale,
-        )
-        self.deformation_head = DeformationHead(
-            c.width,
-            c.pixels_per_token // (4 * c.gaussian_stride),
-            c.dpt_dim,
-            c.time_dim,
-            c.time_chunk,
-            checkpoint_chunks=c.gradient_checkpointing,
-            time_input=c.deformation_time,
-        )
+        self.gaussian_head = GAUSSIAN_HEADS[c.gaussian_head](c)
+        self.deformation_head = DEFORMATION_HEADS[c.deformation_head](c)
 
     def _tokens(self, latents: Tensor, plucker: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
         latent = self.latent_tokens(latents.transpose(1, 2))  # [B, E, T', h/p, w/p]
@@ -206,7 +239,7 @@ class LatentDynamicReconstructionModel(nn.Module):
         means = unproject_depth(gaussians["depth"], K_grid.float(), c2w.float())  # on each pixel's ray, float32
         dmu = dq = ds = None
         if times is not None:
-            dmu, dq, ds = DeformationHead.split(self.deformation_head(features, times).flatten(2, 4))
+            dmu, dq, ds = self.deformation_head.split(self.deformation_head(features, times).flatten(2, 4))
         flat = {name: value.flatten(1, 3) for name, value in gaussians.items()}
         return LDRMOutput(means=means.flatten(1, 3), dmu=dmu, dq=dq, ds=ds, **flat)
 

@@ -7,7 +7,8 @@ import torch
 
 from d4s.geometry import intrinsics_from_fov, look_at, plucker_embedding, project_points
 from d4s.models import LatentDynamicReconstructionModel, LDRMConfig, parameter_count
-from d4s.models.heads import time_features
+from d4s.models.heads import DeformationHead, GaussianHead, time_features
+from d4s.models.ldrm import DEFORMATION_HEADS
 from d4s.render import render
 
 TINY = LDRMConfig(
@@ -84,7 +85,9 @@ def test_the_time_film_sees_the_target_time_relative_to_each_source_frame(time_i
     model(*inputs(), times)
     T = 9
     source = torch.arange(T) / (T - 1)
-    expected_time = times[:, :, None] - source + 1.0 if time_input == "relative" else times[:, :, None].expand(-1, -1, T)
+    expected_time = (
+        times[:, :, None] - source + 1.0 if time_input == "relative" else times[:, :, None].expand(-1, -1, T)
+    )
     scale = 0.5 if time_input == "relative" else 1.0
     torch.testing.assert_close(seen[0], time_features(scale * expected_time, TINY.time_dim), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="deformation_time"):
@@ -160,3 +163,54 @@ def test_target_times_decoded_in_chunks_match_one_pass():
     whole.load_state_dict(chunked.state_dict())
     times = torch.rand(2, 5)
     torch.testing.assert_close(chunked(*inputs(), times).dmu, whole(*inputs(), times).dmu)
+
+
+class ConstantVelocityHead(torch.nn.Module):
+    """A deformation head of the registry's contract: every Gaussian moves by ``t * velocity``, no rotation."""
+
+    def __init__(self, config: LDRMConfig):
+        super().__init__()
+        self.velocity = torch.nn.Parameter(torch.tensor([0.0, 0.0, 0.0]))
+        self.upsample = config.pixels_per_token // config.gaussian_stride
+
+    def forward(self, features, times):
+        B, _, Tl, h, w = features[0].shape
+        grid = (4 * Tl - 3, h * self.upsample, w * self.upsample)
+        dmu = times[:, :, None, None, None, None] * self.velocity
+        raw = torch.cat(
+            [
+                dmu.expand(-1, -1, *grid, 3),
+                torch.tensor([1.0, 0, 0, 0, 0, 0, 0]).expand(B, 1, *grid, 7).expand(-1, times.shape[1], -1, -1, -1, -1),
+            ],
+            dim=-1,
+        )
+        return raw
+
+    split = staticmethod(DeformationHead.split)
+
+    def is_identity(self) -> bool:
+        return bool((self.velocity == 0).all())
+
+
+def test_the_heads_are_chosen_by_config_from_their_registries(monkeypatch):
+    default = LatentDynamicReconstructionModel(TINY)
+    assert isinstance(default.deformation_head, DeformationHead) and isinstance(default.gaussian_head, GaussianHead)
+    monkeypatch.setitem(DEFORMATION_HEADS, "constant_velocity", ConstantVelocityHead)
+    config = LDRMConfig(**{**vars(TINY), "deformation_head": "constant_velocity"})
+    torch.manual_seed(0)
+    model = LatentDynamicReconstructionModel(config)
+    assert isinstance(model.deformation_head, ConstantVelocityHead) and model.deformation_head.is_identity()
+    with torch.no_grad():
+        model.deformation_head.velocity.copy_(torch.tensor([0.5, 0.0, -1.0]))
+    times = torch.tensor([[0.0, 0.5, 1.0]]).expand(2, 3)
+    out = model(*inputs(), times)
+    field = out.fields()[0]
+    for v, t in enumerate(times[0].tolist()):  # Eq. 7 through DeformableGaussianField.at, with the new head's output
+        torch.testing.assert_close(
+            field.at(v).means - field.canonical.means,
+            t * model.deformation_head.velocity.detach().expand_as(field.canonical.means),
+        )
+    assert not model.deformation_head.is_identity()
+    for key in ("gaussian_head", "deformation_head"):
+        with pytest.raises(ValueError, match=rf"^ldrm\.{key}: expected one of \["):
+            LDRMConfig(**{**vars(TINY), key: "nonexistent"})
