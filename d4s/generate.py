@@ -30,7 +30,6 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +40,17 @@ from tqdm import tqdm
 from d4s.diffusion.sampler import GUIDANCE_SCHEDULES, Guidance
 from d4s.export import BULLET_TIME_DEGREES, focus_depth, follow_times, render_sequence, save_render
 from d4s.gaussians.io import save_ply_sequence, save_scene
+from d4s.generation import DTYPES, Job, SamplingConfig, collect_jobs, input_image
 from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resize_intrinsics
 from d4s.geometry.crop import crop_box
 from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
 from d4s.render import BACKENDS
 from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, parse_trajectory, run_cli
 from d4s.utils.fileio import atomic_output
-from d4s.utils.image import IMAGE_SUFFIXES, load_photo
+from d4s.utils.image import load_photo
 from d4s.utils.timing import StageTimer, peak_memory
 
 DEFAULT_SCENE_SCALE = 2.0  # metres: a room-sized scene (the paper gives no trajectory scale)
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DONE_FILE = "timings.json"
 SETTINGS_FILE = "generation.json"
 #: the options that change what a scene folder holds: a complete folder made with others is generated again
@@ -62,15 +61,6 @@ RESULT_SETTINGS = (
     "no_ply", "gaussian_stride", "min_opacity", "compress",
 )  # fmt: skip
 ERRORS = (OSError, ValueError, KeyError)  # bad input of one scene: reported, the batch goes on
-
-
-@dataclass(frozen=True)
-class Job:
-    """One scene to generate: its image, prompt and output folder."""
-
-    image: Path
-    prompt: str
-    out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,30 +158,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--device cuda: no CUDA device is visible here; use --device cpu")
 
 
-def collect_jobs(image: Path, prompt: str, out: Path) -> list[Job]:
-    """One job for an image file; one per image for a folder or a .txt list (``path[<TAB>prompt]`` per line,
-    relative to the list's folder), each writing to ``out/<image stem>`` (``<stem>_<position>`` where stems repeat)."""
-    if image.is_dir():
-        entries = [(path, prompt) for path in sorted(image.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
-        if not entries:
-            raise ValueError(f"{image}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    elif image.suffix.lower() == ".txt":
-        if not image.is_file():
-            raise FileNotFoundError(f"image list not found: {image}")
-        entries = []
-        for line in image.read_text().splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                path, _, own_prompt = line.partition("\t")
-                entries.append((image.parent / path.strip(), own_prompt.strip() or prompt))
-        if not entries:
-            raise ValueError(f"{image}: the list names no images")
-    else:
-        return [Job(image, prompt, out)]
-    stems = [path.stem for path, _ in entries]
-    names = [stem if stems.count(stem) == 1 else f"{stem}_{i}" for i, stem in enumerate(stems, start=1)]
-    return [Job(path, text, out / name) for (path, text), name in zip(entries, names)]
-
-
 def input_intrinsics(args: argparse.Namespace, source: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Intrinsics ``[3, 3]`` of the model frame ``size`` cut from a photo of ``source (H, W)`` pixels (module
     docstring: which source they come from). A camera file's pixel intrinsics belong to its own frame size, which
@@ -208,12 +174,6 @@ def input_intrinsics(args: argparse.Namespace, source: tuple[int, int], size: tu
         return crop_box(camera_file.image_size, size).intrinsics(K)
     fov = DEFAULT_FOV_DEGREES if args.fov is None else args.fov
     return box.intrinsics(intrinsics_from_fov(source[1], source[0], fov))
-
-
-def input_image(photo: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """The condition image ``[3, H, W]`` in ``[0, 1]``: the photo resized to cover ``size`` and centre-cropped."""
-    crop = crop_box(photo.shape[:2], size).resize_image(photo)
-    return torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0
 
 
 def result_settings(args: argparse.Namespace, job: Job) -> dict:
@@ -261,9 +221,7 @@ def generate_one(pipeline, job: Job, args: argparse.Namespace, photo: np.ndarray
     image, K = input_image(photo, size), input_intrinsics(args, photo.shape[:2], size)
     scale = args.scene_scale or (1.0 if args.trajectory_file is not None else DEFAULT_SCENE_SCALE)
     c2w = make_trajectory(args.trajectory_name, args.frames, scale, path=args.trajectory_file)
-    guidance = None
-    if args.guidance > 0:
-        guidance = Guidance(args.guidance, args.guidance_schedule, skip_below=args.guidance_skip_below)
+    sampling = SamplingConfig(args.steps, args.guidance, args.guidance_schedule, args.guidance_skip_below, args.seed)
     pipeline.check_inputs(image, c2w, K)
     start = time.perf_counter()
     if pipeline.device.type == "cuda":
@@ -276,7 +234,7 @@ def generate_one(pipeline, job: Job, args: argparse.Namespace, photo: np.ndarray
         bars[0].update(1)
 
     try:
-        result = pipeline(image, c2w, K, job.prompt, args.steps, guidance, args.seed, progress)
+        result = pipeline.generate(image, c2w, K, job.prompt, sampling, progress)
     finally:
         for bar in bars:
             bar.close()

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from d4s.diffusion.flow_matching import FlowMatching
 from d4s.diffusion.sampler import Guidance
 from d4s.gaussians.field import DeformableGaussianField
+from d4s.generation import SamplingConfig
 from d4s.geometry.cameras import check_c2w, check_intrinsics
 from d4s.geometry.plucker import plucker_embedding
 from d4s.models.config import ModelConfig
@@ -328,6 +329,19 @@ class Diff4SplatPipeline:
                 self.flow.shift, progress,
             )  # fmt: skip
         return self._to_field(latents, plucker, c2w, K, (H, W), timer)
+
+    def generate(
+        self,
+        image: Tensor,
+        c2w: Tensor,
+        K: Tensor,
+        prompt: str,
+        sampling: SamplingConfig,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Generation:
+        """:meth:`__call__` with typed sampling settings: the call ``python -m d4s.generate``, the evaluation protocol
+        and the demo make."""
+        return self(image, c2w, K, prompt, sampling.steps, sampling.guidance_rule(), sampling.seed, progress)
 
     @torch.no_grad()
     def reconstruct(self, video: Tensor, c2w: Tensor, K: Tensor, seed: int = 0) -> Generation:

@@ -12,6 +12,7 @@ import yaml
 from d4s.diffusion.sampler import Guidance
 from d4s.gaussians.field import DeformableGaussianField
 from d4s.gaussians.procedural import random_field
+from d4s.generation import SamplingConfig
 from d4s.geometry.cameras import intrinsics_from_fov
 from d4s.geometry.plucker import plucker_embedding
 from d4s.geometry.trajectories import make_trajectory
@@ -59,6 +60,20 @@ def test_sampling_chain_matches_the_equations(tmp_path):
     assert set(result.timings) == {"text", "encode", "sampling", "ldrm"}
     unguided = pipeline(image, c2w, K, "a red room", num_steps=2, guidance=None, seed=7)
     assert (unguided.latents - result.latents).abs().max() > 1e-3
+    # the typed call that generate, evaluation and the demo make: the same chain
+    sampling = SamplingConfig(steps=2, guidance=2.0, guidance_schedule="constant", seed=7)
+    assert torch.equal(pipeline.generate(image, c2w, K, "a red room", sampling).latents, result.latents)
+    no_guidance = SamplingConfig(steps=2, guidance=0.0, seed=7)
+    assert no_guidance.guidance_rule() is None
+    assert torch.equal(pipeline.generate(image, c2w, K, "a red room", no_guidance).latents, unguided.latents)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("steps", 0), ("guidance", -1.0), ("guidance_skip_below", -1e-3), ("guidance_schedule", "x")]
+)
+def test_sampling_settings_are_checked(field, value):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        SamplingConfig(**{field: value})
 
 
 def test_a_config_that_builds_another_model_is_refused(tmp_path):

@@ -335,7 +335,7 @@ def _shard_scenes(
 
 
 def _image_scenes(config: SceneConfig, generation: GenerationConfig, limit: int) -> Iterator[Scene]:
-    from d4s.generate import collect_jobs, input_image
+    from d4s.generation import collect_jobs, input_image
     from d4s.geometry.cameras import intrinsics_from_fov
     from d4s.geometry.crop import crop_box
     from d4s.utils.image import load_photo
@@ -621,18 +621,18 @@ def motion_metrics(field, grid: tuple[int, int, int], scene: Scene, min_displace
 # ------------------------------------------------------------------------------------------------- generation
 def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, settings: dict, lpips=None) -> dict:
     """Generate, render and score one sample; writes its folder (module docstring) and returns its ``metrics.json``."""
-    from d4s.diffusion.sampler import Guidance
     from d4s.export import follow_times, render_sequence
+    from d4s.generation import SamplingConfig
     from d4s.geometry.trajectories import save_camera_path
     from d4s.utils.video import write_video
 
     g = config.generation
     c2w, K, _ = sample_cameras(sample, scene, config)
-    guidance = Guidance(g.guidance, g.guidance_schedule, skip_below=g.guidance_skip_below) if g.guidance > 0 else None
+    sampling = SamplingConfig(g.steps, g.guidance, g.guidance_schedule, g.guidance_skip_below, sample.seed)
     if sample.trajectory == LATENTS:
         result = pipeline.reconstruct(scene.video.float() / 255.0, c2w, K, sample.seed)
     else:
-        result = pipeline(scene.image, c2w, K, scene.caption, g.steps, guidance, sample.seed)
+        result = pipeline.generate(scene.image, c2w, K, scene.caption, sampling)
     T, size = c2w.shape[0], (g.height, g.width)
     render = render_sequence(result.field, c2w, K, follow_times(T, T), size, g.backend)
     values, curves, failures = weight_free_metrics(sample, scene, render.rgb, render.depth, c2w, K, config, lpips)

@@ -47,7 +47,7 @@ class LazyPipeline:
 
     def __call__(self):
         if self._pipeline is None:
-            from d4s.generate import DTYPES
+            from d4s.generation import DTYPES
             from d4s.pipeline import Diff4SplatPipeline
 
             self._pipeline = Diff4SplatPipeline.from_checkpoint(
