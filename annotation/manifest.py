@@ -12,7 +12,7 @@ from typing import Any
 
 from annotation.config import REPO_ROOT
 from annotation.readers import SPLITS, Reader
-from annotation.writer import write_json
+from d4s.utils.fileio import write_json
 
 MANIFEST_DIR = REPO_ROOT / "data_manifests"
 MANIFEST_VERSION = 1
@@ -36,7 +36,7 @@ def build_manifest(reader: Reader, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_manifest(manifest: dict[str, Any], path: Path) -> None:
-    write_json(path, manifest)
+    write_json(path, manifest, sort_keys=True)
 
 
 def read_manifest(path: Path, dataset: str, reader_options: dict[str, Any]) -> list[tuple[str, str]]:

@@ -20,16 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from d4s.data.schema import SCHEMA_VERSION, is_dynamic
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import write_json
 
 PROGRESS_DIR = "_progress"
 INDEX_NAME = "index.json"
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -64,7 +58,7 @@ class Journal:
         return journal
 
     def save(self, path: Path) -> None:
-        write_json(path, asdict(self))
+        write_json(path, asdict(self), sort_keys=True)
 
 
 class ShardWriter:
@@ -182,5 +176,5 @@ def _write_index_locked(out: Path, dataset: str) -> dict[str, Any]:
     for split in splits.values():
         split["shards"].sort(key=lambda shard: shard["path"])
     index = {"dataset": dataset, "schema_version": SCHEMA_VERSION, "splits": splits, "ranks": ranks}
-    write_json(out / INDEX_NAME, index)
+    write_json(out / INDEX_NAME, index, sort_keys=True)
     return index

@@ -46,7 +46,7 @@ from d4s.geometry.crop import crop_box
 from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
 from d4s.render import BACKENDS
 from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, parse_trajectory, run_cli
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import atomic_output, write_json
 from d4s.utils.image import load_photo
 from d4s.utils.timing import StageTimer, peak_memory
 
@@ -279,11 +279,6 @@ def generate_one(pipeline, job: Job, args: argparse.Namespace, photo: np.ndarray
     }
     write_json(job.out / DONE_FILE, timings)
     return timings
-
-
-def write_json(path: Path, document: dict) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 from d4s.demo.plan import EVAL_CONFIG, STAGES, TRAINED, UNTRAINED, DemoPlan, eval_config, write_stage_config
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import atomic_output, write_json
 from d4s.utils.memory import TreeMemoryMonitor
 
 JOURNAL = "demo.json"
@@ -54,8 +54,7 @@ class Journal:
 
     def record(self, phase: str, entry: dict[str, Any]) -> None:
         self.phases[phase] = entry
-        with atomic_output(self.path) as tmp:
-            tmp.write_text(json.dumps({"plan": self.plan.name, "phases": self.phases}, indent=1))
+        write_json(self.path, {"plan": self.plan.name, "phases": self.phases})
 
 
 def run_phase(journal: Journal, phase: str, work: Callable[[], dict[str, Any] | None], note: str = "") -> None:

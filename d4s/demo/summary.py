@@ -24,7 +24,7 @@ import torch
 
 from d4s.demo.plan import REFERENCE, STAGES, TRAINED, UNTRAINED, DemoPlan, eval_config
 from d4s.eval.report import latent_frames
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import atomic_output, write_json
 
 #: the reconstruction metrics of the table: key in the evaluation report, column title, higher is better
 COLUMNS = (
@@ -427,8 +427,7 @@ def write_summary(plan: DemoPlan, phases: dict[str, dict[str, Any]], scenes) -> 
         "checks": learning_checks(plan, rows),
         "files": {label: str(path) for label, path in files.items()},
     }
-    with atomic_output(plan.out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_json(plan.out / "summary.json", summary)
     with atomic_output(files["summary"]) as tmp:
         tmp.write_text(render_markdown(summary))
     print("\n" + "\n".join(f"  {label:<52} {path}" for label, path in summary["files"].items()))

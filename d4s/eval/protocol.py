@@ -70,7 +70,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from d4s.data.schema import GENERIC_PROMPT
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import atomic_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -468,13 +468,6 @@ def sample_settings(sample: Sample, scale: float, config: EvalConfig, scene: Sce
     }
     settings["generation"].pop("video_crf")
     return json.loads(json.dumps(settings))
-
-
-def write_json(path: Path, document: Any) -> Path:
-    """``document`` as indented JSON, atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=1, allow_nan=True))
-    return path
 
 
 def read_json(path: Path) -> Any:

@@ -27,9 +27,8 @@ from d4s.eval.protocol import (
     EvalConfig,
     Sample,
     Scene,
-    write_json,
 )
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import atomic_output, write_json
 
 #: Diff4Splat's own numbers: Table 1 (FVD .. QA-Quality), Table 2 (matches, consistency), Table 3 (RPE; the paper
 #: states no units), Table 6 / Appendix E (cycle consistency, dB). KVD: both Table 1 and Table 4 read

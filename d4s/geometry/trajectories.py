@@ -34,7 +34,7 @@ from torch import Tensor
 from d4s.geometry.cameras import check_c2w, check_intrinsics, look_at, relative_to_first, rigid_inverse
 from d4s.geometry.quaternion import quat_slerp, quat_to_rotmat, rotmat_to_quat
 from d4s.utils.checks import check_positive_int
-from d4s.utils.fileio import atomic_output
+from d4s.utils.fileio import write_json
 
 TRAJECTORY_NAMES = ("spiral", "forward", "backward", "upward", "downward", "orbit", "from_file")
 
@@ -250,9 +250,7 @@ def save_camera_path(
     for frame, time in zip(frames, times if times is not None else []):
         frame["time"] = float(time)
     document = {"height": int(image_size[0]), "width": int(image_size[1]), "frames": frames}
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(document, indent=1))
-    return Path(path)
+    return write_json(path, document)
 
 
 def resample_poses(c2w: Tensor, num_frames: int) -> Tensor:

@@ -1,12 +1,14 @@
-"""Atomic file output: a reader (or a resumed job) never sees a half-written file."""
+"""Atomic file output: a reader (or a resumed job) never sees a half-written file; JSON documents written so."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _current_umask() -> int:
@@ -34,3 +36,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, document: Any, sort_keys: bool = False) -> Path:
+    """``document`` as indented JSON with a final newline, written atomically (:func:`atomic_output`); returns
+    ``path``. Non-finite floats are written as ``NaN`` / ``Infinity``, which Python's ``json`` reads back."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=sort_keys) + "\n")
+    return Path(path)
