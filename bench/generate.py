@@ -2,7 +2,7 @@
 
     python bench/generate.py [--out bench/results/generate.json] [--repeats 3] [--quick]
 
-Each scene runs exactly what the command does for one image (``d4s.generate.generate_one``: text, condition-image
+Each scene runs exactly what the command does for one image (``d4s.generation.generate_scene``: text, condition-image
 encoding, 30 Euler steps with cosine guidance, the LDRM, rendering the scene's own video plus two novel views, and
 writing scene.npz, videos and depth), with random weights: the networks' compute does not depend on them, but the
 renderer's does (its cost grows with the Gaussians' screen footprint, which a trained model sets).
@@ -30,8 +30,8 @@ import torch
 from common import bench_parser, machine_info
 from PIL import Image
 
-from d4s import generate
 from d4s.gaussians import load_scene
+from d4s.generation import GenerationSettings, Job, generate_scene
 from d4s.geometry import intrinsics_from_fov, make_trajectory
 from d4s.models import LatentDynamicReconstructionModel, ModelConfig, TextEncoder, VideoDiT
 from d4s.pipeline import Diff4SplatPipeline
@@ -53,20 +53,18 @@ def random_pipeline(config_path: Path, device: torch.device, text_null: bool) ->
 
 
 def scene_rows(
-    pipeline, label: str, frames: int, size: int, repeats: int, extra: list[str], work: Path
+    pipeline, label: str, frames: int, size: int, repeats: int, options: dict, work: Path
 ) -> tuple[dict, Path]:
-    """Median seconds per stage of ``generate_one`` over ``repeats`` scenes (after a warm-up) written under
-    ``work``; returns the row and the last scene's folder."""
+    """Median seconds per stage of ``generate_scene`` over ``repeats`` scenes (after a warm-up) written under
+    ``work``, with :class:`~d4s.generation.GenerationSettings` ``options`` besides the frames and size; returns the
+    row and the last scene's folder."""
     work.mkdir(parents=True, exist_ok=True)
     photo = work / "photo.png"
     torch.manual_seed(0)
     Image.fromarray((torch.rand(size, size + size // 2, 3) * 255).byte().numpy()).save(photo)
-    argv = ["--ckpt", "unused", "--image", str(photo), "--out", str(work / "scene"), "--frames", str(frames)]
-    argv += ["--resolution", str(size), "--device", str(pipeline.device), *extra]
-    args = generate.build_parser().parse_args(argv)
-    args.trajectory_name, args.trajectory_file, args.camera_path = "spiral", None, None
-    job = generate.Job(photo, "", work / "scene")
-    runs = [generate.generate_one(pipeline, job, args) for _ in range(repeats + 1)][1:]
+    settings = GenerationSettings(frames=frames, size=(size, size), **options)
+    job = Job(photo, "", work / "scene")
+    runs = [generate_scene(pipeline, job, settings, {}) for _ in range(repeats + 1)][1:]
     row = {stage: statistics.median(run[stage] for run in runs) for stage in STAGES}
     row.update(
         model=label,
@@ -116,7 +114,7 @@ def measure(report: dict, save, repeats: int, quick: bool, work: Path) -> None:
     tiny = random_pipeline(REPO / "configs" / "tiny" / "model.yaml", cpu, text_null=False)
     sizes = [(9, 64)] if quick else [(9, 64), (49, 64)]
     for frames, size in sizes:
-        row, scene_dir = scene_rows(tiny, "tiny", frames, size, repeats, ["--backend", "torch"], work / f"cpu{frames}")
+        row, scene_dir = scene_rows(tiny, "tiny", frames, size, repeats, {"backend": "torch"}, work / f"cpu{frames}")
         report["scenes"].append(row)
         save()
     report["viewer"].append({"model": "tiny", "device": "cpu", **viewer_row(scene_dir, cpu, repeats)})
@@ -124,7 +122,7 @@ def measure(report: dict, save, repeats: int, quick: bool, work: Path) -> None:
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         paper = random_pipeline(REPO / "configs" / "model" / "paper.yaml", gpu, text_null=True)
-        row, scene_dir = scene_rows(paper, "paper", 49, 512, max(1, repeats // 3), ["--no-ply"], work / "gpu")
+        row, scene_dir = scene_rows(paper, "paper", 49, 512, max(1, repeats // 3), {"ply": False}, work / "gpu")
         report["scenes"].append(row)
         save()
         report["viewer"].append({"model": "paper", "device": row["device"], **viewer_row(scene_dir, gpu, repeats)})

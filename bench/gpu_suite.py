@@ -9,7 +9,7 @@ Compute does not depend on weight values, so paper-scale models with random weig
 - ``parity``: our torch renderer against gsplat on random scenes (forward rgb, depth, alpha; gradients with
   respect to means, quats, scales, opacities and colours), judged elementwise as ``tests/render/test_gsplat_parity.py``
   judges them (``bench/render.gpu_parity``). CUDA only.
-- ``generation``: one scene as ``python -m d4s.generate`` makes it (``generate_one``: condition-image encoding,
+- ``generation``: one scene as ``python -m d4s.generate`` makes it (``generate_scene``: condition-image encoding,
   30 Euler steps with the cosine guidance schedule of Eq. 6, the LDRM with its deformation head, rendering and
   writing), seconds per stage, the DiT passes it made, and peak memory (``torch.cuda.max_memory_allocated``: tensors;
   the CUDA context and the allocator's cache come on top); paper scale is 49 frames at 512², ``--small`` 9 at 64².
@@ -20,7 +20,7 @@ Compute does not depend on weight values, so paper-scale models with random weig
   keeps what was measured.
 - ``flops``: one DiT forward at the scene's size counted by ``torch.utils.flop_counter`` on the meta device (no
   memory, no GPU needed), and the fraction of the GPU's dense bf16 peak the timed sampling steps imply.
-- ``goals``: 15 s per scene (every stage of ``generate_one``, rendering and writing the videos included), 16 GB
+- ``goals``: 15 s per scene (every stage of ``generate_scene``, rendering and writing the videos included), 16 GB
   (1e9 bytes) peak, 2 ms per rendered frame: each met, or its gap and the largest stage.
 """
 
@@ -88,14 +88,14 @@ def parity(device: torch.device) -> list[dict]:
 
 
 def generation(scale: Scale, device: torch.device, work: Path, repeats: int) -> tuple[dict, dict]:
-    """One scene's seconds per stage (``generate_one``), the DiT passes it made, and the viewer's latency on it."""
+    """One scene's seconds per stage (``generate_scene``), the DiT passes it made, and the viewer's latency on it."""
     pipeline = random_pipeline(scale.model, device, text_null=True)
     passes = []
     forward = pipeline.video_dit.forward
     # clips through the DiT per call: a guided step runs its two passes as one batch of 2 (VideoDiT.sample)
     pipeline.video_dit.forward = lambda *args, **kwargs: passes.append(len(args[0])) or forward(*args, **kwargs)
-    extra = ["--no-ply"] + (["--backend", "torch"] if device.type == "cpu" else [])
-    row, scene_dir = scene_rows(pipeline, scale.model.stem, scale.frames, scale.size, repeats, extra, work)
+    options = {"ply": False, **({"backend": "torch"} if device.type == "cpu" else {})}
+    row, scene_dir = scene_rows(pipeline, scale.model.stem, scale.frames, scale.size, repeats, options, work)
     row["dit_passes"] = sum(passes) // (repeats + 1)  # scene_rows makes a warm-up scene, then ``repeats``
     return row, viewer_row(scene_dir, device, repeats, scale.size)
 

@@ -27,32 +27,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
-from d4s.diffusion.sampler import GUIDANCE_SCHEDULES, Guidance
-from d4s.export import BULLET_TIME_DEGREES, focus_depth, follow_times, render_sequence, save_render
-from d4s.gaussians.io import save_ply_sequence, save_scene
-from d4s.generation import DTYPES, Job, SamplingConfig, collect_jobs, input_image
-from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resize_intrinsics
-from d4s.geometry.crop import crop_box
-from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
+from d4s.diffusion.sampler import GUIDANCE_SCHEDULES, Guidance, SamplingConfig
+from d4s.export import BULLET_TIME_DEGREES
+from d4s.generation import (
+    DEFAULT_SCENE_SCALE,
+    DONE_FILE,
+    DTYPES,
+    SETTINGS_FILE,
+    GenerationSettings,
+    Job,
+    collect_jobs,
+    generate_scene,
+)
+from d4s.geometry.cameras import DEFAULT_FOV_DEGREES
 from d4s.render import BACKENDS
-from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, parse_trajectory, run_cli
-from d4s.utils.fileio import atomic_output, write_json
+from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, run_cli
 from d4s.utils.image import load_photo
-from d4s.utils.timing import StageTimer, peak_memory
 
-DEFAULT_SCENE_SCALE = 2.0  # metres: a room-sized scene (the paper gives no trajectory scale)
-DONE_FILE = "timings.json"
-SETTINGS_FILE = "generation.json"
 #: the options that change what a scene folder holds: a complete folder made with others is generated again
 RESULT_SETTINGS = (
     "ckpt", "config", "trajectory", "frames", "resolution", "steps", "guidance", "guidance_schedule",
@@ -158,24 +154,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--device cuda: no CUDA device is visible here; use --device cpu")
 
 
-def input_intrinsics(args: argparse.Namespace, source: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Intrinsics ``[3, 3]`` of the model frame ``size`` cut from a photo of ``source (H, W)`` pixels (module
-    docstring: which source they come from). A camera file's pixel intrinsics belong to its own frame size, which
-    is fitted to the model frame the way the photo is (cover, then centre-crop), so no axis is stretched."""
-    box = crop_box(source, size)
-    camera_file: CameraPath | None = args.camera_path
-    if args.intrinsics is not None:
-        fx, fy, cx, cy = args.intrinsics
-        return box.intrinsics(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
-    if args.fov is None and camera_file is not None and camera_file.K is not None:
-        K = camera_file.K[0].float()
-        if camera_file.image_size in (None, (1, 1)):  # normalised (RealEstate10K) or unsized: the photo's own
-            return box.intrinsics(resize_intrinsics(K, camera_file.image_size or source, source))
-        return crop_box(camera_file.image_size, size).intrinsics(K)
-    fov = DEFAULT_FOV_DEGREES if args.fov is None else args.fov
-    return box.intrinsics(intrinsics_from_fov(source[1], source[0], fov))
-
-
 def result_settings(args: argparse.Namespace, job: Job) -> dict:
     """What decides a scene folder's content (``RESULT_SETTINGS``, the image and the prompt), as JSON values."""
     settings = {key: getattr(args, key) for key in RESULT_SETTINGS}
@@ -194,101 +172,35 @@ def completed(job: Job, args: argparse.Namespace) -> bool:
     return stored == result_settings(args, job)
 
 
-def clear_outputs(out: Path, keep_ply: bool) -> None:
-    """Mark ``out`` incomplete and remove outputs an earlier run wrote that this one may not replace."""
-    (out / DONE_FILE).unlink(missing_ok=True)
-    for stale in out.glob("novel_*"):
-        if stale.is_file():
-            stale.unlink()
-    if not keep_ply and (out / "ply").is_dir():
-        shutil.rmtree(out / "ply")
-
-
-def second_trajectory(args: argparse.Namespace) -> str:
-    if args.novel_trajectory is not None:
-        return args.novel_trajectory
-    return "forward" if args.trajectory_name == "spiral" else "spiral"
-
-
-def generate_one(pipeline, job: Job, args: argparse.Namespace, photo: np.ndarray | None = None) -> dict:
-    """Generate and write one scene (module docstring) with a :class:`~d4s.pipeline.Diff4SplatPipeline`; returns
-    its timings. ``photo``: the job's image already decoded (else it is read here). The scene itself is on disk before
-    any rendering starts."""
-    from d4s.pipeline import thin_field
-
-    size = parse_size(args.resolution)
-    photo = load_photo(job.image) if photo is None else photo
-    image, K = input_image(photo, size), input_intrinsics(args, photo.shape[:2], size)
-    scale = args.scene_scale or (1.0 if args.trajectory_file is not None else DEFAULT_SCENE_SCALE)
-    c2w = make_trajectory(args.trajectory_name, args.frames, scale, path=args.trajectory_file)
+def settings_from(args: argparse.Namespace) -> GenerationSettings:
+    """The typed settings the parsed options describe."""
     sampling = SamplingConfig(args.steps, args.guidance, args.guidance_schedule, args.guidance_skip_below, args.seed)
-    pipeline.check_inputs(image, c2w, K)
-    start = time.perf_counter()
-    if pipeline.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(pipeline.device)
-    bars: list[tqdm] = []  # opened at the first step: a prompt that fails to encode leaves no empty bar behind
-
-    def progress(step: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, desc="denoising", unit="step", leave=False))
-        bars[0].update(1)
-
-    try:
-        result = pipeline.generate(image, c2w, K, job.prompt, sampling, progress)
-    finally:
-        for bar in bars:
-            bar.close()
-    scene = thin_field(result.field, result.grid, args.gaussian_stride, args.min_opacity)
-    timer, frames = StageTimer(pipeline.device), args.frames
-    with timer("writing"):
-        job.out.mkdir(parents=True, exist_ok=True)
-        clear_outputs(job.out, keep_ply=not args.no_ply)
-        cpu_scene = scene.to("cpu")
-        save_scene(cpu_scene, job.out / "scene.npz", compress=args.compress)
-        with atomic_output(job.out / "input.png") as tmp:
-            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
-        if not args.no_ply:
-            save_ply_sequence(cpu_scene, job.out / "ply")
-    with timer("rendering"):
-        main = render_sequence(scene, c2w, K, follow_times(frames, frames), size, args.backend, desc="rendering")
-    with timer("writing"):
-        save_render(main, job.out, fps=args.fps)
-    focus = focus_depth(scene.at(0))  # the input view's depth: the scale of the novel trajectories
-    bullet = frames // 2 if args.bullet_time is None else args.bullet_time
-    novel_name = second_trajectory(args)
-    novel_views = {
-        "bullet_time": (make_trajectory("orbit", frames, focus, orbit_degrees=args.orbit_degrees), [bullet] * frames),
-        novel_name: (make_trajectory(novel_name, frames, focus), follow_times(frames, frames)),
-    }
-    for name, (novel_c2w, times) in novel_views.items():
-        with timer("rendering"):
-            render = render_sequence(scene, novel_c2w, K, times, size, args.backend, desc=name)
-        with timer("writing"):
-            names = (f"novel_{name}.mp4", f"novel_{name}_depth.mp4", None, f"novel_{name}_cameras.json")
-            save_render(render, job.out, *names, fps=args.fps)
-    details = {"focus_depth": focus, "bullet_time": bullet, "novel_trajectory": novel_name}
-    write_json(job.out / SETTINGS_FILE, {"settings": result_settings(args, job), **details})
-    timings = {
-        **result.timings,
-        **timer.seconds,
-        "total": time.perf_counter() - start,
-        "gaussians": scene.num_gaussians,
-        "device": str(pipeline.device),
-        "dtype": str(pipeline.dtype).removeprefix("torch."),
-        **peak_memory(pipeline.device),
-    }
-    write_json(job.out / DONE_FILE, timings)
-    return timings
+    return GenerationSettings(
+        trajectory=args.trajectory,
+        frames=args.frames,
+        size=parse_size(args.resolution),
+        sampling=sampling,
+        scene_scale=args.scene_scale,
+        fov=args.fov,
+        intrinsics=None if args.intrinsics is None else tuple(args.intrinsics),
+        bullet_time=args.bullet_time,
+        orbit_degrees=args.orbit_degrees,
+        novel_trajectory=args.novel_trajectory,
+        fps=args.fps,
+        backend=args.backend,
+        ply=not args.no_ply,
+        gaussian_stride=args.gaussian_stride,
+        min_opacity=args.min_opacity,
+        compress=args.compress,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    args.trajectory_name, args.trajectory_file = parse_trajectory(args.trajectory)
-    parse_size(args.resolution)
-    # a malformed camera file fails now, not after the model has loaded
-    args.camera_path = load_camera_path(args.trajectory_file) if args.trajectory_file is not None else None
+    settings = settings_from(args)  # a bad size or trajectory name fails now, not after the model has loaded
+    settings.camera_file()  # and so does a malformed camera file
     jobs = collect_jobs(args.image, args.prompt, args.out)
     batch = len(jobs) > 1 or args.image.is_dir() or args.image.suffix.lower() == ".txt"
     todo = [job for job in jobs if args.overwrite or not completed(job, args)]
@@ -307,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if batch:
             print(f"[{index}/{len(todo)}] {job.image}")
         try:
-            timings = generate_one(pipeline, job, args, photo)
+            timings = generate_scene(pipeline, job, settings, result_settings(args, job), photo)
         except ERRORS as error:
             if not batch:
                 raise

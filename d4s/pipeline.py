@@ -28,9 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from d4s.diffusion.flow_matching import FlowMatching
-from d4s.diffusion.sampler import Guidance
+from d4s.diffusion.sampler import Guidance, SamplingConfig
 from d4s.gaussians.field import DeformableGaussianField
-from d4s.generation import SamplingConfig
 from d4s.geometry.cameras import check_c2w, check_intrinsics
 from d4s.geometry.plucker import plucker_embedding
 from d4s.models.config import ModelConfig

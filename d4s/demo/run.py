@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +153,19 @@ def held_out_scenes(plan: DemoPlan):
 
 
 def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, ply: bool = True) -> dict[str, Any]:
-    """``python -m d4s.generate`` from each held-out first frame (with its caption) along its real cameras (the clip's
-    ``cameras.json``), plus a novel spiral and a bullet-time orbit: videos, depth and, with ``ply``, ``.ply`` per
-    time."""
-    from d4s import generate as generate_cli
+    """What ``python -m d4s.generate`` makes (:func:`d4s.generation.generate_scene`) from each held-out first frame
+    (with its caption) along its real cameras (the clip's ``cameras.json``), plus a novel spiral and a bullet-time
+    orbit: videos, depth and, with ``ply``, ``.ply`` per time; the sampling of ``make eval``'s tiny config."""
+    from d4s.diffusion.sampler import SamplingConfig
+    from d4s.generation import DTYPES, GenerationSettings, Job, generate_scene
     from d4s.geometry.trajectories import save_camera_path
+    from d4s.pipeline import Diff4SplatPipeline
 
     config = eval_config(plan, checkpoint, TRAINED).generation
+    sampling = SamplingConfig(
+        config.steps, config.guidance, config.guidance_schedule, config.guidance_skip_below, plan.seed
+    )
+    pipeline = Diff4SplatPipeline.from_checkpoint(checkpoint, device="cpu", dtype=DTYPES[config.dtype])
     for scene in scenes:
         inputs = folder / "inputs" / scene.name
         image = inputs / "first_frame.png"
@@ -168,19 +175,17 @@ def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, ply: bool =
         cameras = save_camera_path(
             inputs / "real_cameras.json", scene.c2w, scene.K_video, tuple(scene.image.shape[-2:])
         )
-        argv = [
-            "--ckpt", str(checkpoint), "--image", str(image), "--trajectory", str(cameras),
-            "--out", str(folder / scene.name), "--frames", str(config.frames),
-            "--resolution", f"{config.height}x{config.width}", "--steps", str(config.steps),
-            "--guidance", str(config.guidance), "--seed", str(plan.seed), "--backend", config.backend,
-            "--device", "cpu", "--dtype", config.dtype, "--novel-trajectory", NOVEL_TRAJECTORY,
-            "--prompt", scene.caption,
-        ]  # fmt: skip
-        if not ply:
-            argv.append("--no-ply")
-        code = generate_cli.main(argv)
-        if code != 0:
-            raise DemoError(f"python -m d4s.generate failed for {scene.name} (exit status {code})")
+        settings = GenerationSettings(
+            trajectory=str(cameras),
+            frames=config.frames,
+            size=(config.height, config.width),
+            sampling=sampling,
+            novel_trajectory=NOVEL_TRAJECTORY,
+            backend=config.backend,
+            ply=ply,
+        )
+        record = {"ckpt": str(checkpoint), "image": str(image), "prompt": scene.caption, **asdict(settings)}
+        generate_scene(pipeline, Job(image, scene.caption, folder / scene.name), settings, record)
     return {"scenes": [scene.name for scene in scenes]}
 
 

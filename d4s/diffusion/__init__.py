@@ -3,6 +3,6 @@ reading of a pretrained v-prediction DDPM as a flow velocity field."""
 
 from d4s.diffusion.ddpm import DDPMSchedule
 from d4s.diffusion.flow_matching import FlowMatching, shift_times
-from d4s.diffusion.sampler import Guidance, euler_sample, time_grid
+from d4s.diffusion.sampler import Guidance, SamplingConfig, euler_sample, time_grid
 
-__all__ = ["DDPMSchedule", "FlowMatching", "Guidance", "euler_sample", "shift_times", "time_grid"]
+__all__ = ["DDPMSchedule", "FlowMatching", "Guidance", "SamplingConfig", "euler_sample", "shift_times", "time_grid"]

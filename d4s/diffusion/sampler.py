@@ -70,6 +70,35 @@ class Guidance:
         return excess > 0 and excess >= self.skip_below
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the video latents are sampled (App. C.1): ``steps`` Euler steps (30 in the paper), classifier-free
+    guidance of maximum scale ``guidance`` (Eq. 6's ``gamma_max`` = 7.5; 0: none) on ``guidance_schedule``
+    (``cosine``: Eq. 6; ``constant``), whose unconditional pass is skipped where ``gamma - 1`` is below
+    ``guidance_skip_below`` (:class:`Guidance`), and the noise ``seed``."""
+
+    steps: int = 30
+    guidance: float = 7.5
+    guidance_schedule: str = "cosine"
+    guidance_skip_below: float = Guidance.skip_below
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps: expected >= 1, got {self.steps}")
+        for name in ("guidance", "guidance_skip_below"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance_schedule: expected one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}")
+
+    def guidance_rule(self) -> Guidance | None:
+        """The :class:`Guidance` these settings describe, ``None`` without guidance."""
+        if self.guidance == 0:
+            return None
+        return Guidance(self.guidance, self.guidance_schedule, skip_below=self.guidance_skip_below)
+
+
 def time_grid(num_steps: int, shift: float = 1.0, device=None) -> Tensor:
     """``num_steps + 1`` times from 1 (noise) down to 0 (data), uniform in the unshifted time, then shifted."""
     if num_steps < 1:

@@ -615,7 +615,7 @@ def motion_metrics(field, grid: tuple[int, int, int], scene: Scene, min_displace
 def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, settings: dict, lpips=None) -> dict:
     """Generate, render and score one sample; writes its folder (module docstring) and returns its ``metrics.json``."""
     from d4s.export import follow_times, render_sequence
-    from d4s.generation import SamplingConfig
+    from d4s.diffusion.sampler import SamplingConfig
     from d4s.geometry.trajectories import save_camera_path
     from d4s.utils.video import write_video
 
