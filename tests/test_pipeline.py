@@ -9,10 +9,9 @@ import pytest
 import torch
 import yaml
 
-from d4s.diffusion.sampler import Guidance
+from d4s.diffusion.sampler import Guidance, SamplingConfig
 from d4s.gaussians.field import DeformableGaussianField
 from d4s.gaussians.procedural import random_field
-from d4s.generation import SamplingConfig
 from d4s.geometry.cameras import intrinsics_from_fov
 from d4s.geometry.plucker import plucker_embedding
 from d4s.geometry.trajectories import make_trajectory
