@@ -20,8 +20,9 @@ import torch
 from common import write_rows
 
 from d4s.diffusion import Guidance
+from d4s.eval.config import load_config
 from d4s.eval.metrics import latent_psnr, still_latent_psnr
-from d4s.eval.protocol import load_config, load_scenes
+from d4s.eval.scenes import load_scenes
 from d4s.geometry.plucker import plucker_embedding
 from d4s.pipeline import Diff4SplatPipeline
 

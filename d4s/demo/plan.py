@@ -153,7 +153,7 @@ def eval_config(plan: DemoPlan, checkpoint: Path, name: str):
     """``configs/tiny/eval.yaml`` on the demo's data for one checkpoint, into ``<out>/eval/<name>``, without the
     paper's five trajectories: at 64 px the pose estimator registers almost no frame of them (none in any full demo
     run: RPE undefined), so their 25 generations per model gave no number and took about half of each evaluation."""
-    from d4s.eval.protocol import load_config
+    from d4s.eval.config import load_config
 
     overrides = {
         "ckpt": str(checkpoint),

@@ -146,7 +146,7 @@ def save_untrained(plan: DemoPlan, path: Path) -> dict[str, Any]:
 
 def held_out_scenes(plan: DemoPlan):
     """The held-out clips (the ``test`` split) at the evaluation's size, with depth and tracks."""
-    from d4s.eval.protocol import load_scenes
+    from d4s.eval.scenes import load_scenes
 
     config = eval_config(plan, plan.last_checkpoint(3), TRAINED)
     return load_scenes(config.scenes, config.generation, config.metrics.motion_tracks)

@@ -68,7 +68,9 @@ def reference_metrics(plan: DemoPlan, scenes) -> tuple[dict[str, float], dict[st
     """Two references, averaged over the held-out clips with depth: the ground truth (module docstring) and the
     input image held still (frame 0 shown at every time: what ignoring the camera and the motion scores)."""
     from d4s.eval import metrics as m
-    from d4s.eval.protocol import SCENE, Sample, weight_free_metrics
+    from d4s.eval.config import SCENE
+    from d4s.eval.samples import Sample
+    from d4s.eval.scoring import weight_free_metrics
     from d4s.export import follow_times, render_sequence
     from d4s.gaussians.field import DeformableGaussianField
     from d4s.gaussians.procedural import rgbd_field
@@ -151,7 +153,7 @@ def contact_sheet(plan: DemoPlan, scenes, path: Path, min_displacement: float = 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from d4s.eval.protocol import LATENTS
+    from d4s.eval.config import LATENTS
     from d4s.utils.video import colorize_depth
 
     chosen = sorted(scenes, key=lambda s: not _moves(s, min_displacement))[: plan.contact_sheet_scenes]
@@ -382,7 +384,7 @@ def write_summary(plan: DemoPlan, phases: dict[str, dict[str, Any]], scenes) -> 
     """Write the four summary files (module docstring) and print where everything is; returns ``SUMMARY.md``."""
     import platform
 
-    from d4s.eval.protocol import LATENTS
+    from d4s.eval.config import LATENTS
 
     reports = {
         name: json.loads((plan.out / "eval" / name / "report.json").read_text()) for name in (UNTRAINED, TRAINED)

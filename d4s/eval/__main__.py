@@ -17,7 +17,7 @@ from pathlib import Path
 
 from d4s.eval.offline import go_offline
 
-go_offline()  # before any heavy import below or in d4s.eval.protocol
+go_offline()  # before any heavy import below or in the d4s.eval modules
 
 from d4s.utils.cli import doc_parser, run_cli
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenes is not None and args.scenes < 1:
         parser.error(f"--scenes must be >= 1, got {args.scenes}")
 
-    from d4s.eval.protocol import load_config
+    from d4s.eval.config import load_config
     from d4s.eval.run import run_protocol
 
     overrides = {"ckpt": args.ckpt, "out": args.out, "scenes.max_scenes": args.scenes, "device": args.device}

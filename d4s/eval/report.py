@@ -18,16 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from d4s.eval.protocol import (
-    LATENTS,
-    ORBIT,
-    PAPER_TRAJECTORIES,
-    RANDOM_CONSISTENCY,
-    SCENE,
-    EvalConfig,
-    Sample,
-    Scene,
-)
+from d4s.eval.config import LATENTS, ORBIT, PAPER_TRAJECTORIES, RANDOM_CONSISTENCY, SCENE, EvalConfig
+from d4s.eval.samples import Sample
+from d4s.eval.scenes import Scene
 from d4s.utils.fileio import atomic_output, write_json
 
 #: Diff4Splat's own numbers: Table 1 (FVD .. QA-Quality), Table 2 (matches, consistency), Table 3 (RPE; the paper
@@ -209,7 +202,7 @@ def _table(title: str, metrics: tuple[str, ...], rows: list[tuple[str, dict]], s
 
 def latent_frames(section: dict[str, Any]) -> list[tuple[int, Any, Any]]:
     """``(k, generated, still)`` per latent frame of the generator metrics in ``section`` (``latent_psnr_<k>``,
-    ``still_latent_psnr_<k>``: :func:`d4s.eval.protocol.generator_metrics`; a report's statistics or plain means),
+    ``still_latent_psnr_<k>``: :func:`d4s.eval.scoring.generator_metrics`; a report's statistics or plain means),
     in frame order; ``still`` is ``None`` for frame 0."""
     frames = sorted(int(key.rsplit("_", 1)[1]) for key in section if key.startswith("latent_psnr_"))
     return [(k, section.get(f"latent_psnr_{k}"), section.get(f"still_latent_psnr_{k}")) for k in frames]

@@ -1,4 +1,4 @@
-"""The evaluation run: the protocol of :mod:`d4s.eval.protocol` over a scene list with one checkpoint, each sample
+"""The evaluation run: the protocol (:mod:`d4s.eval`) over a scene list with one checkpoint, each sample
 generated once (or reused from the run folder), then the report of :mod:`d4s.eval.report` (``make eval``,
 ``python -m d4s.eval``)."""
 
@@ -10,21 +10,52 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from d4s.eval.config import LATENTS, REAL_CAMERA_SAMPLES, SCENE, EvalConfig, MetricConfig
 from d4s.eval.offline import go_offline
-from d4s.eval.protocol import (
-    REAL_CAMERA_SAMPLES,
-    EvalConfig,
-    MetricConfig,
-    Sample,
-    completed,
-    feature_metrics,
-    generate_sample,
-    load_scenes,
-    plan_samples,
-    sample_cameras,
-    sample_settings,
-)
 from d4s.eval.report import build_report, write_report
+from d4s.eval.samples import Sample, completed, plan_samples, sample_cameras, sample_settings
+from d4s.eval.scenes import Scene, load_scenes
+from d4s.eval.scoring import feature_metrics, generator_metrics, motion_metrics, weight_free_metrics
+from d4s.utils.fileio import write_json
+
+
+def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, settings: dict, lpips=None) -> dict:
+    """Generate, render and score one sample; writes its folder (module docstring) and returns its ``metrics.json``."""
+    from d4s.diffusion.sampler import SamplingConfig
+    from d4s.export import follow_times, render_sequence
+    from d4s.geometry.trajectories import save_camera_path
+    from d4s.utils.video import write_video
+
+    g = config.generation
+    c2w, K, _ = sample_cameras(sample, scene, config)
+    sampling = SamplingConfig(g.steps, g.guidance, g.guidance_schedule, g.guidance_skip_below, sample.seed)
+    if sample.trajectory == LATENTS:
+        result = pipeline.reconstruct(scene.video.float() / 255.0, c2w, K, sample.seed)
+    else:
+        result = pipeline.generate(scene.image, c2w, K, scene.caption, sampling)
+    T, size = c2w.shape[0], (g.height, g.width)
+    render = render_sequence(result.field, c2w, K, follow_times(T, T), size, g.backend)
+    values, curves, failures = weight_free_metrics(sample, scene, render.rgb, render.depth, c2w, K, config, lpips)
+    if sample.trajectory in REAL_CAMERA_SAMPLES:
+        values.update(motion_metrics(result.field, result.grid, scene, config.metrics.motion_min_displacement))
+    if sample.trajectory == SCENE:
+        values.update(generator_metrics(pipeline, result.latents, scene, sample.seed))
+    folder = sample.folder(Path(config.out))
+    (folder / "metrics.json").unlink(missing_ok=True)  # unfinished until rewritten below
+    (folder / "features.json").unlink(missing_ok=True)
+    (folder / "i3d.npy").unlink(missing_ok=True)
+    write_video(folder / "rgb.mp4", render.rgb, crf=g.video_crf)
+    save_camera_path(folder / "cameras.json", c2w, K, size, render.times)
+    document = {
+        "settings": settings,
+        "caption": scene.caption,
+        "metrics": values,
+        "curves": curves,
+        "failures": failures,
+        "timings": result.timings,
+    }
+    write_json(folder / "metrics.json", document)
+    return document
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,18 +13,10 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from d4s.eval.protocol import (
-    FEATURE_METRICS,
-    PAPER_TRAJECTORIES,
-    Sample,
-    completed,
-    load_config,
-    load_scenes,
-    plan_samples,
-    sample_seed,
-    sample_settings,
-)
+from d4s.eval.config import FEATURE_METRICS, PAPER_TRAJECTORIES, load_config
 from d4s.eval.run import run_protocol
+from d4s.eval.samples import Sample, completed, plan_samples, sample_seed, sample_settings
+from d4s.eval.scenes import load_scenes
 from d4s.pipeline import Diff4SplatPipeline
 from tests.data.conftest import toy4d_shards  # noqa: F401  (session fixture: small annotated shards)
 from tests.helpers import save_tiny_checkpoint
@@ -269,7 +261,8 @@ def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config
 def test_rpe_of_a_render_follows_its_cameras(tiny_config):
     """A textured room rendered along `forward`: measured against its own cameras the RPE is small, against another
     trajectory it is not (the wiring from render to pose estimate to RPE)."""
-    from d4s.eval.protocol import Scene, weight_free_metrics
+    from d4s.eval.scenes import Scene
+    from d4s.eval.scoring import weight_free_metrics
     from d4s.geometry import intrinsics_from_fov, make_trajectory
     from d4s.render import render
     from tests.helpers import textured_room_field
@@ -309,7 +302,7 @@ def test_no_socket_is_opened_while_networks_load_from_local_folders(tiny_config,
 def _moving_tracks_scene(T: int = 3, size: int = 8, stride: int = 2):
     """A static camera and one track per Gaussian cell, at the cell's corner pixel, sliding along its own viewing ray
     (so it stays on that pixel) by ``0.1 * k(col) * t`` ray lengths, ``k(col) = (-1)^col (col + 1)``."""
-    from d4s.eval.protocol import Scene
+    from d4s.eval.scenes import Scene
     from d4s.geometry.cameras import intrinsics_from_fov
 
     h = w = size // stride
@@ -335,7 +328,7 @@ def _moving_tracks_scene(T: int = 3, size: int = 8, stride: int = 2):
 
 
 def test_motion_metrics_follow_each_tracks_own_gaussian():
-    from d4s.eval.protocol import motion_metrics
+    from d4s.eval.scoring import motion_metrics
     from d4s.gaussians.field import DeformableGaussianField
     from d4s.gaussians.procedural import random_field
 
