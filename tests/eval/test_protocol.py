@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import socket
 from pathlib import Path
 
@@ -71,6 +72,13 @@ def run_offline(config) -> tuple[dict, list]:
     return report, attempts
 
 
+def own_copy(config, folder: Path):
+    """``config`` writing to a copy of the shared run's folder: a test that adds metrics leaves the shared run as it
+    was, whatever order the tests run in."""
+    shutil.copytree(config.out, folder)
+    return dataclasses.replace(config, out=str(folder))
+
+
 def test_report_files_and_finite_weight_free_metrics(tiny_config, tiny_run):
     report, _ = tiny_run
     out = Path(tiny_config.out)
@@ -130,14 +138,14 @@ def test_no_socket_is_opened(tiny_run):
     assert attempts == []
 
 
-def test_rerun_resumes_without_generating(tiny_config, tiny_run, monkeypatch):
+def test_rerun_resumes_without_generating(tiny_config, tiny_run, monkeypatch, tmp_path):
     first, _ = tiny_run
 
     def no_model(*args, **kwargs):
         raise AssertionError("a finished run loaded the model again")
 
     monkeypatch.setattr("d4s.pipeline.Diff4SplatPipeline.from_checkpoint", no_model)
-    again = run_protocol(tiny_config)
+    again = run_protocol(own_copy(tiny_config, tmp_path / "run"))
     assert again["run"]["generated"] == 0 and again["run"]["reused"] == first["run"]["samples"]
     assert again["overall"] == first["overall"] and again["reconstruction"] == first["reconstruction"]
 
@@ -194,13 +202,12 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert code == 2 and "missing.yaml" in err
 
 
-def test_random_init_consistency_only_on_request_and_marked(tiny_config, tiny_run, monkeypatch):
-    """Runs last: it adds a metric to the shared run folder (computed from the cached videos, no generation)."""
+def test_random_init_consistency_only_on_request_and_marked(tiny_config, tiny_run, monkeypatch, tmp_path):
+    """A metric added to a finished run is computed from the cached videos, no generation."""
     assert "random_init_consistency" not in tiny_run[0]["overall"]
     monkeypatch.setattr("d4s.pipeline.Diff4SplatPipeline.from_checkpoint", None)
-    config = dataclasses.replace(
-        tiny_config, weights=dataclasses.replace(tiny_config.weights, random_init_consistency=True)
-    )
+    config = own_copy(tiny_config, tmp_path / "run")
+    config = dataclasses.replace(config, weights=dataclasses.replace(config.weights, random_init_consistency=True))
     report = run_protocol(config)
     value = report["overall"]["random_init_consistency"]
     assert math.isfinite(value["mean"]) and value["n"] == 10
@@ -226,7 +233,7 @@ class _StandInI3D:
 
 
 def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config, tiny_run, monkeypatch, tmp_path):
-    """Runs after the resume test: configured extractors (stand-ins here) give values, the others stay skipped."""
+    """Configured extractors (stand-ins here) give values, the others stay skipped; a copy of the run is scored."""
     from d4s.eval.extractors.errors import MissingWeights
 
     def load_extractor(name, paths, device):
@@ -239,6 +246,7 @@ def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config
     monkeypatch.setattr("d4s.pipeline.Diff4SplatPipeline.from_checkpoint", None)
     i3d_file = tmp_path / "i3d_torchscript.pt"  # the feature caches record the weights file they came from
     i3d_file.write_bytes(b"stand-in")
+    tiny_config = own_copy(tiny_config, tmp_path / "run")
     weights = dataclasses.replace(tiny_config.weights, clip_b32="stand-in", i3d=str(i3d_file))
     report = run_protocol(dataclasses.replace(tiny_config, weights=weights))
     for metric in ("clip_score", "background_consistency"):
