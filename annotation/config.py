@@ -1,6 +1,5 @@
-"""Annotation settings: one YAML file per dataset in ``configs/annotate/``, read into checked dataclasses.
-
-Unknown keys and wrong types are errors that name the key, so a typo never silently falls back to a default.
+"""Annotation settings: one YAML file per dataset in ``configs/annotate/``, read into checked dataclasses by the
+shared loader (:mod:`d4s.utils.config`): unknown keys and wrong types are errors that name the key.
 """
 
 from __future__ import annotations
@@ -8,15 +7,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from annotation.quality import QualityThresholds
+from d4s.utils.config import apply_overrides, from_dict, read_yaml_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs" / "annotate"
@@ -111,44 +107,6 @@ class AnnotateConfig:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
-    if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping, got {value!r}")
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool) and not (
-        isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
-    ):
-        raise TypeError(f"{where}: expected {annotation.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, values: Any, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
-    if not isinstance(values, dict):
-        raise TypeError(f"{where}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
-    return cls(**{key: _convert(value, hints[key], f"{where}.{key}") for key, value in values.items()})
-
-
 def load_config(
     dataset: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> AnnotateConfig:
@@ -156,16 +114,8 @@ def load_config(
     path = Path(path) if path is not None else CONFIG_DIR / f"{dataset}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no annotation config; write one like those in {CONFIG_DIR}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = read_yaml_mapping(path)
     values.setdefault("dataset", dataset)
     if values["dataset"] != dataset:
         raise ValueError(f"{path}: is for dataset {values['dataset']!r}, not {dataset!r}")
-    for key, value in (overrides or {}).items():
-        *sections, name = key.split(".")
-        target = values
-        for section in sections:
-            target = target.setdefault(section, {})
-            if not isinstance(target, dict):
-                raise TypeError(f"--set {key}: {section!r} is not a section")
-        target[name] = value
-    return from_dict(AnnotateConfig, values, str(path))
+    return from_dict(AnnotateConfig, apply_overrides(values, overrides), str(path))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from d4s.utils.config import apply_overrides, from_dict, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -166,39 +165,8 @@ class EvalConfig:
             raise ValueError(f"scenes.max_scenes: must be >= 1, got {self.scenes.max_scenes}")
 
 
-def _build(cls, values: Any, where: str):
-    """A config dataclass from a YAML mapping; unknown keys are a ``ValueError`` naming them."""
-    if values is None:
-        return cls()
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")  # noqa: TRY004 (a config error)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(values.keys() - known.keys())
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {', '.join(known)}")
-    nested = {"scenes": SceneConfig, "generation": GenerationConfig, "metrics": MetricConfig, "weights": WeightsConfig}
-    kwargs = {
-        key: _build(nested[key], value, f"{where}.{key}") if cls is EvalConfig and key in nested else value
-        for key, value in values.items()
-    }
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> EvalConfig:
     """The :class:`EvalConfig` of a YAML file (``None``: the defaults), with dotted ``overrides`` applied
     (``{"ckpt": ..., "scenes.max_scenes": 2}``). Raises ``FileNotFoundError`` / ``ValueError`` naming the problem."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"evaluation config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-    for dotted, value in (overrides or {}).items():
-        *parents, key = dotted.split(".")
-        node = values
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[key] = value
-    return _build(EvalConfig, values, str(path or "config"))
+    values = read_yaml_mapping(path) if path is not None else {}
+    return from_dict(EvalConfig, apply_overrides(values, overrides), str(path or "config"))

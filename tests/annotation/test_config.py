@@ -19,7 +19,7 @@ def test_shipped_configs_load(dataset):
 def test_typos_and_wrong_types_are_named():
     with pytest.raises(ValueError, match=r"unknown keys \['frames_per_clips'\]"):
         load_config("toy4d", overrides={"clips.frames_per_clips": 3})
-    with pytest.raises(TypeError, match=r"clips.stride: expected int, got .x."):
+    with pytest.raises(ValueError, match=r"clips.stride: expected int, got .x."):
         load_config("toy4d", overrides={"clips.stride": "x"})
     with pytest.raises(ValueError, match=r"alignment.robust: 'lsq' is not one of"):
         load_config("toy4d", overrides={"alignment.robust": "lsq"})
