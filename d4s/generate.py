@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     settings = settings_from(args)  # a bad size or trajectory name fails now, not after the model has loaded
-    settings.camera_file()  # and so does a malformed camera file
+    _ = settings.camera_file  # and so does a malformed camera file
     jobs = collect_jobs(args.image, args.prompt, args.out)
     batch = len(jobs) > 1 or args.image.is_dir() or args.image.suffix.lower() == ".txt"
     todo = [job for job in jobs if args.overwrite or not completed(job, args)]

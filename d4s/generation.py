@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,9 @@ class GenerationSettings:
     min_opacity: float = 0.0
     compress: bool = False
 
+    @cached_property
     def camera_file(self) -> CameraPath | None:
-        """The trajectory's camera file, read (``None`` for a named trajectory)."""
+        """The trajectory's camera file, read once (``None`` for a named trajectory)."""
         path = parse_trajectory(self.trajectory)[1]
         return None if path is None else load_camera_path(path)
 
@@ -135,7 +137,7 @@ class GenerationSettings:
         if self.intrinsics is not None:
             fx, fy, cx, cy = self.intrinsics
             return box.intrinsics(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
-        camera_file = self.camera_file() if self.fov is None else None
+        camera_file = self.camera_file if self.fov is None else None
         if camera_file is not None and camera_file.K is not None:
             K = camera_file.K[0].float()
             if camera_file.image_size in (None, (1, 1)):  # normalised (RealEstate10K) or unsized: the photo's own

@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 PAPER_TRAJECTORIES = ("spiral", "forward", "backward", "upward", "downward")
 ORBIT, SCENE, LATENTS = "orbit", "scene", "latents"
 REAL_CAMERA_SAMPLES = (SCENE, LATENTS)  # rendered along the clip's own cameras and compared with its video
-DEFAULT_SCENE_SCALE = 2.0  # metres, as d4s.generate
 SEED_MULTIPLIER = 1_000_003
 #: weight-needing metrics (report order) and the extractors (d4s.eval.extractors names) each needs
 FEATURE_METRICS: dict[str, tuple[str, ...]] = {

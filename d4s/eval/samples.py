@@ -14,7 +14,6 @@ from typing import Any
 from torch import Tensor
 
 from d4s.eval.config import (
-    DEFAULT_SCENE_SCALE,
     LATENTS,
     ORBIT,
     PAPER_TRAJECTORIES,
@@ -26,6 +25,7 @@ from d4s.eval.config import (
     EvalConfig,
 )
 from d4s.eval.scenes import Scene
+from d4s.generation import DEFAULT_SCENE_SCALE
 
 log = logging.getLogger(__name__)
 
