@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from d4s.diffusion.sampler import GUIDANCE_SCHEDULES, Guidance, SamplingConfig
+from d4s.diffusion.sampler import Guidance, GuidanceSchedule, SamplingConfig
 from d4s.export import BULLET_TIME_DEGREES
 from d4s.generation import (
     DEFAULT_SCENE_SCALE,
@@ -45,7 +45,8 @@ from d4s.generation import (
     generate_scene,
 )
 from d4s.geometry.cameras import DEFAULT_FOV_DEGREES
-from d4s.render import BACKENDS
+from d4s.render import Backend
+from d4s.utils.checks import choices
 from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, run_cli
 from d4s.utils.image import load_photo
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resolution", default="512", help="frame size: 512 or HEIGHTxWIDTH (paper: 512)")
     gen.add_argument("--steps", type=int, default=30, help="Euler denoising steps (paper: 30)")
     gen.add_argument("--guidance", type=float, default=7.5, help="maximum CFG scale gamma_max of Eq. 6 (0: no CFG)")
-    gen.add_argument("--guidance-schedule", default="cosine", choices=GUIDANCE_SCHEDULES, help="CFG schedule")
+    gen.add_argument("--guidance-schedule", default="cosine", choices=choices(GuidanceSchedule), help="CFG schedule")
     gen.add_argument(
         "--guidance-skip-below",
         type=float,
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="second novel path (default: spiral, or forward when generating along spiral)",
     )
     views.add_argument("--fps", type=float, default=12.0, help="video frame rate")
-    views.add_argument("--backend", default="auto", choices=BACKENDS, help="renderer (auto: gsplat on CUDA)")
+    views.add_argument("--backend", default="auto", choices=choices(Backend), help="renderer (auto: gsplat on CUDA)")
     views.add_argument("--no-ply", action="store_true", help="skip the per-time .ply files (large for big scenes)")
 
     memory = parser.add_argument_group("device and memory")

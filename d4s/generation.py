@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,11 +32,17 @@ from d4s.utils.fileio import atomic_output, write_json
 from d4s.utils.image import IMAGE_SUFFIXES, load_photo
 from d4s.utils.timing import StageTimer, peak_memory
 
-#: ``--dtype`` / ``generation.dtype`` names of the DiT precision (``auto``: bfloat16 on CUDA, float32 on the CPU)
 DEFAULT_SCENE_SCALE = 2.0  # metres: a room-sized scene (the paper gives no trajectory scale)
 DONE_FILE = "timings.json"  # written last: a folder without it is unfinished
 SETTINGS_FILE = "generation.json"
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``--dtype`` / ``generation.dtype``: the DiT precision by name (``auto``: bfloat16 on CUDA, float32 on the CPU)
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: dict[DTypeName, torch.dtype | None] = {
+    "auto": None,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from d4s.gaussians.io import load_scene
 from d4s.geometry.cameras import DEFAULT_FOV_DEGREES, intrinsics_from_fov, resize_intrinsics
 from d4s.geometry.crop import crop_box
 from d4s.geometry.trajectories import CameraPath, load_camera_path, make_trajectory
-from d4s.render import BACKENDS
+from d4s.render import Backend
+from d4s.utils.checks import choices
 from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, parse_trajectory, run_cli
 
 DEFAULT_SIZE = (512, 512)
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder (default: renders/<trajectory> beside the scene)")
     parser.add_argument("--fps", type=float, default=12.0, help="video frame rate")
     parser.add_argument("--background", type=float, nargs=3, metavar=("R", "G", "B"), help="colour in [0, 1]")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="renderer (auto: gsplat on CUDA)")
+    parser.add_argument("--backend", default="auto", choices=choices(Backend), help="renderer (auto: gsplat on CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return parser
 

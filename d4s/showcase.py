@@ -20,7 +20,8 @@ from d4s.gaussians.io import save_ply, save_scene
 from d4s.gaussians.procedural import showcase_scene
 from d4s.geometry.cameras import intrinsics_from_fov
 from d4s.geometry.trajectories import TRAJECTORY_NAMES, make_trajectory
-from d4s.render import BACKENDS, resolve_backend
+from d4s.render import Backend, resolve_backend
+from d4s.utils.checks import choices
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fov", type=float, default=60.0, help="horizontal field of view in degrees")
     parser.add_argument("--scene-scale", type=float, default=4.0, help="distance to the scene centre (metres)")
     parser.add_argument("--fps", type=float, default=12.0, help="video frame rate")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="renderer")
+    parser.add_argument("--backend", default="auto", choices=choices(Backend), help="renderer")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.size < 8:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -41,11 +41,13 @@ from d4s.geometry.quaternion import quat_to_rotmat, rotmat_to_quat
 from d4s.geometry.trajectories import CameraPath, load_camera_path
 from d4s.render import RenderOutput, render, resolve_backend
 from d4s.render.projection import quat_scale_to_covariance
+from d4s.utils.checks import check_choice, choices
 
 if TYPE_CHECKING:
     import viser
 
-MODES = ("auto", "render", "splats", "points")
+DrawMode = Literal["render", "splats", "points"]  # how the viewer draws the Gaussians
+RequestedMode = Literal["auto", "render", "splats", "points"]  # auto: chosen by choose_mode
 # Browser-side splatting sorts every Gaussian on the client and each time step pushes 32 bytes per Gaussian
 # (16 MB at this count); above it, auto mode shows points.
 DEFAULT_MAX_SPLATS = 500_000
@@ -62,10 +64,9 @@ READOUT_HINTS = {  # what the "Frame latency" readout measures, per mode
 }
 
 
-def choose_mode(requested: str, num_gaussians: int, max_splats: int, cuda: bool) -> tuple[str, str]:
-    """The concrete mode for ``requested`` (one of ``MODES``) and the reason for it, in words."""
-    if requested not in MODES:
-        raise ValueError(f"mode: unknown mode {requested!r}; choose one of {', '.join(MODES)}")
+def choose_mode(requested: RequestedMode, num_gaussians: int, max_splats: int, cuda: bool) -> tuple[DrawMode, str]:
+    """The concrete mode for ``requested`` and the reason for it, in words."""
+    check_choice(requested, "mode", RequestedMode)
     if requested != "auto":
         return requested, "requested with --mode"
     if cuda:
@@ -195,7 +196,7 @@ class SceneViewer:
         field: DeformableGaussianField,
         cameras: CameraPath | None = None,
         *,
-        mode: str = "splats",
+        mode: DrawMode = "splats",
         host: str = "127.0.0.1",
         port: int = 8080,
         device: torch.device | str | None = None,
@@ -203,8 +204,7 @@ class SceneViewer:
         fps: float = 10.0,
         title: str = "d4s scene",
     ) -> None:
-        if mode not in MODES[1:]:
-            raise ValueError(f"mode: expected one of {', '.join(MODES[1:])}, got {mode!r}")
+        check_choice(mode, "mode", DrawMode)
         if render_size < 1:
             raise ValueError(f"render_size: must be a positive number of pixels, got {render_size}")
         viser = _import_viser()
@@ -472,7 +472,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="camera path to draw as frusta, JSON or RealEstate10K .txt (default: cameras.json beside the scene)",
     )
-    parser.add_argument("--mode", default="auto", choices=MODES, help="how to draw the Gaussians (default auto)")
+    parser.add_argument(
+        "--mode", default="auto", choices=choices(RequestedMode), help="how to draw the Gaussians (default auto)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; a busy port takes the next)")
     parser.add_argument("--fps", type=float, default=10.0, help="initial playback rate (default 10)")

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from d4s.fit import main
+from d4s.fit import command, main
 from d4s.models.ldrm import parameter_count
 from d4s.stages import DynamicFinetune, HiResRefine, LPIPSConfig, StaticPretrain, VideoPretrain
+from d4s.utils.cli import run_cli
 from tests.data.conftest import toy4d_shards  # noqa: F401  (the session's shards)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,33 @@ def test_stage_configs_parse(config, capsys, monkeypatch):
         assert optimizer["lr"] == 1e-5 and optimizer["weight_decay"] == 1e-4  # Sec. 4.1
         assert printed["model"]["init_args"]["losses"]["lpips"] == 0.5
         assert printed["model"]["init_args"]["losses"]["motion"] == (2.0 if stage == 3 else None)  # lambda_m
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "--model.init_args.recipe.dit=fulll",
+            "model.recipe.dit: 'fulll' is not one of ['full', 'camera', 'lora', 'frozen']",
+        ),
+        (
+            "--model.init_args.recipe.motion_frames=some",
+            "model.recipe.motion_frames: 'some' is not one of ['targets', 'all']",
+        ),
+        ("--model.init_args.recipe.num_target_views=abc", "model.recipe.num_target_views: expected int, got 'abc'"),
+        ("--model.init_args.recipe.num_target_views=-3", "recipe.num_target_views: expected >= 1, got -3"),
+        ("--model.init_args.recipe.bogus=1", "model.recipe: unknown key 'bogus'"),
+        ("--data.batch_size=x", "data.batch_size: expected int, got 'x'"),
+        ("--trainer.max_stepz=3", "unrecognized arguments: --trainer.max_stepz=3 (python -m d4s.fit --help lists"),
+        ("--model.init_args.losses.motion=2", "losses.motion: StaticPretrain cannot use this term"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_field_and_exit_status_2(override, message, capsys, monkeypatch):
+    """Whether the parser (types, ``Literal`` choices, unknown keys) or the stage refuses it."""
+    monkeypatch.chdir(ROOT)
+    assert run_cli(command, ["--config", "configs/tiny/stage1.yaml", override]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1, stderr
 
 
 @pytest.mark.parametrize("stage", [1, 3])

@@ -570,9 +570,7 @@ def _check_motion(motion: str) -> str:
     return motion
 
 
-def _object_fits(
-    candidate: SceneObject, placed: list[SceneObject], camera_poses: np.ndarray, duration: float
-) -> bool:
+def _object_fits(candidate: SceneObject, placed: list[SceneObject], camera_poses: np.ndarray, duration: float) -> bool:
     """Whether ``candidate`` stays inside the room, apart from ``placed`` objects and clear of every camera
     position ``camera_poses [T, 4, 4]`` over its whole motion in ``[0, duration]`` seconds, and starts in the middle
     of the first view."""

@@ -37,7 +37,8 @@ from d4s.geometry.cameras import (
     relative_to_first,
 )
 from d4s.geometry.crop import crop_box
-from d4s.utils.video import VIDEO_BACKENDS, check_length, read_video
+from d4s.utils.checks import check_choice
+from d4s.utils.video import VideoBackend, check_length, read_video
 
 
 class ClipTooShort(ValueError):
@@ -63,7 +64,7 @@ class ClipConfig:
     width: int = 256
     num_tracks: int = 1024
     temporal_compression: int = 4
-    video_backend: str = "auto"
+    video_backend: VideoBackend = "auto"
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "frame_step", "height", "width", "temporal_compression"):
@@ -78,8 +79,7 @@ class ClipConfig:
             )
         if self.max_frame_step is not None and self.max_frame_step < self.frame_step:
             raise ValueError(f"clip.max_frame_step: must be >= frame_step {self.frame_step}, got {self.max_frame_step}")
-        if self.video_backend not in VIDEO_BACKENDS:
-            raise ValueError(f"clip.video_backend: expected one of {VIDEO_BACKENDS}, got {self.video_backend!r}")
+        check_choice(self.video_backend, "clip.video_backend", VideoBackend)
 
 
 @dataclass

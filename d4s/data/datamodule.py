@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 from d4s.data.batch import Batch, collate_clips
 from d4s.data.clips import ClipConfig
 from d4s.data.shards import ClipDataset
-from d4s.data.sources import MOTIONS, ShardSource, resolve_source
+from d4s.data.sources import Motion, ShardSource, resolve_source
+from d4s.utils.checks import check_choice
 
 SPLITS = ("train", "val", "test")
 
@@ -50,7 +51,7 @@ class SplitConfig:
     """
 
     sources: list[ShardSource] = field(default_factory=list)
-    motion: str = "any"
+    motion: Motion = "any"
     resample: bool = False
     samples_per_epoch: int | None = None
     shuffle: bool | None = None
@@ -58,8 +59,7 @@ class SplitConfig:
     shuffle_buffer: int = 32
 
     def __post_init__(self) -> None:
-        if self.motion not in MOTIONS:
-            raise ValueError(f"motion: expected one of {MOTIONS}, got {self.motion!r}")
+        check_choice(self.motion, "motion", Motion)
         if self.resample and not self.samples_per_epoch:
             raise ValueError("samples_per_epoch: resampled epochs need a length (clips per epoch, all ranks together)")
         if self.shuffle_buffer < 0:

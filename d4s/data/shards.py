@@ -39,7 +39,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from d4s.data.clips import ClipConfig, ClipSample, ClipTooShort, DecodedSample, blank_sample, decode_sample, sample_clip
 from d4s.data.schema import is_dynamic
-from d4s.data.sources import MOTIONS, ShardInfo, open_url
+from d4s.data.sources import Motion, ShardInfo, open_url
+from d4s.utils.checks import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class ClipDataset(IterableDataset):
         sources: Sequence[Sequence[ShardInfo]],
         weights: Sequence[float],
         clip: ClipConfig,
-        motion: str = "any",
+        motion: Motion = "any",
         resample: bool = False,
         samples_per_epoch: int | None = None,
         shuffle: bool = True,
@@ -218,8 +219,7 @@ class ClipDataset(IterableDataset):
         seed: int = 0,
         cache_mb: float = 0.0,
     ):
-        if motion not in MOTIONS:
-            raise ValueError(f"motion: expected one of {MOTIONS}, got {motion!r}")
+        check_choice(motion, "motion", Motion)
         if len(sources) != len(weights) or not sources:
             raise ValueError("sources and weights: one weight per source, at least one source")
         if resample and not samples_per_epoch:

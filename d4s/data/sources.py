@@ -13,7 +13,7 @@ import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -21,7 +21,7 @@ import fsspec
 from webdataset.gopen import gopen_pipe
 from webdataset.shardlists import expand_urls
 
-MOTIONS = ("any", "static", "dynamic")
+Motion = Literal["any", "static", "dynamic"]  # which clips a split keeps
 
 
 @dataclass
@@ -65,7 +65,7 @@ class ShardInfo:
     samples: int | None = None
     dynamic: int | None = None
 
-    def count(self, motion: str) -> int | None:
+    def count(self, motion: Motion) -> int | None:
         """Samples that pass the ``motion`` filter: exact when the index counted them, else an upper bound."""
         if self.samples is None or motion == "any" or self.dynamic is None:
             return self.samples

@@ -16,11 +16,14 @@ the same probability-flow ODE: a DDIM step is an Euler step in ``t`` on DDIM's o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-BETA_SCHEDULES = ("linear", "scaled_linear")
+from d4s.utils.checks import check_choice
+
+BetaSchedule = Literal["linear", "scaled_linear"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,12 @@ class DDPMSchedule:
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    beta_schedule: str = "scaled_linear"
+    beta_schedule: BetaSchedule = "scaled_linear"
     rescale_betas_zero_snr: bool = True
     snr_shift_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule: expected one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        check_choice(self.beta_schedule, "beta_schedule", BetaSchedule)
         if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps: expected an integer >= 2, got {self.num_train_timesteps!r}")
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:

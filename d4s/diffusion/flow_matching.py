@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
-LOSS_WEIGHTINGS = ("none", "cosmap")
+from d4s.utils.checks import check_choice
+
+TimestepSampling = Literal["uniform", "logit_normal"]
+LossWeighting = Literal["none", "cosmap"]
 LEGACY_TIMESTEP_SCALE = 1000  # the fixed ``num_train_timesteps`` older checkpoints store (FlowMatching.from_dict)
 
 
@@ -43,17 +45,15 @@ class FlowMatching:
         weighting: ``w(t)`` of Eq. 2: ``none`` (1) or ``cosmap`` (``2 / (pi (1 - 2t + 2t^2))``, SD3).
     """
 
-    timestep_sampling: str = "logit_normal"
+    timestep_sampling: TimestepSampling = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
-    weighting: str = "none"
+    weighting: LossWeighting = "none"
 
     def __post_init__(self) -> None:
-        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
-            raise ValueError(f"timestep_sampling: expected one of {TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
-        if self.weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"weighting: expected one of {LOSS_WEIGHTINGS}, got {self.weighting!r}")
+        check_choice(self.timestep_sampling, "timestep_sampling", TimestepSampling)
+        check_choice(self.weighting, "weighting", LossWeighting)
         if not self.shift > 0 or not self.logit_std > 0:
             raise ValueError(f"shift and logit_std must be positive, got {self.shift} and {self.logit_std}")
 

@@ -20,14 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from d4s.diffusion.flow_matching import shift_times
+from d4s.utils.checks import check_choice
 
-GUIDANCE_SCHEDULES = ("cosine", "constant")
-GUIDANCE_DIRECTIONS = ("decreasing", "increasing")
+GuidanceSchedule = Literal["cosine", "constant"]
+GuidanceDirection = Literal["decreasing", "increasing"]
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,14 @@ class Guidance:
     """
 
     max_scale: float = 7.5
-    schedule: str = "cosine"
+    schedule: GuidanceSchedule = "cosine"
     exponent: float = 5.0
-    direction: str = "decreasing"
+    direction: GuidanceDirection = "decreasing"
     skip_below: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"schedule: expected one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}")
-        if self.direction not in GUIDANCE_DIRECTIONS:
-            raise ValueError(f"direction: expected one of {GUIDANCE_DIRECTIONS}, got {self.direction!r}")
+        check_choice(self.schedule, "schedule", GuidanceSchedule)
+        check_choice(self.direction, "direction", GuidanceDirection)
         if self.max_scale < 0 or not self.exponent > 0:
             raise ValueError(f"max_scale must be >= 0 and exponent > 0, got {self.max_scale} and {self.exponent}")
         if not self.skip_below >= 0:
@@ -79,7 +79,7 @@ class SamplingConfig:
 
     steps: int = 30
     guidance: float = 7.5
-    guidance_schedule: str = "cosine"
+    guidance_schedule: GuidanceSchedule = "cosine"
     guidance_skip_below: float = Guidance.skip_below
     seed: int = 0
 
@@ -89,8 +89,7 @@ class SamplingConfig:
         for name in ("guidance", "guidance_skip_below"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
-        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"guidance_schedule: expected one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}")
+        check_choice(self.guidance_schedule, "guidance_schedule", GuidanceSchedule)
 
     def guidance_rule(self) -> Guidance | None:
         """The :class:`Guidance` these settings describe, ``None`` without guidance."""

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from d4s.diffusion.sampler import GuidanceSchedule
+from d4s.eval.metrics import DepthAlignment
+from d4s.eval.poses import PoseAlignment
+from d4s.generation import DTypeName
+from d4s.render import Backend
 from d4s.utils.config import apply_overrides, from_dict, read_yaml_mapping
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,6 @@ SCORING_SETTINGS = {
     SCENE: ("depth_alignment", "motion_tracks", "motion_min_displacement", "lpips_net", "lpips_backbone"),
 }
 SCORING_SETTINGS[LATENTS] = SCORING_SETTINGS[SCENE]
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 #: the definition of the weight-free metrics a cached sample holds; raised when they change (2: the generator's
 #: latent metrics and ``psnr_t0``), so older samples are generated and scored again
 WEIGHT_FREE_VERSION = 2
@@ -69,13 +73,13 @@ class GenerationConfig:
     width: int = 512
     steps: int = 30
     guidance: float = 7.5
-    guidance_schedule: str = "cosine"
+    guidance_schedule: GuidanceSchedule = "cosine"
     guidance_skip_below: float = 1e-3
     seed: int = 0
     scene_scale: float | None = None
     frame_step: int = 1
-    backend: str = "auto"
-    dtype: str = "auto"
+    backend: Backend = "auto"
+    dtype: DTypeName = "auto"
     video_crf: int = 12
 
 
@@ -96,8 +100,8 @@ class MetricConfig:
     reconstruction: bool = True
     latent_reconstruction: bool = False
     rpe_delta: int = 1
-    rpe_align: str = "none"
-    depth_alignment: str = "median"
+    rpe_align: PoseAlignment = "none"
+    depth_alignment: DepthAlignment = "median"
     motion_tracks: int = 1024
     motion_min_displacement: float = 0.02
     lpips_net: str = "alex"
@@ -156,8 +160,6 @@ class EvalConfig:
             raise ValueError(f"metrics.trajectories: unknown {unknown}; choose from {', '.join(PAPER_TRAJECTORIES)}")
         if not 1 <= m.rpe_delta < g.frames:
             raise ValueError(f"metrics.rpe_delta: must lie in [1, {g.frames}), got {m.rpe_delta}")
-        if g.dtype not in DTYPE_NAMES:
-            raise ValueError(f"generation.dtype: expected one of {', '.join(DTYPE_NAMES)}, got {g.dtype!r}")
         if m.motion_tracks < 0 or not m.motion_min_displacement > 0:
             raise ValueError("metrics: motion_tracks must be >= 0 and motion_min_displacement a positive length")
         if self.scenes.max_scenes < 1:

@@ -10,13 +10,14 @@ for its rating expectation). Bad input raises ``ValueError`` naming the argument
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from d4s.utils.checks import check_finite, check_positive_int, check_shape, check_tensor
+from d4s.utils.checks import check_choice, check_finite, check_positive_int, check_shape, check_tensor
 
 #: the rating words Q-Align scores, best first; ``qalign_score`` weights them 5, 4, 3, 2, 1
 QALIGN_LEVELS = ("excellent", "good", "fair", "poor", "bad")
@@ -301,11 +302,11 @@ def _median(values: Tensor) -> Tensor:
     return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
 
 
-_DEPTH_ALIGNMENTS = ("median", "lstsq", "none")
+DepthAlignment = Literal["median", "lstsq", "none"]
 
 
 def depth_metrics(
-    prediction: Tensor, target: Tensor, valid: Tensor | None = None, alignment: str = "median"
+    prediction: Tensor, target: Tensor, valid: Tensor | None = None, alignment: DepthAlignment = "median"
 ) -> dict[str, float]:
     """Depth AbsRel and delta < 1.25 after aligning each predicted map to its target.
 
@@ -327,8 +328,7 @@ def depth_metrics(
     check_shape(target, "target", (None, None), batched=True)
     if prediction.shape != target.shape:
         raise ValueError(f"target: shape {list(target.shape)} differs from prediction's {list(prediction.shape)}")
-    if alignment not in _DEPTH_ALIGNMENTS:
-        raise ValueError(f"alignment: expected one of {_DEPTH_ALIGNMENTS}, got {alignment!r}")
+    check_choice(alignment, "alignment", DepthAlignment)
     pred = prediction.detach().double().reshape(-1, prediction.shape[-2] * prediction.shape[-1])
     tgt = target.detach().double().reshape(pred.shape)
     mask = torch.isfinite(tgt) & (tgt > 0)

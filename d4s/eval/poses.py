@@ -8,14 +8,15 @@ Definitions follow Sturm et al. 2012 (TUM RGB-D benchmark) as implemented by ``e
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from d4s.geometry.cameras import check_c2w, rigid_inverse
-from d4s.utils.checks import check_finite, check_positive_int, check_shape
+from d4s.utils.checks import check_choice, check_finite, check_positive_int, check_shape
 
-ALIGNMENTS = ("none", "se3", "sim3", "scale")
+PoseAlignment = Literal["none", "se3", "sim3", "scale"]
 
 
 def umeyama(source: Tensor, target: Tensor, with_scale: bool) -> tuple[Tensor, Tensor, float]:
@@ -62,9 +63,8 @@ def _check_pair(estimate: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     return estimate.detach().double(), reference.detach().double()
 
 
-def _align(estimate: Tensor, reference: Tensor, mode: str, name: str) -> Tensor:
-    if mode not in ALIGNMENTS:
-        raise ValueError(f"{name}: expected one of {ALIGNMENTS}, got {mode!r}")
+def _align(estimate: Tensor, reference: Tensor, mode: PoseAlignment, name: str) -> Tensor:
+    check_choice(mode, name, PoseAlignment)
     if mode == "none":
         return estimate
     R, t, scale = umeyama(estimate[:, :3, 3], reference[:, :3, 3], with_scale=mode != "se3")
@@ -77,7 +77,7 @@ def _align(estimate: Tensor, reference: Tensor, mode: str, name: str) -> Tensor:
     return aligned
 
 
-def align_trajectory(estimate: Tensor, reference: Tensor, mode: str) -> Tensor:
+def align_trajectory(estimate: Tensor, reference: Tensor, mode: PoseAlignment) -> Tensor:
     """The estimate moved onto the reference by an Umeyama fit of the camera centres (evo's ``PosePath3D.align``).
 
     ``"none"``: unchanged; ``"se3"``: rigid ``[R | t]`` applied to every pose; ``"sim3"``: also the scale ``s``
@@ -105,7 +105,7 @@ def _rotation_angle_deg(R: Tensor) -> Tensor:
 
 
 def relative_pose_error(
-    estimate: Tensor, reference: Tensor, delta: int = 1, align: str = "none", all_pairs: bool = True
+    estimate: Tensor, reference: Tensor, delta: int = 1, align: PoseAlignment = "none", all_pairs: bool = True
 ) -> dict:
     """Relative pose error (Sturm et al. 2012; paper Table 3), as ``evo.core.metrics.RPE`` (delta unit: frames).
 
@@ -149,7 +149,7 @@ def relative_pose_error(
     }
 
 
-def absolute_trajectory_error(estimate: Tensor, reference: Tensor, align: str = "se3") -> float:
+def absolute_trajectory_error(estimate: Tensor, reference: Tensor, align: PoseAlignment = "se3") -> float:
     """Absolute trajectory error: RMSE of camera-centre distances after alignment (evo's APE, translation part).
 
     Args:

@@ -10,12 +10,14 @@ Gaussian per ``s x s`` pixels.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from d4s.gaussians.sh import SH_C0, num_sh_bases
+from d4s.utils.checks import check_choice
 
 TEMPORAL_STRIDE = 4  # CogVideoX's VAE: 4x temporal compression, first frame kept
 
@@ -119,7 +121,7 @@ def _resample(dim: int, scale: float) -> nn.Module:
 IDENTITY = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # raw (dmu, dq, ds) of no motion
 
 
-TIME_INPUTS = ("relative", "target")
+TimeInput = Literal["relative", "target"]
 
 
 class DeformationHead(nn.Module):
@@ -152,11 +154,10 @@ class DeformationHead(nn.Module):
         time_dim: int = 64,
         time_chunk: int = 8,
         checkpoint_chunks: bool = False,
-        time_input: str = "relative",
+        time_input: TimeInput = "relative",
     ):
         super().__init__()
-        if time_input not in TIME_INPUTS:
-            raise ValueError(f"time_input: expected one of {TIME_INPUTS}, got {time_input!r}")
+        check_choice(time_input, "time_input", TimeInput)
         self.time_dim, self.time_chunk, self.checkpoint_chunks = time_dim, time_chunk, checkpoint_chunks
         self.time_input = time_input
         self.reassemble = nn.ModuleList(

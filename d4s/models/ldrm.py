@@ -20,7 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from d4s.gaussians.field import DeformableGaussianField, GaussianField
 from d4s.geometry.cameras import resize_intrinsics, unproject_depth
-from d4s.models.heads import DPT_SCALES, TEMPORAL_STRIDE, TIME_INPUTS, DeformationHead, GaussianHead, time_features
+from d4s.models.heads import DPT_SCALES, TEMPORAL_STRIDE, DeformationHead, GaussianHead, TimeInput, time_features
+from d4s.utils.checks import check_choice
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class LDRMConfig:
     dpt_dim: int = 256
     time_dim: int = 64
     time_chunk: int = 8
-    deformation_time: str = "relative"
+    deformation_time: TimeInput = "relative"
     near: float = 0.1
     far: float = 100.0
     init_depth: float = 3.0
@@ -72,11 +73,10 @@ class LDRMConfig:
             )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
-        if self.deformation_time not in TIME_INPUTS:
-            raise ValueError(f"deformation_time: expected one of {TIME_INPUTS}, got {self.deformation_time!r}")
+        check_choice(self.deformation_time, "ldrm.deformation_time", TimeInput)
         for key, registry in (("gaussian_head", GAUSSIAN_HEADS), ("deformation_head", DEFORMATION_HEADS)):
-            if getattr(self, key) not in registry:
-                raise ValueError(f"ldrm.{key}: expected one of {sorted(registry)}, got {getattr(self, key)!r}")
+            if getattr(self, key) not in registry:  # registries, not Literals: new heads register at import
+                raise ValueError(f"ldrm.{key}: {getattr(self, key)!r} is not one of {sorted(registry)}")
 
     @property
     def pixels_per_token(self) -> int:

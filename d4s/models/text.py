@@ -16,13 +16,15 @@ Captions default to the paper's generic prompt (Appendix C.1) when empty.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from d4s.data.schema import GENERIC_PROMPT
+from d4s.utils.checks import check_choice
 
-TEXT_MODES = ("t5", "cache", "null")
+TextMode = Literal["t5", "cache", "null"]
 
 
 class TextEncoder(nn.Module):
@@ -30,15 +32,14 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
-        mode: str = "null",
+        mode: TextMode = "null",
         path: str | None = None,
         max_length: int = 226,
         dim: int = 4096,
         tokenizer_path: str | None = None,
     ):
         super().__init__()
-        if mode not in TEXT_MODES:
-            raise ValueError(f"text mode: expected one of {TEXT_MODES}, got {mode!r}")
+        check_choice(mode, "text.mode", TextMode)
         self.mode, self.max_length, self.dim = mode, max_length, dim
         self.cache: dict[str, Tensor] = {}
         self.tokenizer = self.encoder = None

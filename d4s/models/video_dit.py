@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
@@ -40,11 +40,16 @@ from d4s.diffusion.ddpm import DDPMSchedule, flow_to_vp, v_to_flow_velocity, vp_
 from d4s.diffusion.sampler import Guidance, euler_sample
 from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.heads import TEMPORAL_STRIDE
+from d4s.utils.checks import check_choice
 
 ADAPTER_FILE = "camera_adapter.safetensors"
 ADAPTER_KEY = "transformer.patch_embed.proj.camera."
 KIND_FILE = "d4s_video_dit.json"  # what the saved transformer predicts: {"prediction": ..., "scheduler": {...}}
 SCHEDULER_FILE = Path("scheduler") / "scheduler_config.json"  # a diffusers folder's scheduler settings
+
+Posterior = Literal["sample", "mean"]
+Codec = Literal["vae", "space_to_depth"]
+Prediction = Literal["flow", "v_prediction"]
 
 
 @dataclass
@@ -73,35 +78,22 @@ class VideoDiTConfig:
     vae: dict[str, Any] = field(default_factory=dict)
     camera_channels: int = 16
     gradient_checkpointing: bool = False
-    posterior: str = "sample"
-    codec: str = "vae"
+    posterior: Posterior = "sample"
+    codec: Codec = "vae"
     space_to_depth: dict[str, Any] = field(default_factory=dict)
-    prediction: str = "flow"
+    prediction: Prediction = "flow"
     scheduler: dict[str, Any] = field(default_factory=lambda: asdict(DDPMSchedule()))
 
     def __post_init__(self) -> None:
-        if self.posterior not in POSTERIORS:
-            raise ValueError(f"video_dit.posterior: expected one of {POSTERIORS}, got {self.posterior!r}")
-        if self.codec not in CODECS:
-            raise ValueError(f"video_dit.codec: expected one of {CODECS}, got {self.codec!r}")
-        check_prediction(self.prediction, "video_dit.prediction")
+        check_choice(self.posterior, "video_dit.posterior", Posterior)
+        check_choice(self.codec, "video_dit.codec", Codec)
+        check_choice(self.prediction, "video_dit.prediction", Prediction)
         self.scheduler = asdict(schedule_from_dict(self.scheduler, "video_dit.scheduler"))  # every key, as stored
 
     @property
     def schedule(self) -> DDPMSchedule:
         """``scheduler`` as a :class:`~d4s.diffusion.ddpm.DDPMSchedule`."""
         return DDPMSchedule(**self.scheduler)
-
-
-POSTERIORS = ("sample", "mean")
-CODECS = ("vae", "space_to_depth")
-PREDICTIONS = ("flow", "v_prediction")
-
-
-def check_prediction(prediction: str, source: str) -> None:
-    """One-line ``ValueError`` naming ``source`` unless ``prediction`` is one of :data:`PREDICTIONS`."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"{source}: expected one of {PREDICTIONS}, got {prediction!r}")
 
 
 def schedule_from_dict(values: dict[str, Any], source: str) -> DDPMSchedule:
@@ -210,12 +202,12 @@ class VideoDiT(nn.Module):
         transformer: CogVideoXTransformer3DModel,
         vae: AutoencoderKLCogVideoX | SpaceToDepthCodec,
         camera_channels: int,
-        posterior: str = "sample",
-        prediction: str = "flow",
+        posterior: Posterior = "sample",
+        prediction: Prediction = "flow",
         schedule: DDPMSchedule | None = None,
     ):
         super().__init__()
-        check_prediction(prediction, "video DiT prediction")
+        check_choice(prediction, "video DiT prediction", Prediction)
         self.transformer, self.vae = transformer, vae.requires_grad_(False).eval()  # the VAE stays frozen
         self.posterior, self.prediction, self.schedule = posterior, prediction, schedule or DDPMSchedule()
         c = transformer.config
@@ -267,7 +259,7 @@ class VideoDiT(nn.Module):
         path: str | Path,
         camera_channels: int = 16,
         codec: SpaceToDepthCodec | None = None,
-        prediction: str | None = None,
+        prediction: Prediction | None = None,
         schedule: DDPMSchedule | None = None,
     ) -> VideoDiT:
         """Load ``path/transformer``, ``path/vae`` (unless a ``codec`` replaces the VAE) and, when present,
@@ -281,7 +273,7 @@ class VideoDiT(nn.Module):
         if prediction is None and (path / KIND_FILE).is_file():
             stated = json.loads((path / KIND_FILE).read_text())
             prediction = stated.get("prediction")
-            check_prediction(prediction, f"{path / KIND_FILE}: prediction")
+            check_choice(prediction, f"{path / KIND_FILE}: prediction", Prediction)
             schedule = schedule_from_dict(stated.get("scheduler", {}), f"{path / KIND_FILE}: scheduler")
         prediction, schedule = prediction or "flow", schedule or DDPMSchedule()
         check_folder_kind(path, prediction, schedule)

@@ -16,17 +16,15 @@ from d4s.geometry.cameras import check_c2w, check_intrinsics
 from d4s.render.gsplat_backend import gsplat_available, render_gsplat
 from d4s.render.output import RenderOutput
 from d4s.render.torch_backend import render_torch
-from d4s.utils.checks import check_finite, check_positive_int, check_shape
+from d4s.utils.checks import check_choice, check_finite, check_positive_int, check_shape
 
 Backend = Literal["auto", "torch", "gsplat"]
-BACKENDS = ("auto", "torch", "gsplat")
 
 
 def resolve_backend(backend: Backend, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend for ``backend``: ``auto`` picks gsplat for float32 CUDA tensors when its kernels
     load, else torch."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown renderer {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_choice(backend, "backend", Backend)
     gsplat_ok = device.type == "cuda" and dtype == torch.float32 and gsplat_available()
     if backend == "auto":
         return "gsplat" if gsplat_ok else "torch"
@@ -107,4 +105,4 @@ def render(
     return render_torch(field, c2w, K, width, height, **options)
 
 
-__all__ = ["BACKENDS", "RenderOutput", "gsplat_available", "render", "render_gsplat", "render_torch", "resolve_backend"]
+__all__ = ["Backend", "RenderOutput", "gsplat_available", "render", "render_gsplat", "render_torch", "resolve_backend"]

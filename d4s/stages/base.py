@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -50,7 +50,7 @@ from d4s.models.perceptual import LPIPS
 from d4s.models.text import TextEncoder
 from d4s.models.video_dit import VideoDiT
 from d4s.pipeline import checkpoint_weights
-from d4s.render import render
+from d4s.render import Backend, render
 from d4s.stages.ema import ParameterEMA
 from d4s.stages.objective import (
     LossWeights,
@@ -62,10 +62,11 @@ from d4s.stages.objective import (
     usable_terms,
 )
 from d4s.stages.visuals import comparison_grid, comparison_rows, log_video
+from d4s.utils.checks import check_choice
 
-DIT_TRAINING = ("full", "camera", "lora", "frozen")
-LDRM_INPUTS = ("one_step", "clean", "sampled")
-MOTION_FRAMES = ("targets", "all")
+DiTTraining = Literal["full", "camera", "lora", "frozen"]
+LDRMInput = Literal["one_step", "clean", "sampled"]
+MotionFrames = Literal["targets", "all"]
 
 
 @dataclass
@@ -117,15 +118,15 @@ class Recipe:
     resumed run continues exactly as an uninterrupted one.
     """
 
-    dit: str = "full"
+    dit: DiTTraining = "full"
     lora_rank: int = 64
-    ldrm_input: str = "one_step"
+    ldrm_input: LDRMInput = "one_step"
     ldrm_sample_steps: int = 4
     condition_dropout: float = 0.1
     flow_matching: FlowMatching = field(default_factory=FlowMatching)
     num_target_views: int = 4
-    motion_frames: str = "targets"
-    render_backend: str = "auto"
+    motion_frames: MotionFrames = "targets"
+    render_backend: Backend = "auto"
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     ema_decay: float | None = None
     max_nonfinite_in_a_row: int = 20
@@ -135,18 +136,16 @@ class Recipe:
     def __post_init__(self) -> None:
         if isinstance(self.flow_matching, dict):
             self.flow_matching = FlowMatching.from_dict(self.flow_matching)
-        if self.dit not in DIT_TRAINING:
-            raise ValueError(f"recipe.dit: expected one of {DIT_TRAINING}, got {self.dit!r}")
-        if self.ldrm_input not in LDRM_INPUTS:
-            raise ValueError(f"recipe.ldrm_input: expected one of {LDRM_INPUTS}, got {self.ldrm_input!r}")
+        check_choice(self.dit, "recipe.dit", DiTTraining)
+        check_choice(self.ldrm_input, "recipe.ldrm_input", LDRMInput)
+        check_choice(self.motion_frames, "recipe.motion_frames", MotionFrames)
+        check_choice(self.render_backend, "recipe.render_backend", Backend)
         if self.ldrm_sample_steps < 1:
             raise ValueError(f"recipe.ldrm_sample_steps: expected >= 1, got {self.ldrm_sample_steps}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(
                 f"recipe.condition_dropout: expected a probability in [0, 1), got {self.condition_dropout}"
             )
-        if self.motion_frames not in MOTION_FRAMES:
-            raise ValueError(f"recipe.motion_frames: expected one of {MOTION_FRAMES}, got {self.motion_frames!r}")
         if self.num_target_views < 1:
             raise ValueError(f"recipe.num_target_views: expected >= 1, got {self.num_target_views}")
 

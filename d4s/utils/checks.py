@@ -6,7 +6,9 @@ so that a bad camera or a corrupt field is reported where it enters, not deep in
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +17,21 @@ from torch import Tensor
 def _format_shape(shape: Sequence[int | None], batched: bool) -> str:
     dims = ["*" if d is None else str(d) for d in shape]
     return "[" + ", ".join((["..."] if batched else []) + dims) + "]"
+
+
+def choices(literal: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` type allows, in their written order."""
+    if typing.get_origin(literal) is not typing.Literal:
+        raise TypeError(f"expected a Literal type, got {literal!r}")
+    return typing.get_args(literal)
+
+
+def check_choice(value: object, name: str, literal: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of the values of the ``Literal`` type
+    ``literal``; the one message format for a bad choice anywhere in d4s (configs included)."""
+    allowed = choices(literal)
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not one of {list(allowed)}")
 
 
 def check_tensor(value: object, name: str) -> Tensor:

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from d4s.utils.checks import check_choice
+
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """The mapping a YAML file holds (``{}`` for an empty file).
@@ -63,8 +65,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, where)
     if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        check_choice(value, where, annotation)
         return value
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):

@@ -6,12 +6,14 @@ import io
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 import torch
 from matplotlib import colormaps
 
+from d4s.utils.checks import check_choice
 from d4s.utils.fileio import atomic_output
 
 
@@ -72,13 +74,13 @@ def encode_video(frames: torch.Tensor | np.ndarray, fps: float = 12.0, crf: int 
     return buffer.getvalue()
 
 
-VIDEO_BACKENDS = ("auto", "decord", "pyav")
+VideoBackend = Literal["auto", "decord", "pyav"]
 
 
 def read_video(
     source: str | Path | bytes,
     indices: Sequence[int] | None = None,
-    backend: str = "pyav",
+    backend: VideoBackend = "pyav",
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Decode a video file (a path, or the file's bytes) into ``[T, H, W, 3]`` uint8 RGB frames.
@@ -95,8 +97,7 @@ def read_video(
     Raises ``ValueError`` naming the source when the file is truncated, corrupt, holds no frames or fewer frames
     than ``indices`` asks for.
     """
-    if backend not in VIDEO_BACKENDS:
-        raise ValueError(f"backend: expected one of {VIDEO_BACKENDS}, got {backend!r}")
+    check_choice(backend, "backend", VideoBackend)
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     if indices is not None and (len(indices) == 0 or min(indices) < 0):
         raise ValueError(f"indices: expected a non-empty list of frame numbers >= 0, got {list(indices)}")

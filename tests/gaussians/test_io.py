@@ -55,7 +55,10 @@ def test_scene_npz_round_trip_is_exact(tmp_path):
     field = random_field(20, seed=1, sh_degree=1)
     g = torch.Generator().manual_seed(0)
     deformable = DeformableGaussianField(
-        field, torch.randn(5, 20, 3, generator=g), torch.randn(5, 20, 4, generator=g), torch.randn(5, 20, 3, generator=g)
+        field,
+        torch.randn(5, 20, 3, generator=g),
+        torch.randn(5, 20, 4, generator=g),
+        torch.randn(5, 20, 3, generator=g),
     )
     for compress in (False, True):
         path = save_scene(deformable, tmp_path / f"scene_{compress}.npz", compress=compress)

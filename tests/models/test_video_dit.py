@@ -148,8 +148,8 @@ def test_a_diffusers_scheduler_config_must_agree_with_the_configured_kind(tmp_pa
 
 def test_bad_kinds_are_named_in_one_line():
     for values, message in (
-        ({"prediction": "epsilon"}, r"^video_dit\.prediction: expected one of \('flow', 'v_prediction'\)"),
-        ({"scheduler": {"beta_schedule": "cosine"}}, r"^video_dit\.scheduler\.beta_schedule: expected one of"),
+        ({"prediction": "epsilon"}, r"^video_dit\.prediction: 'epsilon' is not one of \['flow', 'v_prediction'\]$"),
+        ({"scheduler": {"beta_schedule": "cosine"}}, r"^video_dit\.scheduler\.beta_schedule: 'cosine' is not one of"),
         ({"scheduler": {"betas": [0.1]}}, r"^video_dit\.scheduler: unknown keys \['betas'\]"),
         ({"scheduler": {"beta_start": 0.02}}, r"^video_dit\.scheduler\.beta_start, beta_end: expected 0 <"),
     ):

@@ -9,7 +9,6 @@ from d4s.render import gsplat_available, render
 from tests.helpers import orbit_cameras, random_field
 
 
-
 @pytest.fixture
 def gsplat_kernels():
     """Skip unless gsplat's CUDA kernels load (checked when the test runs: loading may JIT-compile them)."""

@@ -27,7 +27,9 @@ def brute_force_render(field: GaussianField, c2w, K, width, height, background=N
     radii, means2d, depths, conics, _ = _fully_fused_projection(
         field.means, covars, torch.linalg.inv(c2w), K, width, height, eps2d=0.3, near_plane=0.01
     )
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     images, depth_maps, alpha_maps, stopped = [], [], [], []
     for cam in range(c2w.shape[0]):
         colors = _spherical_harmonics(field.sh_degree, field.means - c2w[cam, :3, 3], field.sh).clamp_min(-0.5) + 0.5

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import pytest
 
+from d4s.data.clips import ClipConfig
+from d4s.data.datamodule import SplitConfig
+from d4s.diffusion.ddpm import DDPMSchedule
+from d4s.diffusion.flow_matching import FlowMatching
+from d4s.diffusion.sampler import Guidance, SamplingConfig
+from d4s.eval.config import GenerationConfig, MetricConfig
+from d4s.models.ldrm import LDRMConfig
+from d4s.models.video_dit import VideoDiTConfig
+from d4s.stages.base import Recipe
 from d4s.utils.config import apply_overrides, from_dict, read_yaml_mapping
 
 
@@ -64,3 +75,38 @@ def test_dotted_overrides_and_yaml_files(tmp_path):
         read_yaml_mapping(path)
     with pytest.raises(FileNotFoundError, match="config not found"):
         read_yaml_mapping(tmp_path / "missing.yaml")
+
+
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls) if typing.get_origin(hints[f.name]) is Literal}
+
+
+# every config dataclass of d4s whose fields take a fixed set of values, with those fields
+CHOICE_FIELDS = {
+    Recipe: {"dit", "ldrm_input", "motion_frames", "render_backend"},
+    FlowMatching: {"timestep_sampling", "weighting"},
+    DDPMSchedule: {"beta_schedule"},
+    Guidance: {"schedule", "direction"},
+    SamplingConfig: {"guidance_schedule"},
+    VideoDiTConfig: {"posterior", "codec", "prediction"},
+    LDRMConfig: {"deformation_time"},
+    ClipConfig: {"video_backend"},
+    SplitConfig: {"motion"},
+    GenerationConfig: {"guidance_schedule", "backend", "dtype"},
+    MetricConfig: {"rpe_align", "depth_alignment"},
+}
+
+
+@pytest.mark.parametrize("cls", list(CHOICE_FIELDS), ids=lambda cls: cls.__name__)
+def test_every_choice_in_the_configs_is_a_literal_the_loader_and_the_class_enforce(cls):
+    """The loader refuses a value outside a field's ``Literal``; so does the class itself where it checks its
+    fields (a config built in code), in the same words."""
+    literals = _literal_fields(cls)
+    assert set(literals) == CHOICE_FIELDS[cls]
+    for name, allowed in literals.items():
+        with pytest.raises(ValueError, match=rf"^cfg\.{name}: 'bogus' is not one of {re.escape(str(list(allowed)))}$"):
+            from_dict(cls, {name: "bogus"}, "cfg")
+        if hasattr(cls, "__post_init__"):
+            with pytest.raises(ValueError, match=rf"{name}: 'bogus' is not one of {re.escape(str(list(allowed)))}$"):
+                cls(**{name: "bogus"})

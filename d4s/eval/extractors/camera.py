@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
+from d4s.utils.checks import check_choice
+
 log = logging.getLogger(__name__)
 
-DETECTORS = ("sift", "orb")
+Detector = Literal["sift", "orb"]
 
 
 @dataclass
@@ -43,12 +46,11 @@ class PoseStats:
     inliers: list[int] = field(default_factory=list)
 
 
-def _detector(name: str, max_features: int):
+def _detector(name: Detector, max_features: int):
+    check_choice(name, "detector", Detector)
     if name == "sift":
         return cv2.SIFT_create(nfeatures=max_features), cv2.NORM_L2
-    if name == "orb":
-        return cv2.ORB_create(nfeatures=max_features), cv2.NORM_HAMMING
-    raise ValueError(f"detector: expected one of {DETECTORS}, got {name!r}")
+    return cv2.ORB_create(nfeatures=max_features), cv2.NORM_HAMMING
 
 
 def _check_video(video: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +69,7 @@ def estimate_poses(
     video: np.ndarray,
     K: np.ndarray | Tensor,
     *,
-    detector: str = "sift",
+    detector: Detector = "sift",
     max_features: int = 4000,
     ratio: float = 0.75,
     min_matches: int = 20,
