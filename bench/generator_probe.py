@@ -36,11 +36,10 @@ def latent_rows(module: VideoPretrain, batch) -> tuple[list[float], list[float]]
     """Mean latent PSNR per latent frame of the DiT's samples and of frame 0 held still, over ``batch``'s clips."""
     dit = module.video_dit.eval()
     z0 = dit.encode(batch.video)
-    image = dit.image_latents(batch.condition_image, z0.shape[1])
-    text, null = module.text(batch.captions), module.text.null(len(batch))
+    condition = module.conditioning(batch, z0.shape[1], None)
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
     shift = module.recipe.flow_matching.shift
-    sampled = dit.sample(noise, image, batch.plucker, text, null, num_steps=30, guidance=Guidance(), shift=shift)
+    sampled = dit.sample(noise, condition, num_steps=30, guidance=Guidance(), shift=shift)
     dit.train()
     peak = dit.vae.value_range
     generated = torch.tensor([latent_psnr(s, z, peak) for s, z in zip(sampled, z0)]).mean(0)

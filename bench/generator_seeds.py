@@ -36,11 +36,13 @@ def checkpoint_rows(path: str, scenes, seeds: int, steps: int, guidance: float) 
         real = pipeline.encode_video(scene.video.float() / 255.0)[0]
         peak = pipeline.latent_range or float(real.max() - real.min())
         text, null = pipeline.encode_prompt(scene.caption)
-        image = dit.image_latents(scene.image[None], real.shape[0], torch.Generator().manual_seed(0))
         plucker = plucker_embedding(scene.c2w.float(), scene.K_video.float(), *scene.image.shape[-2:])[None]
+        condition = dit.conditioning(
+            scene.image[None], plucker, text, null, real.shape[0], torch.Generator().manual_seed(0)
+        )
         for seed in range(seeds):
-            noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
-            sample = dit.sample(noise, image, plucker, text, null, steps, Guidance(guidance), pipeline.flow.shift)
+            noise = torch.randn(condition.image.shape, generator=torch.Generator().manual_seed(seed))
+            sample = dit.sample(noise, condition, steps, Guidance(guidance), pipeline.flow.shift)
             generated.append(latent_psnr(sample[0], real, peak))
         still.append(still_latent_psnr(real, peak))
     return np.mean(generated, 0).tolist(), np.mean(still, 0).tolist()

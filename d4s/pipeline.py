@@ -317,16 +317,15 @@ class Diff4SplatPipeline:
         with timer("encode"):
             generator = torch.Generator(self.device).manual_seed(seed)
             latent_frames = (T - 1) // TEMPORAL_STRIDE + 1
-            image_latents = self.video_dit.image_latents(
-                image[None].to(self.device, self.dtype), latent_frames, generator
-            )
             plucker = plucker_embedding(c2w, K, H, W)[None]
+            condition = self.video_dit.conditioning(
+                image[None].to(self.device, self.dtype), plucker.to(self.dtype), text, null, latent_frames, generator
+            )
         with timer("sampling"):
-            noise = torch.randn(image_latents.shape, generator=torch.Generator().manual_seed(seed))
+            noise = torch.randn(condition.image.shape, generator=torch.Generator().manual_seed(seed))
             latents = self.video_dit.sample(
-                noise.to(self.device), image_latents, plucker.to(self.dtype), text, null, num_steps, guidance,
-                self.flow.shift, progress,
-            )  # fmt: skip
+                noise.to(self.device), condition, num_steps, guidance, self.flow.shift, progress
+            )
         return self._to_field(latents, plucker, c2w, K, (H, W), timer)
 
     def generate(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -192,6 +192,35 @@ class PluckerPatchifier(nn.Module):
         return self.conv(torch.cat([first, plucker], dim=1).transpose(1, 2)).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """What the video DiT generates a clip of ``B`` videos, ``T`` frames of ``H x W`` (``T'`` latent frames of
+    ``h x w``), from: built by :meth:`VideoDiT.conditioning`, the one place training, sampling and the pipeline
+    assemble it.
+
+    Attributes:
+        image: ``[B, T', C, h, w]`` the condition image's latents in the first latent frame, zeros after (CogVideoX
+            I2V); never dropped.
+        camera: ``[B, T, 6, H, W]`` Plücker maps (Sec. 3.2; zeros: no camera).
+        text: ``[B, L, D]`` caption embeddings.
+        null: ``[B or 1, L, D]`` the empty caption's embedding: the text of the unconditional input.
+    """
+
+    image: Tensor
+    camera: Tensor
+    text: Tensor
+    null: Tensor
+
+    def dropped(self, drop: Tensor | None = None) -> Conditioning:
+        """Text and camera dropped together where ``drop [B]`` (bool) holds, everywhere when ``None``: the
+        unconditional input of classifier-free guidance, and the condition dropout in training that teaches it."""
+        if drop is None:
+            drop = torch.ones(self.text.shape[0], dtype=torch.bool, device=self.text.device)
+        text = torch.where(drop[:, None, None], self.null.to(self.text.dtype), self.text)
+        camera = torch.where(drop[:, None, None, None, None], torch.zeros_like(self.camera), self.camera)
+        return replace(self, text=text, camera=camera)
+
+
 class VideoDiT(nn.Module):
     """CogVideoX I2V + camera adapter. ``forward`` predicts the flow velocity (see ``d4s.diffusion``) from a
     transformer of either kind: ``prediction`` ``flow`` or ``v_prediction`` with its DDPM ``schedule`` (default:
@@ -336,6 +365,20 @@ class VideoDiT(nn.Module):
         first = self.encode(image[:, None], generator)
         return torch.cat([first, first.new_zeros(first.shape[0], latent_frames - 1, *first.shape[2:])], dim=1)
 
+    def conditioning(
+        self,
+        image: Tensor,
+        camera: Tensor,
+        text: Tensor,
+        null: Tensor,
+        latent_frames: int,
+        generator: torch.Generator | None = None,
+    ) -> Conditioning:
+        """The :class:`Conditioning` of the condition images ``[B, 3, H, W]`` (encoded by :meth:`image_latents` to
+        ``latent_frames``, the VAE's posterior sampled with ``generator``), their Plücker maps ``camera`` and the
+        caption embeddings ``text`` and ``null`` (:class:`~d4s.models.text.TextEncoder`)."""
+        return Conditioning(self.image_latents(image, latent_frames, generator), camera, text, null)
+
     def rotary_embedding(self, latent_frames: int, height: int, width: int, device) -> tuple[Tensor, Tensor] | None:
         """RoPE ``(cos, sin)`` for a latent grid, as diffusers' I2V pipeline computes it (``None`` when unused)."""
         c = self.transformer.config
@@ -367,10 +410,7 @@ class VideoDiT(nn.Module):
     def sample(
         self,
         noise: Tensor,
-        image_latents: Tensor,
-        plucker: Tensor,
-        text: Tensor,
-        null_text: Tensor,
+        conditioning: Conditioning,
         num_steps: int = 30,
         guidance: Guidance | None = None,
         shift: float = 1.0,
@@ -378,22 +418,22 @@ class VideoDiT(nn.Module):
     ) -> Tensor:
         """Latents ``[B, T', C, h, w]`` sampled from ``noise`` (same shape) by :func:`~d4s.diffusion.euler_sample`.
 
-        The conditional velocity sees the caption ``text`` and the Plücker maps ``plucker [B, T, 6, H, W]``; the
-        unconditional one of classifier-free guidance drops both (``null_text``, zero maps: how training drops
-        conditions); guided steps run both in one batch of ``2B``. The model runs in its own dtype; the ODE state stays float32 (bf16 steps of 1/30 would not
-        even sum to 1). ``progress(step, num_steps)`` is called after each step.
+        The conditional velocity sees ``conditioning``; the unconditional one of classifier-free guidance its
+        :meth:`~Conditioning.dropped` form (text and camera dropped, as training drops them). Guided steps run both
+        in one batch of ``2B``. The model runs in its own dtype; the ODE state stays float32 (bf16 steps of 1/30
+        would not even sum to 1). ``progress(step, num_steps)`` is called after each step.
         """
-        dtype = image_latents.dtype
-        no_camera = torch.zeros_like(plucker)
+        image, dtype = conditioning.image, conditioning.image.dtype
+        inputs = {True: conditioning, False: conditioning.dropped()}
 
         def velocity(z: Tensor, t: Tensor, conditional: bool) -> Tensor:
-            condition, camera = (text, plucker) if conditional else (null_text, no_camera)
-            return self(z.to(dtype), image_latents, camera, condition, t).float()
+            chosen = inputs[conditional]
+            return self(z.to(dtype), image, chosen.camera, chosen.text, t).float()
 
         # guided steps: [conditional; unconditional] in one batch
-        pair_image = torch.cat([image_latents, image_latents])
-        pair_camera = torch.cat([plucker, no_camera])
-        pair_text = torch.cat([text, null_text.expand_as(text)])
+        pair_image = torch.cat([image, image])
+        pair_camera = torch.cat([inputs[True].camera, inputs[False].camera])
+        pair_text = torch.cat([inputs[True].text, inputs[False].text])
 
         def velocity_pair(z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             z = z.to(dtype)

@@ -48,7 +48,7 @@ from d4s.models.ldrm import LatentDynamicReconstructionModel, LDRMOutput
 from d4s.models.lora import DEFAULT_TARGETS, add_lora, lora_parameters
 from d4s.models.perceptual import LPIPS
 from d4s.models.text import TextEncoder
-from d4s.models.video_dit import VideoDiT
+from d4s.models.video_dit import Conditioning, VideoDiT
 from d4s.pipeline import checkpoint_weights
 from d4s.render import Backend, render
 from d4s.stages.ema import ParameterEMA
@@ -293,27 +293,28 @@ class Diff4SplatModule(L.LightningModule):
         fm = self.recipe.flow_matching
         drop = torch.rand(B, generator=generator, device=self.device) < self.recipe.condition_dropout
         drop &= drop_conditions
-        text = self.text(batch.captions, self.device)
-        text = torch.where(drop[:, None, None], self.text.null(B, self.device).to(text.dtype), text)
-        camera = batch.plucker * (~drop).to(batch.plucker.dtype)[:, None, None, None, None]
         t = fm.sample_times(B, generator, self.device)
         noise = torch.randn(z0.shape, generator=generator, device=self.device, dtype=z0.dtype)
         noisy = fm.interpolate(z0, noise, t)
-        image = self.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
+        condition = self.conditioning(batch, z0.shape[1], generator).dropped(drop)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.recipe.dit != "frozen"):
-            velocity = self.video_dit(noisy, image, camera, text, t)
+            velocity = self.video_dit(noisy, condition.image, condition.camera, condition.text, t)
         return fm.loss(velocity, z0, noise, t, batch.weight), noisy, t, velocity
+
+    def conditioning(self, batch: Batch, latent_frames: int, generator: torch.Generator | None) -> Conditioning:
+        """The DiT's :class:`~d4s.models.video_dit.Conditioning` for ``batch``: its first frames (``latent_frames``
+        long, the VAE's posterior sampled with ``generator``), cameras and captions."""
+        text, null = self.text(batch.captions, self.device), self.text.null(len(batch), self.device)
+        return self.video_dit.conditioning(batch.condition_image, batch.plucker, text, null, latent_frames, generator)
 
     @torch.no_grad()
     def sampled_latents(self, batch: Batch, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         """Latents ``shape`` (``[B, T', C, h, w]``) the DiT samples from the clip's first frame, cameras and caption
         in ``recipe.ldrm_sample_steps`` Euler steps with the paper's guidance (``ldrm_input: sampled``)."""
-        B = shape[0]
-        image = self.video_dit.image_latents(batch.condition_image, shape[1], generator)
+        condition = self.conditioning(batch, shape[1], generator)
         noise = torch.randn(shape, generator=generator, device=self.device)
-        text, null = self.text(batch.captions, self.device), self.text.null(B, self.device)
         steps, shift = self.recipe.ldrm_sample_steps, self.recipe.flow_matching.shift
-        return self.video_dit.sample(noise, image, batch.plucker, text, null, steps, Guidance(), shift).to(image.dtype)
+        return self.video_dit.sample(noise, condition, steps, Guidance(), shift).to(condition.image.dtype)
 
     def reconstruct(
         self, batch: Batch, frames: Tensor, generator: torch.Generator | None, train: bool

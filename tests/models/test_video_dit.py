@@ -16,7 +16,7 @@ from d4s.diffusion import DDPMSchedule, Guidance, euler_sample
 from d4s.models.config import ModelConfig
 from d4s.models.ldrm import LatentDynamicReconstructionModel, parameter_count
 from d4s.models.text import TextEncoder
-from d4s.models.video_dit import VideoDiT, VideoDiTConfig
+from d4s.models.video_dit import Conditioning, VideoDiT, VideoDiTConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ModelConfig.from_yaml(REPO / "configs" / "tiny" / "model_vae.yaml")  # the tiny models with a (random) VAE
@@ -58,7 +58,7 @@ def test_guided_sampling_in_one_batch_equals_two_passes_per_step():
     noise, image, plucker, text, _ = tiny_inputs()
     null = torch.zeros(1, *text.shape[1:])
     guidance = Guidance()
-    batched = model.sample(noise, image, plucker, text, null, num_steps=6, guidance=guidance)
+    batched = model.sample(noise, Conditioning(image, plucker, text, null), num_steps=6, guidance=guidance)
 
     def velocity(z, t, conditional):
         condition, camera = (text, plucker) if conditional else (null.expand_as(text), torch.zeros_like(plucker))

@@ -48,10 +48,9 @@ def test_the_tiny_dit_memorises_two_clips_and_regenerates_them_from_their_first_
         module.eval()
         with torch.no_grad():
             z0 = dit.encode(batch.video)
-            image = dit.image_latents(batch.condition_image, z0.shape[1])
-            text, null = module.text(batch.captions), module.text.null(len(batch))
+            condition = module.conditioning(batch, z0.shape[1], None)
             noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1))
-            sampled = dit.sample(noise, image, batch.plucker, text, null, num_steps=30, guidance=Guidance())
+            sampled = dit.sample(noise, condition, num_steps=30, guidance=Guidance())
     finally:
         torch.set_num_threads(threads)
     for clip in range(len(batch)):

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from d4s.diffusion import Guidance
 from d4s.models.config import ModelConfig
-from d4s.models.video_dit import VideoDiT
+from d4s.models.video_dit import Conditioning, VideoDiT
 from d4s.stages import DynamicFinetune, StaticPretrain, VideoPretrain
 from d4s.stages.base import OptimizerConfig, adamw, warmup_cosine
 from d4s.stages.checkpoint import AtomicCheckpointIO
@@ -323,7 +323,7 @@ def test_sampled_ldrm_input_is_the_dits_few_step_sample_from_the_first_frame(toy
     image = module.video_dit.image_latents(batch.condition_image, z0.shape[1], generator)
     noise = torch.randn(z0.shape, generator=generator)
     text, null = module.text(batch.captions), module.text.null(len(batch))
-    expected = module.video_dit.sample(noise, image, batch.plucker, text, null, 2, Guidance(), 1.0)
+    expected = module.video_dit.sample(noise, Conditioning(image, batch.plucker, text, null), 2, Guidance(), 1.0)
     torch.testing.assert_close(seen[0], expected)
     assert not torch.allclose(seen[0], z0, atol=1e-2)  # not the clean latents
     with pytest.raises(ValueError, match="ldrm_sample_steps"):
