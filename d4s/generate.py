@@ -25,7 +25,6 @@ original image), else --fov, else the trajectory file's, else a 60 degree horizo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -48,6 +47,7 @@ from d4s.geometry.cameras import DEFAULT_FOV_DEGREES
 from d4s.render import Backend
 from d4s.utils.checks import choices
 from d4s.utils.cli import NAMED_TRAJECTORIES, doc_parser, parse_size, run_cli
+from d4s.utils.fileio import as_json, reusable_record
 from d4s.utils.image import load_photo
 
 #: the options that change what a scene folder holds: a complete folder made with others is generated again
@@ -159,18 +159,12 @@ def result_settings(args: argparse.Namespace, job: Job) -> dict:
     """What decides a scene folder's content (``RESULT_SETTINGS``, the image and the prompt), as JSON values."""
     settings = {key: getattr(args, key) for key in RESULT_SETTINGS}
     settings.update(image=job.image, prompt=job.prompt)
-    return json.loads(json.dumps(settings, default=str))
+    return as_json(settings)
 
 
 def completed(job: Job, args: argparse.Namespace) -> bool:
     """The job's folder holds a finished scene made with the same settings."""
-    if not (job.out / DONE_FILE).is_file() or not (job.out / SETTINGS_FILE).is_file():
-        return False
-    try:
-        stored = json.loads((job.out / SETTINGS_FILE).read_text()).get("settings")
-    except (OSError, ValueError):
-        return False
-    return stored == result_settings(args, job)
+    return reusable_record(job.out / SETTINGS_FILE, result_settings(args, job), job.out / DONE_FILE) is not None
 
 
 def settings_from(args: argparse.Namespace) -> GenerationSettings:

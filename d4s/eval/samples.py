@@ -4,7 +4,6 @@ is already done (caching)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import zlib
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from d4s.eval.config import (
 )
 from d4s.eval.scenes import Scene
 from d4s.generation import DEFAULT_SCENE_SCALE
+from d4s.utils.fileio import as_json, reusable_record
 
 log = logging.getLogger(__name__)
 
@@ -126,21 +126,10 @@ def sample_settings(sample: Sample, scale: float, config: EvalConfig, scene: Sce
         "metrics": {key: getattr(config.metrics, key) for key in SCORING_SETTINGS.get(kind, ())},
     }
     settings["generation"].pop("video_crf")
-    return json.loads(json.dumps(settings))
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or ``None`` when it is missing or unreadable (an unfinished sample)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return as_json(settings)
 
 
 def completed(sample: Sample, settings: dict[str, Any], out: Path) -> dict[str, Any] | None:
     """The cached ``metrics.json`` of a finished sample with the same settings, else ``None``."""
     folder = sample.folder(out)
-    cached = read_json(folder / "metrics.json")
-    if isinstance(cached, dict) and cached.get("settings") == settings and (folder / "rgb.mp4").is_file():
-        return cached
-    return None
+    return reusable_record(folder / "metrics.json", settings, folder / "rgb.mp4")

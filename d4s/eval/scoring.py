@@ -24,9 +24,9 @@ from d4s.eval.config import (
     EvalConfig,
     WeightsConfig,
 )
-from d4s.eval.samples import Sample, digest, file_identity, read_json
+from d4s.eval.samples import Sample, digest, file_identity
 from d4s.eval.scenes import Scene
-from d4s.utils.fileio import atomic_output, write_json
+from d4s.utils.fileio import atomic_output, reusable_record, write_json
 
 log = logging.getLogger(__name__)
 
@@ -243,14 +243,14 @@ def _i3d_features(extractors: _Extractors, path: Path, video: Callable[[], Tenso
     """Cached I3D features ``[400]`` of one video (``path``: the cache file). The cache holds beside it (``.json``)
     the I3D weights file and the video's ``content`` digest it came from; another network or video recomputes it."""
     i3d = extractors.get("i3d")  # raises MissingWeights first: no features without the network
-    key = {**file_identity(Path(extractors.paths["i3d"]), "i3d"), "content": content}
-    if path.is_file() and read_json(path.with_suffix(".json")) == key:
+    settings = {**file_identity(Path(extractors.paths["i3d"]), "i3d"), "content": content}
+    if reusable_record(path.with_suffix(".json"), settings, path):
         return np.load(path)
     with torch.no_grad():
         features = i3d.features(video()[None])[0].float().cpu().numpy()
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, features)
-    write_json(path.with_suffix(".json"), key)
+    write_json(path.with_suffix(".json"), {"settings": settings})
     return features
 
 
@@ -273,9 +273,8 @@ def feature_metrics(
     }
     cached = {}
     for sample in videos:  # values from other weight files are computed again
-        document = read_json(sample.folder(out) / "features.json")
-        valid = isinstance(document, dict) and document.get("weights") == weights
-        cached[sample] = document["values"] if valid else {}
+        document = reusable_record(sample.folder(out) / "features.json", weights, key="weights")
+        cached[sample] = document["values"] if document else {}
     skipped: list[dict[str, str]] = []
     network = None
     metrics = list(FEATURE_METRICS)

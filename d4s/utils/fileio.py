@@ -38,6 +38,35 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists; paths and other objects as their ``str``)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or ``None`` when it is missing or unreadable (unfinished work)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def reusable_record(record: str | Path, settings: Any, *outputs: str | Path, key: str = "settings") -> dict | None:
+    """The one test of every "skip work already done with the same settings" in d4s (generated scenes, evaluation
+    samples and their features): the JSON document at ``record`` when its ``key`` equals ``settings`` (compared as
+    JSON values, :func:`as_json`) and every file of ``outputs`` exists; else ``None``: missing or unreadable, made
+    with other settings, or unfinished. Progress journals (annotation's per rank, the demo's per phase) record
+    where a long run stands instead, and refuse to resume a run made with other settings."""
+    document = read_json(record)
+    if (
+        isinstance(document, dict)
+        and document.get(key) == as_json(settings)
+        and all(Path(p).is_file() for p in outputs)
+    ):
+        return document
+    return None
+
+
 def write_json(path: str | Path, document: Any, sort_keys: bool = False) -> Path:
     """``document`` as indented JSON with a final newline, written atomically (:func:`atomic_output`); returns
     ``path``. Non-finite floats are written as ``NaN`` / ``Infinity``, which Python's ``json`` reads back."""
