@@ -249,6 +249,7 @@ class Diff4SplatModule(L.LightningModule):
         if not path.is_file():
             raise FileNotFoundError(f"init_from: checkpoint {path} not found")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        self._check_frozen_dit_shift(checkpoint, path)
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(("ema.", "lpips."))}
         state.update(checkpoint_weights(checkpoint, use_ema=True))
         own = self.state_dict()
@@ -263,6 +264,19 @@ class Diff4SplatModule(L.LightningModule):
             )
         if self.ema is not None:
             self.ema = ParameterEMA(self.networks, self.recipe.ema_decay).to(self.device)
+
+    def _check_frozen_dit_shift(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """A frozen DiT keeps the flow time shift it was trained with: the sampled LDRM input and the pipeline (which
+        reads the last stage's recipe) sample with ``recipe.flow_matching.shift``, so a stage config that states
+        another one than its ``init_from`` checkpoint is an error, not a silent change."""
+        stored = (checkpoint.get("hyper_parameters", {}).get("recipe") or {}).get("flow_matching") or {}
+        trained = stored.get("shift")
+        ours = self.recipe.flow_matching.shift
+        if self.recipe.dit == "frozen" and trained is not None and trained != ours:
+            raise ValueError(
+                f"recipe.flow_matching.shift: {ours} here, but the frozen DiT of init_from {path} was trained with "
+                f"{trained}; set it to {trained} (a frozen DiT samples with the shift it learned)"
+            )
 
     # ------------------------------------------------------------------------------------------------ the step
     def step_generator(self, stream: int) -> torch.Generator:

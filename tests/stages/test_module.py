@@ -292,6 +292,21 @@ def test_load_init_starts_from_the_previous_stages_ema_weights(tmp_path):
     torch.testing.assert_close(stage1.ldrm.state_dict(), stage0.ldrm.state_dict())  # no EMA there: the weights
 
 
+def test_a_frozen_dit_keeps_the_time_shift_it_was_trained_with(tmp_path):
+    stage0 = tiny_module(VideoPretrain, recipe={"flow_matching": {"shift": 3.0}})
+    checkpoint = {"state_dict": stage0.state_dict(), "hyper_parameters": dict(stage0.hparams)}
+    stage0.on_save_checkpoint(checkpoint)  # as Lightning saves it: plain values
+    path = tmp_path / "stage0.ckpt"
+    torch.save(checkpoint, path)
+    tiny_module(StaticPretrain, recipe={"dit": "frozen", "flow_matching": {"shift": 3.0}}).load_init(path)
+    tiny_module(StaticPretrain, recipe={"dit": "camera", "flow_matching": {"shift": 1.0}}).load_init(path)  # retrained
+    stage1 = tiny_module(StaticPretrain, recipe={"dit": "frozen"})  # the default shift, 1
+    with pytest.raises(
+        ValueError, match=r"^recipe\.flow_matching\.shift: 1\.0 here, but the frozen DiT .* 3\.0; set it"
+    ):
+        stage1.load_init(path)
+
+
 def test_video_pretrain_trains_the_dit_alone_on_flow_matching(toy4d_shards):
     module = tiny_module(VideoPretrain)
     assert module.lpips is None and trainable(module) and all(n.startswith("video_dit.") for n in trainable(module))
