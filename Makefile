@@ -39,8 +39,9 @@ test-slow: $(STAMP)  ## the slow tier: the fast demo's learning checks (about 8 
 demo: $(STAMP)  ## the main job on a CPU: annotate toy4d, train the generator and 3 tiny stages, generate, evaluate -> runs/demo/SUMMARY.md (DEMO_FAST=1: ~7 min)
 	$(BIN)/python -m d4s.demo $(if $(DEMO_FAST),--fast)
 
-bench: $(STAMP)  ## benchmarks (renderer, annotation, data loader, models, training steps, generation, the demo): tables on stdout, JSON in bench/results/
+bench: $(STAMP)  ## benchmarks (renderer, its components, annotation, data loader, models, training steps, generation, the demo): tables on stdout, JSON in bench/results/
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/components.py
 	$(BIN)/python bench/annotate.py
 	$(BIN)/python bench/dataloader.py
 	$(BIN)/python bench/models.py
