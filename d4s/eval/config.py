@@ -21,17 +21,6 @@ PAPER_TRAJECTORIES = ("spiral", "forward", "backward", "upward", "downward")
 ORBIT, SCENE, LATENTS = "orbit", "scene", "latents"
 REAL_CAMERA_SAMPLES = (SCENE, LATENTS)  # rendered along the clip's own cameras and compared with its video
 SEED_MULTIPLIER = 1_000_003
-#: weight-needing metrics (report order) and the extractors (d4s.eval.extractors names) each needs
-FEATURE_METRICS: dict[str, tuple[str, ...]] = {
-    "fvd": ("i3d",),
-    "kvd": ("i3d",),
-    "clip_score": ("clip_b32",),
-    "clip_aesthetic": ("clip_l14", "aesthetic"),
-    "qalign": ("qalign",),
-    "mast3r_matches": ("mast3r",),
-    "subject_consistency": ("dino",),
-    "background_consistency": ("clip_b32",),
-}
 RANDOM_CONSISTENCY = "random_init_consistency"
 #: per kind of sample, the metric settings its cached weight-free metrics depend on
 SCORING_SETTINGS = {

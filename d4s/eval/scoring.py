@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from d4s.data.schema import GENERIC_PROMPT
 from d4s.eval.config import (
-    FEATURE_METRICS,
     ORBIT,
     PAPER_TRAJECTORIES,
     RANDOM_CONSISTENCY,
@@ -29,6 +28,18 @@ from d4s.eval.scenes import Scene
 from d4s.utils.fileio import atomic_output, reusable_record, write_json
 
 log = logging.getLogger(__name__)
+
+#: weight-needing metrics (report order) and the extractors (d4s.eval.extractors names) each needs
+FEATURE_METRICS: dict[str, tuple[str, ...]] = {
+    "fvd": ("i3d",),
+    "kvd": ("i3d",),
+    "clip_score": ("clip_b32",),
+    "clip_aesthetic": ("clip_l14", "aesthetic"),
+    "qalign": ("qalign",),
+    "mast3r_matches": ("mast3r",),
+    "subject_consistency": ("dino",),
+    "background_consistency": ("clip_b32",),
+}
 
 
 # ----------------------------------------------------------------------------------------- weight-free metrics

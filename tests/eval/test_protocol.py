@@ -14,10 +14,11 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from d4s.eval.config import FEATURE_METRICS, PAPER_TRAJECTORIES, load_config
+from d4s.eval.config import PAPER_TRAJECTORIES, load_config
 from d4s.eval.run import run_protocol
 from d4s.eval.samples import Sample, completed, plan_samples, sample_seed, sample_settings
 from d4s.eval.scenes import load_scenes
+from d4s.eval.scoring import FEATURE_METRICS
 from d4s.pipeline import Diff4SplatPipeline
 from tests.data.conftest import toy4d_shards  # noqa: F401  (session fixture: small annotated shards)
 from tests.helpers import save_tiny_checkpoint
