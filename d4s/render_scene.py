@@ -44,7 +44,9 @@ DEFAULT_SIZE = (512, 512)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = doc_parser("python -m d4s.render_scene", __doc__)
-    parser.add_argument("scene", type=Path, help="a scene.npz written by python -m d4s.generate")
+    parser.add_argument(
+        "scene", type=Path, help="a scene.npz written by python -m d4s.generate, or a 3DGS .ply (a static scene)"
+    )
     parser.add_argument(
         "--trajectory",
         default="orbit",

@@ -465,7 +465,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "else splats, else points above --max-splats. Remote machine: ssh -L 8080:localhost:8080 HOST, then "
         "open http://localhost:8080 locally.",
     )
-    parser.add_argument("scene", type=Path, help="scene .npz written by d4s (e.g. outputs/run/scene.npz)")
+    parser.add_argument(
+        "scene",
+        type=Path,
+        help="scene .npz written by d4s (e.g. outputs/run/scene.npz), or a 3DGS .ply (a static scene)",
+    )
     parser.add_argument(
         "--cameras",
         type=Path,

@@ -3,7 +3,7 @@
 - ``.ply``: the standard 3DGS layout read by common splat viewers and tools: binary little-endian float32
   vertex properties ``x y z nx ny nz f_dc_0..2 f_rest_0..M opacity scale_0..2 rot_0..3`` with the opacity as a
   logit, log scales, the quaternion as ``wxyz`` and ``f_rest`` channel-major (all red coefficients, then green,
-  then blue). Normals are written as zeros.
+  then blue). Normals are written as zeros; reading needs none of them (other tools leave them out).
 - ``.ply`` sequence: one such file per time, ``frame_0000.ply, frame_0001.ply, ...`` (what viewers such as
   SuperSplat import as an animation).
 - scene ``.npz``: the canonical field plus the per-time deformations, lossless.
@@ -28,6 +28,7 @@ SCENE_FORMAT = "d4s-scene"
 SCENE_VERSION = 1
 _SCENE_FIELD_KEYS = ("means", "quats", "log_scales", "opacity_logits", "sh")
 _SCENE_DEFORM_KEYS = ("dmu", "dq", "ds")
+_NORMALS = ("nx", "ny", "nz")  # written as zeros; optional when reading
 
 
 def ply_property_names(sh_degree: int) -> list[str]:
@@ -80,8 +81,11 @@ def save_ply(field: GaussianField, path: str | Path) -> Path:
 def load_ply(path: str | Path) -> GaussianField:
     """Read a standard 3DGS ``.ply`` into a float32 CPU ``GaussianField``.
 
-    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it is not a PLY file or lacks
-    the 3DGS vertex properties (the message lists the missing ones).
+    Properties are read by name, in any order and any numeric type; the normals ``nx ny nz`` are optional (3DGS
+    writes zeros there and tools such as @playcanvas/splat-transform leave them out).
+
+    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it is not a PLY file, is a compressed
+    (chunked) splat PLY, or lacks the 3DGS vertex properties (the message lists the missing ones).
     """
     path = Path(path)
     if not path.is_file():
@@ -91,6 +95,11 @@ def load_ply(path: str | Path) -> GaussianField:
         vertex = ply["vertex"]
     except Exception as err:  # plyfile raises many types for corrupt input
         raise ValueError(f"{path}: not a readable PLY file with a 'vertex' element ({err})") from err
+    if "chunk" in [element.name for element in ply.elements]:
+        raise ValueError(
+            f"{path}: a compressed splat PLY (quantised in chunks, as SuperSplat and splat-transform write it); "
+            "decompress it first, e.g. `splat-transform <file> <plain>.ply`"
+        )
     names = {prop.name for prop in vertex.properties}
     num_rest = sum(name.startswith("f_rest_") for name in names)
     try:
@@ -99,21 +108,23 @@ def load_ply(path: str | Path) -> GaussianField:
         degree = -1
     if degree < 0:
         raise ValueError(f"{path}: {num_rest} f_rest_* properties; a 3DGS file has 0, 9, 24 or 45")
-    wanted = ply_property_names(degree)
-    missing = [name for name in wanted if name not in names]
+    missing = [name for name in ply_property_names(degree) if name not in names and name not in _NORMALS]
     if missing:
         raise ValueError(f"{path}: not a 3DGS PLY, missing vertex properties {missing}")
-    data = vertex.data
-    columns = torch.from_numpy(np.stack([np.asarray(data[name], dtype=np.float32) for name in wanted], axis=1))
-    n, k = columns.shape[0], (degree + 1) ** 2
-    rest_end = 9 + 3 * (k - 1)
-    rest = columns[:, 9:rest_end].reshape(n, 3, k - 1).transpose(1, 2)
+
+    def columns(*wanted: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.asarray(vertex.data[name], dtype=np.float32) for name in wanted], 1))
+
+    n, k = vertex.count, (degree + 1) ** 2
+    rest = torch.zeros(n, 0, 3)  # f_rest is channel-major: all red coefficients, then green, then blue
+    if k > 1:
+        rest = columns(*(f"f_rest_{i}" for i in range(3 * (k - 1)))).reshape(n, 3, k - 1).transpose(1, 2)
     return GaussianField(
-        means=columns[:, 0:3].contiguous(),
-        quats=columns[:, rest_end + 4 : rest_end + 8].contiguous(),
-        log_scales=columns[:, rest_end + 1 : rest_end + 4].contiguous(),
-        opacity_logits=columns[:, rest_end].contiguous(),
-        sh=torch.cat([columns[:, None, 6:9], rest], dim=1).contiguous(),
+        means=columns("x", "y", "z"),
+        quats=columns("rot_0", "rot_1", "rot_2", "rot_3"),
+        log_scales=columns("scale_0", "scale_1", "scale_2"),
+        opacity_logits=columns("opacity")[:, 0].contiguous(),
+        sh=torch.cat([columns("f_dc_0", "f_dc_1", "f_dc_2")[:, None], rest], dim=1).contiguous(),
     )
 
 
@@ -158,7 +169,8 @@ def save_scene(field: DeformableGaussianField, path: str | Path, compress: bool 
 
 
 def load_scene(path: str | Path) -> DeformableGaussianField:
-    """Read a scene ``.npz`` written by ``save_scene`` into a CPU ``DeformableGaussianField``.
+    """Read a scene ``.npz`` written by ``save_scene`` into a CPU ``DeformableGaussianField``; a 3DGS ``.ply`` (from
+    d4s or any other tool, :func:`load_ply`) becomes a static scene of one time.
 
     Raises ``FileNotFoundError`` if missing and ``ValueError`` if the file is not a d4s scene, lacks arrays,
     or has inconsistent shapes.
@@ -166,6 +178,8 @@ def load_scene(path: str | Path) -> DeformableGaussianField:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"scene file not found: {path}")
+    if path.suffix.lower() == ".ply":
+        return DeformableGaussianField.static(load_ply(path), num_frames=1)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}

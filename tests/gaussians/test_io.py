@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from plyfile import PlyData
+from plyfile import PlyData, PlyElement
 
 from d4s.gaussians import (
     DeformableGaussianField,
@@ -103,6 +103,52 @@ def test_ply_sequence_frames_render_like_the_deformable_field(tmp_path):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("degree", [0, 2])
+def test_a_3dgs_ply_without_normals_from_another_tool_reads_by_property_name(tmp_path, degree):
+    """Written here with plyfile alone, as @playcanvas/splat-transform writes 3DGS files: the canonical property order
+    without ``nx ny nz``; the opacity in float64 (any numeric type reads), an unrelated extra property ignored."""
+    rng = np.random.default_rng(degree)
+    n, rest = 5, 3 * ((degree + 1) ** 2 - 1)
+    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", *(f"f_rest_{i}" for i in range(rest))]
+    names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", "segment"]
+    array = np.empty(n, dtype=[(name, "f8" if name == "opacity" else "f4") for name in names])
+    values = {name: rng.normal(size=n).astype(np.float32) for name in names}
+    for name in names:
+        array[name] = values[name]
+    path = tmp_path / "external.ply"
+    PlyData([PlyElement.describe(array, "vertex")], byte_order="<").write(str(path))
+    field = load_ply(path)
+
+    def stack(*keys):
+        return torch.from_numpy(np.stack([values[key] for key in keys], 1))
+
+    assert torch.equal(field.means, stack("x", "y", "z"))
+    assert torch.equal(field.quats, stack("rot_0", "rot_1", "rot_2", "rot_3"))
+    assert torch.equal(field.log_scales, stack("scale_0", "scale_1", "scale_2"))
+    assert torch.equal(field.opacity_logits, torch.from_numpy(values["opacity"]))
+    assert torch.equal(field.sh[:, 0], stack("f_dc_0", "f_dc_1", "f_dc_2"))
+    for channel in range(3):  # f_rest is channel-major: coefficient j of channel c is f_rest_{c (K - 1) + j}
+        for j in range(1, (degree + 1) ** 2):
+            expected = values[f"f_rest_{channel * ((degree + 1) ** 2 - 1) + j - 1}"]
+            assert torch.equal(field.sh[:, j, channel], torch.from_numpy(expected))
+
+
+def test_a_ply_loads_as_a_static_scene_of_one_time(tmp_path):
+    field = random_field(6, seed=3, sh_degree=1)
+    scene = load_scene(save_ply(field, tmp_path / "static.PLY"))
+    assert scene.num_frames == 1
+    assert_fields_equal(scene.canonical, field)  # with the identity deformation: at(0) is the field itself
+
+
+def test_a_compressed_splat_ply_is_refused_with_the_way_to_decompress_it(tmp_path):
+    chunk = np.zeros(1, dtype=[("min_x", "f4"), ("max_x", "f4")])
+    vertex = np.zeros(4, dtype=[("packed_position", "u4"), ("packed_rotation", "u4")])
+    path = tmp_path / "scene.compressed.ply"
+    PlyData([PlyElement.describe(chunk, "chunk"), PlyElement.describe(vertex, "vertex")]).write(str(path))
+    with pytest.raises(ValueError, match="compressed splat PLY .* splat-transform"):
+        load_ply(path)
+
+
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ply"):
         load_ply(tmp_path / "nope.ply")
@@ -111,8 +157,6 @@ def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(ValueError, match="bad.ply"):
         load_ply(bad)
     points = tmp_path / "points.ply"
-    from plyfile import PlyElement
-
     array = np.zeros(3, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
     PlyData([PlyElement.describe(array, "vertex")]).write(str(points))
     with pytest.raises(ValueError, match="missing vertex properties"):
