@@ -23,6 +23,7 @@ from d4s.eval.config import (
     EvalConfig,
     WeightsConfig,
 )
+from d4s.eval.extractors.i3d import PROTOCOL_VERSION as I3D_PROTOCOL
 from d4s.eval.samples import Sample, digest, file_identity
 from d4s.eval.scenes import Scene
 from d4s.utils.fileio import atomic_output, reusable_record, write_json
@@ -254,7 +255,7 @@ def _i3d_features(extractors: _Extractors, path: Path, video: Callable[[], Tenso
     """Cached I3D features ``[400]`` of one video (``path``: the cache file). The cache holds beside it (``.json``)
     the I3D weights file and the video's ``content`` digest it came from; another network or video recomputes it."""
     i3d = extractors.get("i3d")  # raises MissingWeights first: no features without the network
-    settings = {**file_identity(Path(extractors.paths["i3d"]), "i3d"), "content": content}
+    settings = {**file_identity(Path(extractors.paths["i3d"]), "i3d"), "content": content, "call": I3D_PROTOCOL}
     if reusable_record(path.with_suffix(".json"), settings, path):
         return np.load(path)
     with torch.no_grad():

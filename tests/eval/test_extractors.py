@@ -67,19 +67,21 @@ def test_registry_rejects_unknown_names():
 
 
 class TinyI3D(nn.Module):
-    """StyleGAN-V's I3D call signature; its 400 features report what it was given (shape, range, flags)."""
+    """StyleGAN-V's I3D call signature; its 400 features report what it was given (mean, range, shape, flags, and
+    whether it was uint8)."""
 
     def __init__(self):
         super().__init__()
-        self.proj = nn.Linear(3, 389)
+        self.proj = nn.Linear(3, 388)
 
     def forward(self, x: Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False) -> Tensor:
         b = x.shape[0]
-        flat = x.reshape(b, 3, -1)
+        flat = x.float().reshape(b, 3, -1)
         info = [flat.mean(-1), flat.amin(dim=(1, 2))[:, None], flat.amax(dim=(1, 2))[:, None]]
-        shape = torch.tensor([x.shape[2], x.shape[3], x.shape[4]], dtype=x.dtype).expand(b, 3)
-        flags = torch.tensor([float(rescale), float(resize), float(return_features)], dtype=x.dtype).expand(b, 3)
-        return torch.cat(info + [shape, flags, self.proj(flat.mean(-1))], dim=1)
+        shape = torch.tensor([x.shape[2], x.shape[3], x.shape[4]], dtype=torch.float32).expand(b, 3)
+        flags = torch.tensor([float(rescale), float(resize), float(return_features)]).expand(b, 3)
+        uint8 = torch.full((b, 1), float(x.dtype == torch.uint8))
+        return torch.cat(info + [shape, flags, uint8, self.proj(flat.mean(-1))], dim=1)
 
 
 class NoFlags(nn.Module):
@@ -98,20 +100,27 @@ def i3d_file(tmp_path_factory):
 def test_i3d_features_follow_the_stylegan_v_call(i3d_file):
     i3d = load_extractor("i3d", {"i3d": str(i3d_file)})
     assert isinstance(i3d, I3D)
-    colour = torch.tensor([0.2, 0.5, 0.9])
-    videos = colour.view(1, 1, 3, 1, 1).expand(2, 10, 3, 48, 80).clone()
+    colour = torch.tensor([51, 128, 230]) / 255.0
+    videos = colour.view(1, 1, 3, 1, 1).expand(2, 10, 3, 48, 80).clone()  # non-square: the network resizes it
     features = i3d.features(videos)
     assert features.shape == (2, 400) and features.dtype == torch.float32
-    torch.testing.assert_close(features[:, :3], (2 * colour - 1).expand(2, 3))  # [0, 1] -> [-1, 1]
-    torch.testing.assert_close(features[:, 5:8], torch.tensor([10.0, 224.0, 224.0]).expand(2, 3))  # T, 224, 224
-    torch.testing.assert_close(features[:, 8:11], torch.tensor([0.0, 0.0, 1.0]).expand(2, 3))  # flags
+    torch.testing.assert_close(features[:, :3], torch.tensor([51.0, 128.0, 230.0]).expand(2, 3))  # uint8 values
+    torch.testing.assert_close(features[:, 5:8], torch.tensor([10.0, 48.0, 80.0]).expand(2, 3))  # T, H, W as given
+    torch.testing.assert_close(features[:, 8:12], torch.ones(2, 4))  # rescale, resize, return_features; uint8
     torch.testing.assert_close(i3d.features(videos), features)  # deterministic
 
 
-def test_i3d_preprocessing_resizes_the_short_side_and_crops_the_centre():
-    video = frames(2, 112, 168)  # 112 -> 224: the long side becomes 336, of which the centre 224 are kept
-    expected = F.interpolate(video, size=(224, 336), mode="bilinear", align_corners=False)[..., 56:280] * 2 - 1
-    torch.testing.assert_close(I3D.preprocess(video), expected.permute(1, 0, 2, 3))
+def test_i3d_input_is_stylegan_v_uint8_of_the_whole_non_square_video():
+    """StyleGAN-V (metric_utils.compute_feature_stats_for_generator): ``(img * 127.5 + 128).clamp(0, 255)`` as uint8
+    from ``[-1, 1]`` images, permuted to ``[C, T, H, W]``; for frames decoded from uint8 files that is the file's
+    own values."""
+    stored = torch.randint(0, 256, (4, 3, 36, 60), generator=torch.Generator().manual_seed(0))
+    video = stored / 255.0
+    expected = np.clip(np.floor((video.double().numpy() * 2 - 1) * 127.5 + 128), 0, 255).astype(np.uint8)
+    given = I3D.preprocess(video)
+    assert given.dtype == torch.uint8 and given.shape == (3, 4, 36, 60)
+    assert np.array_equal(given.numpy(), expected.transpose(1, 0, 2, 3))
+    assert torch.equal(given, stored.to(torch.uint8).permute(1, 0, 2, 3))
 
 
 def test_i3d_rejects_short_clips_and_bad_videos(i3d_file):

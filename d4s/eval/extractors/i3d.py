@@ -1,10 +1,12 @@
 """I3D video features for FVD and KVD (StyleGAN-V's FVD protocol, Skorokhodov et al. 2022).
 
-The network is the TorchScript port of the Kinetics-400 I3D that StyleGAN-V ships as ``i3d_torchscript.pt``. Its
-``forward(x, rescale, resize, return_features)`` takes ``x [B, 3, T, 224, 224]``; with ``return_features=True`` it
-returns the 400-d logits averaged over time, the features FVD compares. As in StyleGAN-V's reference code we do the
-preprocessing ourselves and call it with ``rescale=False, resize=False``: each frame's shorter side is scaled to 224
-(bilinear), the centre 224 x 224 is cropped, and values go from ``[0, 1]`` to ``[-1, 1]``.
+The network is the TorchScript port of the Kinetics-400 I3D that StyleGAN-V ships as ``i3d_torchscript.pt``. As
+StyleGAN-V's ``compute_fvd`` calls it (``src/metrics/frechet_video_distance.py`` and ``metric_utils.py``, checked at
+commit 1f630af), it gets the videos as uint8 ``[B, 3, T, H, W]`` at their own size with ``rescale=True, resize=True,
+return_features=True``: the network itself maps the values to ``[-1, 1]`` and resizes every frame to 224 x 224 (the
+whole frame, not a crop: a non-square video is squeezed), and returns the 400-d logits averaged over time, the
+features FVD compares. Frames in ``[0, 1]`` become uint8 as StyleGAN-V turns its generator's ``[-1, 1]`` output into
+images: ``x * 127.5 + 128``, clamped, truncated.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from d4s.eval.extractors._preprocess import center_crop, check_frames, resize_short_side
+from d4s.eval.extractors._preprocess import check_frames
 from d4s.eval.extractors.errors import require_path
 from d4s.utils.checks import check_shape
 
-RESOLUTION = 224
 CALL_FLAGS = ("rescale", "resize", "return_features")
+#: how the network is called; raised when that changes, so that cached features are computed again (2: StyleGAN-V's
+#: own call, uint8 frames with rescale and resize; 1 resized and cropped them here)
+PROTOCOL_VERSION = 2
 
 
 class I3D:
@@ -69,9 +73,8 @@ class I3D:
 
     @staticmethod
     def preprocess(video: Tensor) -> Tensor:
-        """``video [T, 3, H, W]`` in ``[0, 1]`` -> the I3D input ``[3, T, 224, 224]`` in ``[-1, 1]``."""
-        frames = center_crop(resize_short_side(video, RESOLUTION, "bilinear", antialias=False), RESOLUTION)
-        return (frames * 2.0 - 1.0).permute(1, 0, 2, 3).contiguous()
+        """``video [T, 3, H, W]`` in ``[0, 1]`` -> the I3D input ``[3, T, H, W]`` uint8 (StyleGAN-V's conversion)."""
+        return ((video * 2.0 - 1.0) * 127.5 + 128.0).clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
 
     @torch.no_grad()
     def features(self, videos: Tensor) -> Tensor:
@@ -84,7 +87,7 @@ class I3D:
         for start in range(0, videos.shape[0], self.batch_size):
             clips = videos[start : start + self.batch_size].to(self.device, torch.float32)
             batch = torch.stack([self.preprocess(video) for video in clips])
-            feats = self.model(batch, rescale=False, resize=False, return_features=True)
+            feats = self.model(batch, rescale=True, resize=True, return_features=True)
             if not isinstance(feats, Tensor) or feats.dim() != 2 or feats.shape[0] != batch.shape[0]:
                 got = list(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
                 raise ValueError(f"I3D: the model returned {got}, expected features [{batch.shape[0]}, 400]")
