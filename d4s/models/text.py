@@ -27,6 +27,23 @@ from d4s.utils.checks import check_choice
 TextMode = Literal["t5", "cache", "null"]
 
 
+def load_t5_tokenizer(folder: Path):
+    """T5's tokenizer from ``folder``: its SentencePiece model ``spiece.model`` (how CogVideoX-5b-I2V ships it, with
+    no ``tokenizer.json``; read by ``T5Tokenizer`` through the pinned ``sentencepiece``, whatever JSON files lie
+    beside it), else a ``tokenizers`` file ``tokenizer.json``. ``FileNotFoundError`` naming the folder when it holds
+    neither."""
+    from transformers import AutoTokenizer, T5Tokenizer
+
+    if (folder / "spiece.model").is_file():
+        return T5Tokenizer.from_pretrained(str(folder))
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(folder))
+    raise FileNotFoundError(
+        f"text encoder: {folder} holds no T5 tokenizer (spiece.model or tokenizer.json); CogVideoX-5b-I2V keeps it "
+        "in tokenizer/ beside text_encoder/ (or set text.tokenizer_path)"
+    )
+
+
 class TextEncoder(nn.Module):
     """Caption embeddings ``[B, max_length, dim]`` (see the module docstring for the modes). Frozen."""
 
@@ -51,12 +68,12 @@ class TextEncoder(nn.Module):
         if mode == "cache":
             self.cache = torch.load(path, map_location="cpu", weights_only=True)
             return
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import T5EncoderModel
 
         if tokenizer_path is None:  # CogVideoX keeps the tokenizer in a sibling folder of text_encoder/
             sibling = Path(path).parent / "tokenizer"
             tokenizer_path = str(sibling) if sibling.is_dir() else path
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.tokenizer = load_t5_tokenizer(Path(tokenizer_path))
         self.encoder = T5EncoderModel.from_pretrained(path).eval().requires_grad_(False)
         if len(self.tokenizer) < self.encoder.config.vocab_size // 2:  # transformers builds a blank one silently
             raise ValueError(

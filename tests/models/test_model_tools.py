@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -72,6 +73,38 @@ def test_the_tokenizer_is_found_beside_the_encoder_and_a_blank_one_is_refused(ti
     PreTrainedTokenizerFast.from_pretrained(tiny_t5).save_pretrained(big)
     with pytest.raises(ValueError, match="tokens for a model of 32128"):
         TextEncoder("t5", str(big))
+
+
+def test_a_cogvideox_tokenizer_folder_with_only_spiece_model_loads_as_sentencepiece_tokenizes(tmp_path):
+    """CogVideoX-5b-I2V ships T5's tokenizer as ``tokenizer/spiece.model`` without ``tokenizer.json``. A SentencePiece
+    model trained here on a few sentences, alone in that folder, must give sentencepiece's own ids (then T5's
+    ``</s>``, padded with ``<pad>``), and the embeddings must be the encoder's on exactly those ids."""
+    sentences = [WORDS, "a red room with a wooden table", "a camera moves through a forest at night"] * 10
+    root = tmp_path / "CogVideoX"
+    (root / "tokenizer").mkdir(parents=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_prefix=str(root / "tokenizer" / "spiece"), vocab_size=40,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )  # fmt: skip
+    (root / "tokenizer" / "spiece.vocab").unlink()
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=140, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)  # 40 + T5's 100 extra ids
+    T5EncoderModel(config).save_pretrained(root / "text_encoder")
+    encoder = TextEncoder("t5", str(root / "text_encoder"), max_length=32)
+    reference = spm.SentencePieceProcessor(model_file=str(root / "tokenizer" / "spiece.model"))
+    captions = ["a red box", "a wide cinematic forest view"]
+    pieces = [reference.encode(caption) + [1] for caption in captions]  # then </s>
+    assert max(map(len, pieces)) < 32  # no truncation
+    ids = torch.tensor([row + [0] * (32 - len(row)) for row in pieces])
+    assert torch.equal(
+        encoder.tokenizer(captions, padding="max_length", max_length=32, return_tensors="pt").input_ids, ids
+    )
+    torch.testing.assert_close(encoder(captions), encoder.encoder(ids).last_hidden_state)
+    (root / "tokenizer" / "spiece.model").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"tokenizer holds no T5 tokenizer \(spiece\.model or tokenizer\.json\)"
+    ):
+        TextEncoder("t5", str(root / "text_encoder"))
 
 
 def test_summary_counts_parameters(capsys):
