@@ -102,6 +102,8 @@ class MetricConfig:
 @dataclass
 class WeightsConfig:
     """Local weight files of the feature networks (``d4s.eval.extractors``; ``null``: the metric is skipped).
+    ``qalign_python``: the Python of an environment with one-align's requirements, which runs Q-Align in a subprocess
+    (its remote code does not import under the transformers d4s pins; ``null``: in this process, which refuses).
     ``random_init_consistency``: also a frame consistency on a randomly initialised ResNet-18 (a smoke test of the
     code path, not comparable to the paper)."""
 
@@ -111,13 +113,15 @@ class WeightsConfig:
     aesthetic: str | None = None
     dino: str | None = None
     qalign: str | None = None
+    qalign_python: str | None = None
     mast3r: str | None = None
     random_init_consistency: bool = False
 
     def paths(self) -> dict[str, str | None]:
+        """Extractor name -> configured path, and ``qalign_python`` (what the feature values depend on)."""
         return {
             name: getattr(self, name)
-            for name in ("i3d", "clip_b32", "clip_l14", "aesthetic", "dino", "qalign", "mast3r")
+            for name in ("i3d", "clip_b32", "clip_l14", "aesthetic", "dino", "qalign", "mast3r", "qalign_python")
         }
 
 

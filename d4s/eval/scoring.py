@@ -189,7 +189,7 @@ class _Extractors:
 
             try:
                 self.loaded[name] = load_extractor(name, self.paths, device=self.device)
-            except (FileNotFoundError, ImportError) as error:  # MissingWeights is a FileNotFoundError
+            except Exception as error:  # noqa: BLE001  (remembered, raised again, then reported as the metric's skip)
                 self.loaded[name] = error
         value = self.loaded[name]
         if isinstance(value, Exception):
@@ -308,8 +308,8 @@ def feature_metrics(
                 try:
                     distribution.update(_distribution_metrics(videos, real, extractors, out))
                     continue
-                except (FileNotFoundError, ImportError, ValueError) as error:  # ValueError: e.g. clips too short
-                    reason = " ".join(str(error).split())
+                except Exception as error:  # noqa: BLE001  e.g. clips too short; reported, the other metrics go on
+                    reason = _reason(error)
             skipped += [{"metric": "fvd", "skipped": reason}, {"metric": "kvd", "skipped": reason}]
             continue
         try:
@@ -327,11 +327,19 @@ def feature_metrics(
                     )
                     cached[sample][metric] = value
                 write_json(sample.folder(out) / "features.json", {"weights": weights, "values": cached[sample]})
-        except (FileNotFoundError, ImportError) as error:
-            skipped.append({"metric": metric, "skipped": " ".join(str(error).split())})
+        except Exception as error:  # noqa: BLE001  one metric's failure (remote code raises anything) stops no other
+            skipped.append({"metric": metric, "skipped": _reason(error)})
     bar.close()
     per_sample = {str(s.folder(out)): cached[s] for s in videos}
     return per_sample, distribution, skipped
+
+
+def _reason(error: Exception) -> str:
+    """One line saying why a metric could not run: the message of a bad input (missing weights, a refused file),
+    the exception's type too for anything else (a failure inside a network's own code)."""
+    message = " ".join(str(error).split())
+    expected = (FileNotFoundError, ImportError, ValueError)
+    return message if isinstance(error, expected) and message else f"{type(error).__name__}: {message}"
 
 
 def _distribution_metrics(videos: list[Sample], real: list[Scene], extractors: _Extractors, out: Path) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,6 +395,46 @@ def test_qalign_load_errors(tmp_path):
         QAlign.load(None)
     with pytest.raises(ValueError, match="no config.json"):
         QAlign.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # one-align's remote code cannot import under transformers 5
+    with pytest.raises(ValueError, match=r"transformers 4\.3x .* set weights\.qalign_python"):
+        QAlign.load(tmp_path)
+
+
+FAKE_WORKER = """
+import sys
+import numpy as np
+import d4s  # this checkout is on the worker's PYTHONPATH
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))  # -m <module> --model <folder> --frames <in> --out <out> ...
+assert args["-m"] == "d4s.eval.extractors.qalign" and args["--model"].endswith("one-align"), args
+if "fail" in args["--model"]:
+    sys.exit("NameError: name 'Cache' is not defined")  # what one-align's remote code raises under transformers 5
+frames = np.load(args["--frames"])
+np.save(args["--out"], frames.mean(axis=(1, 2, 3))[:, None] * np.arange(1.0, 6.0))  # logits [N, 5]
+"""
+
+
+def fake_python(folder: Path) -> Path:
+    """An executable standing in for another environment's interpreter: it runs FAKE_WORKER with this Python."""
+    (folder / "worker.py").write_text(FAKE_WORKER)
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{folder / "worker.py"}" "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+def test_qalign_in_its_own_environment_runs_as_a_subprocess(tmp_path):
+    python, model = fake_python(tmp_path), tmp_path / "one-align"
+    model.mkdir()
+    qalign = load_extractor("qalign", {"qalign": str(model), "qalign_python": str(python)})
+    frames = torch.rand(3, 3, 8, 10, generator=torch.Generator().manual_seed(0))
+    logits = frames.mean((1, 2, 3))[:, None].double() * torch.arange(1.0, 6.0, dtype=torch.float64)
+    torch.testing.assert_close(qalign.score(frames), qalign_score(logits))
+    broken = tmp_path / "fail-one-align"
+    broken.mkdir()
+    with pytest.raises(RuntimeError, match=r"^Q-Align in .*python: NameError: name 'Cache' is not defined$"):
+        load_extractor("qalign", {"qalign": str(broken), "qalign_python": str(python)}).score(frames)
+    with pytest.raises(FileNotFoundError, match="weights.qalign_python: .*nope is not an executable Python"):
+        load_extractor("qalign", {"qalign": str(model), "qalign_python": str(tmp_path / "nope")})
 
 
 # ------------------------------------------------------------------------------------------------------------- MASt3R

@@ -267,6 +267,39 @@ def test_weight_needing_metrics_are_wired_when_their_extractors_load(tiny_config
     assert again["overall"]["fvd"]["mean"] != report["overall"]["fvd"]["mean"]
 
 
+class _RemoteCodeDINO:
+    """Stand-in for a network whose own code fails mid-way (as one-align's remote code does under transformers 5)."""
+
+    def features(self, videos):
+        raise NameError("name 'Cache' is not defined")
+
+
+def test_one_metrics_failure_stops_no_other(tiny_config, tiny_run, monkeypatch, tmp_path):
+    """Q-Align configured without its own environment is refused before it loads anything, and a network that raises
+    inside its own code is skipped with the error; CLIP-Score and background consistency are computed all the same."""
+    from d4s.eval import extractors
+
+    real_load = extractors.load_extractor
+    stand_ins = {"clip_b32": _StandInCLIP, "dino": _RemoteCodeDINO}
+
+    def load_extractor(name, paths, device):
+        return stand_ins[name]() if name in stand_ins else real_load(name, paths, device)
+
+    monkeypatch.setattr("d4s.eval.extractors.load_extractor", load_extractor)
+    monkeypatch.setattr("d4s.pipeline.Diff4SplatPipeline.from_checkpoint", None)
+    one_align = tmp_path / "one-align"
+    one_align.mkdir()
+    (one_align / "config.json").write_text("{}")
+    config = own_copy(tiny_config, tmp_path / "run")
+    weights = dataclasses.replace(config.weights, clip_b32="stand-in", dino="stand-in", qalign=str(one_align))
+    report = run_protocol(dataclasses.replace(config, weights=weights))
+    skipped = {entry["metric"]: entry["skipped"] for entry in report["skipped"]}
+    assert "transformers 4.3x" in skipped["qalign"] and "weights.qalign_python" in skipped["qalign"]
+    assert skipped["subject_consistency"] == "NameError: name 'Cache' is not defined"
+    for metric in ("clip_score", "background_consistency"):
+        assert report["overall"][metric]["n"] == 10 and math.isfinite(report["overall"][metric]["mean"])
+
+
 def test_rpe_of_a_render_follows_its_cameras(tiny_config):
     """A textured room rendered along `forward`: measured against its own cameras the RPE is small, against another
     trajectory it is not (the wiring from render to pose estimate to RPE)."""

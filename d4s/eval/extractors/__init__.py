@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from d4s.eval.extractors.errors import WEIGHTS, MissingWeights, WeightsInfo
+from d4s.eval.extractors.errors import WEIGHTS, MissingWeights, WeightsInfo, require_path
 
 EXTRACTOR_NAMES = ("i3d", "clip_b32", "clip_l14", "aesthetic", "dino", "qalign", "mast3r")
 
@@ -23,7 +23,8 @@ def load_extractor(name: str, paths: Mapping[str, str | None], device: str | tor
         name: one of ``EXTRACTOR_NAMES``: ``"i3d"`` -> ``I3D``, ``"clip_b32"`` / ``"clip_l14"`` -> ``CLIP``,
             ``"aesthetic"`` -> ``AestheticHead``, ``"dino"`` -> ``DINO``, ``"qalign"`` -> ``QAlign``,
             ``"mast3r"`` -> ``Mast3rMatcher``.
-        paths: extractor name -> local path or ``None`` (``weights`` in ``configs/eval.yaml``).
+        paths: extractor name -> local path or ``None`` (``weights`` in ``configs/eval.yaml``); ``qalign_python``:
+            the interpreter that runs Q-Align in its own environment (:class:`~d4s.eval.extractors.qalign.QAlignProcess`).
         device: where the network runs (the small aesthetic head runs wherever its input is).
     Raises:
         ValueError for an unknown name or a wrong weights file; ``MissingWeights`` when the path is absent from
@@ -49,8 +50,10 @@ def load_extractor(name: str, paths: Mapping[str, str | None], device: str | tor
 
         return DINO.load(path, device=device)
     if name == "qalign":
-        from d4s.eval.extractors.qalign import QAlign
+        from d4s.eval.extractors.qalign import QAlign, QAlignProcess
 
+        if paths.get("qalign_python"):  # one-align in its own environment (d4s.eval.extractors.qalign)
+            return QAlignProcess(paths["qalign_python"], require_path("qalign", path, folder=True), device)
         return QAlign.load(path, device=device)
     from d4s.eval.extractors.mast3r import Mast3rMatcher
 

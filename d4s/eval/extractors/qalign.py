@@ -8,15 +8,27 @@ to a square with the processor's mean colour, resized to the processor's size (4
 tokenised with the image placeholder replaced by the image token index (-200); the next-token logits of the five
 rating words go through :func:`d4s.eval.metrics.qalign_score` (softmax, expectation with 5..1).
 
-Caveat: one-align's remote code asks the Hub for its tokenizer by name inside ``__init__``; offline that works only
-when the snapshot is in the Hugging Face cache (``HF_HUB_OFFLINE=1`` with the cache populated).
+Its own environment: one-align's remote code was written for transformers 4.3x and does not import under the
+transformers 5 d4s pins (it needs ``icecream`` and helpers transformers 5 removed). :meth:`QAlign.load` therefore
+refuses under transformers 5, and the evaluation runs Q-Align in a subprocess instead (:class:`QAlignProcess`) when
+``weights.qalign_python`` names the Python of an environment with one-align's requirements: that interpreter runs
+this module (``python -m d4s.eval.extractors.qalign --model DIR --frames IN.npy --out OUT.npy``, with this checkout on
+its ``PYTHONPATH``) and returns the rating logits. Its remote code also asks the Hub for its tokenizer by name inside
+``__init__``; offline that works only when the snapshot is in that environment's Hugging Face cache
+(``HF_HUB_OFFLINE=1`` with the cache populated). See ``docs/evaluation.md``, "Q-Align".
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -118,11 +130,18 @@ class QAlign:
         Raises ``MissingWeights`` when ``path`` is ``None`` or absent, ``ValueError`` naming the folder when it holds
         no loadable model or tokenizer.
         """
+        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = require_path("qalign", path, folder=True)
         if not (folder / "config.json").is_file():
             raise ValueError(f"Q-Align: {folder}: no config.json; expected a q-future/one-align snapshot")
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            raise ValueError(
+                f"Q-Align: one-align's remote code was written for transformers 4.3x and does not import under "
+                f"transformers {transformers.__version__}; set weights.qalign_python to the python of an environment with its "
+                "requirements (docs/evaluation.md, 'Q-Align')"
+            )
         options = {"trust_remote_code": True, "local_files_only": True}
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, **options)
@@ -161,6 +180,49 @@ class QAlign:
         return qalign_score(self.rating_logits(frames))
 
 
+class QAlignProcess:
+    """:class:`QAlign` run by another interpreter (``python``: one with one-align's requirements), as a subprocess
+    per call of :meth:`score`; the same scores, through this module's command line (module docstring)."""
+
+    def __init__(self, python: str | Path, folder: str | Path, device: str | torch.device = "cpu"):
+        self.python, self.folder, self.device = Path(python), require_path("qalign", folder, folder=True), str(device)
+        if not (self.python.is_file() and os.access(self.python, os.X_OK)):
+            raise FileNotFoundError(
+                f"weights.qalign_python: {self.python} is not an executable Python; point it at the interpreter of "
+                "an environment with one-align's requirements (docs/evaluation.md, 'Q-Align')"
+            )
+
+    def score(self, frames: Tensor) -> Tensor:
+        """``frames [N, 3, H, W]`` in ``[0, 1]`` -> Q-Align quality ``[N]`` in ``[1, 5]``."""
+        frames = check_frames(frames)
+        checkout = str(Path(__file__).resolve().parents[3])  # the folder that holds the d4s package
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
+        with tempfile.TemporaryDirectory(prefix="d4s-qalign-") as work:
+            given, returned = Path(work) / "frames.npy", Path(work) / "logits.npy"
+            np.save(given, frames.float().cpu().numpy())
+            command = [str(self.python), "-m", __name__, "--model", str(self.folder), "--frames", str(given)]
+            command += ["--out", str(returned), "--device", self.device]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if result.returncode != 0 or not returned.is_file():
+                lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit status {result.returncode}"]
+                raise RuntimeError(f"Q-Align in {self.python}: {lines[-1]}")
+            return qalign_score(torch.from_numpy(np.load(returned)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The subprocess side of :class:`QAlignProcess`: the rating logits ``[N, 5]`` of ``--frames`` into ``--out``."""
+    parser = argparse.ArgumentParser(prog="python -m d4s.eval.extractors.qalign", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="the q-future/one-align folder")
+    parser.add_argument("--frames", required=True, help=".npy of frames [N, 3, H, W] in [0, 1]")
+    parser.add_argument("--out", required=True, help=".npy to write the logits [N, 5] to")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    scorer = QAlign.load(args.model, dtype=dtype, device=args.device)
+    np.save(args.out, scorer.rating_logits(torch.from_numpy(np.load(args.frames))).numpy())
+    return 0
+
+
 def _processor_settings(folder: Path) -> tuple[int, tuple, tuple]:
     """``(size, mean, std)`` from the folder's ``preprocessor_config.json``, CLIP's at 448 px when it has none."""
     config_file = folder / "preprocessor_config.json"
@@ -171,3 +233,7 @@ def _processor_settings(folder: Path) -> tuple[int, tuple, tuple]:
     if isinstance(size, dict):
         size = size.get("height", size.get("shortest_edge", IMAGE_SIZE))
     return int(size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
