@@ -6,6 +6,7 @@ Helpers shared by the estimator adapters live here too: :func:`read_npz` (strict
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
 import zipfile
@@ -131,6 +132,8 @@ class VideoDepthAnything(DepthEstimator):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.fp32 = fp32
         self._model: torch.nn.Module | None = None
+        if self.checkout is not None:  # a checkout that cannot run is refused before any clip
+            _import_official_model(self.checkout)
 
     def saved_output(self, clip: Clip) -> Path | None:
         """Where this clip's saved output lives (``None`` without ``outputs_dir``)."""
@@ -207,7 +210,14 @@ def _import_official_model(checkout: Path) -> type:
     root = checkout.resolve()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    module = importlib.import_module("video_depth_anything.video_depth")
+    try:
+        module = importlib.import_module("video_depth_anything.video_depth")
+    except ModuleNotFoundError as error:
+        raise InputError(
+            module_file,
+            f"the checkout's code imports {error.name!r}, which this environment lacks; pip install {error.name} "
+            "(the checkout's requirements.txt lists what it needs)",
+        ) from error
     origin = Path(module.__file__).resolve()
     if root not in origin.parents:
         raise RuntimeError(
@@ -217,10 +227,20 @@ def _import_official_model(checkout: Path) -> type:
     return module.VideoDepthAnything
 
 
+def megasam_scene_name(key: str) -> str:
+    """The scene name MegaSaM runs the clip ``key`` under: ``key`` itself, unless it contains ``_opt``, which MegaSaM's
+    ``cvd_opt.py`` deletes from the name when it looks up the disparities (``scene_name.replace("_opt", "")``, mega-sam
+    commit c83e41b); then ``key`` with each ``_opt`` written ``-opt`` and 8 hex digits of its SHA-1 (still unique)."""
+    if "_opt" not in key:
+        return key
+    return f"{key.replace('_opt', '-opt')}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
 class MetricDepthReference(DepthEstimator):
     """Per-frame metric depth files, one ``.npz`` per frame: a metric reference for scale alignment.
 
-    Files are ``sorted(<outputs_dir>/<pattern with {key} = clip.key>)``, each holding ``array [h, w]`` in metres
+    Files are ``sorted(<outputs_dir>/<pattern>)`` with ``{key}`` = ``clip.key`` and ``{scene}`` = the name MegaSaM
+    ran the clip under (:func:`megasam_scene_name`), each holding ``array [h, w]`` in metres
     at any resolution covering the whole frame. The defaults read UniDepth as MegaSaM's mono-depth step runs it
     (``UniDepth/outputs/<scene>/*.npz``, key ``depth``, long side 640 px): point ``outputs_dir`` at
     ``<mega-sam checkout>/UniDepth/outputs``. Maps are resized to the clip's resolution with nearest sampling, so
@@ -230,7 +250,7 @@ class MetricDepthReference(DepthEstimator):
     name = "unidepth"
 
     def __init__(
-        self, outputs_dir: str | Path, pattern: str = "{key}/*.npz", array: str = "depth", source: str = "unidepth"
+        self, outputs_dir: str | Path, pattern: str = "{scene}/*.npz", array: str = "depth", source: str = "unidepth"
     ):
         self.outputs_dir = Path(outputs_dir)
         self.pattern = pattern
@@ -239,7 +259,7 @@ class MetricDepthReference(DepthEstimator):
 
     def estimate(self, clip: Clip) -> DepthEstimate:
         """Metric z-depth ``[T, H, W]`` at the clip's resolution (0 = invalid)."""
-        pattern = self.pattern.format(key=clip.key)
+        pattern = self.pattern.format(key=clip.key, scene=megasam_scene_name(clip.key))
         files = sorted(self.outputs_dir.glob(pattern))
         where = self.outputs_dir / pattern
         if not files:

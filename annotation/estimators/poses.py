@@ -7,6 +7,7 @@ translations share one unknown per-video scale (recover it by aligning to a metr
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import torch
 from annotation.clip import Clip
 from annotation.errors import InputError
 from annotation.estimators.base import DepthEstimate, PoseEstimate, PoseEstimator
-from annotation.estimators.depth import read_npz, resample_maps
+from annotation.estimators.depth import megasam_scene_name, read_npz, resample_maps
 from d4s.geometry.cameras import check_c2w, check_intrinsics, resize_intrinsics
 from d4s.utils.fileio import atomic_output
 
@@ -33,7 +34,7 @@ MEGASAM_REPO = "https://github.com/mega-sam/mega-sam"
 MEGASAM_STEPS = (
     (
         "{python} Depth-Anything/run_videos.py --encoder vitl"
-        " --load-from Depth-Anything/checkpoints/depth_anything_vitl14.pth"
+        " --load-from Depth-Anything/checkpoints/depth_anything_vitl14.pth --localhub"
         " --img-path {frames} --outdir Depth-Anything/video_visualization/{scene}"
     ),
     (
@@ -59,7 +60,16 @@ MEGASAM_WEIGHTS = {
         "depth_anything_vitl14.pth"
     ),
     "cvd_opt/raft-things.pth": f"download raft-things.pth from the RAFT checkpoint folder linked in {MEGASAM_REPO}",
+    # run_videos.py --localhub builds DINOv2 from this folder (relative to the checkout, where the steps run) instead
+    # of fetching its code through torch.hub; its weights come from depth_anything_vitl14.pth
+    "torchhub/facebookresearch_dinov2_main/hubconf.py": (
+        "clone DINOv2's code there: git clone https://github.com/facebookresearch/dinov2 "
+        "torchhub/facebookresearch_dinov2_main (in the checkout)"
+    ),
 }
+# Hugging Face models the default steps load by name (UniDepth/scripts/demo_mega-sam.py: UniDepthV2.from_pretrained);
+# the steps run with HF_HUB_OFFLINE=1, so each must be in the Hugging Face cache of this machine beforehand
+MEGASAM_HUB_MODELS = ("lpiccinelli/unidepth-v2-vitl14",)
 _PLACEHOLDERS = ("python", "checkout", "frames", "scene")
 _ERROR_TAIL_CHARS = 4000
 
@@ -145,6 +155,7 @@ class MegaSaM(PoseEstimator):
         python: str = "python",
         steps: Sequence[str] = MEGASAM_STEPS,
         required_files: Mapping[str, str] = MEGASAM_WEIGHTS,
+        hub_models: Sequence[str] = MEGASAM_HUB_MODELS,
         work_dir: str | Path | None = None,
     ):
         if outputs_dir is None and checkout is None:
@@ -162,6 +173,7 @@ class MegaSaM(PoseEstimator):
         self.python = python
         self.steps = tuple(steps)
         self.required_files = dict(required_files)
+        self.hub_models = tuple(hub_models)
         self.work_dir = None if work_dir is None else Path(work_dir)
 
     def output_path(self, clip: Clip) -> Path:
@@ -182,16 +194,18 @@ class MegaSaM(PoseEstimator):
         return load_megasam_output(path, clip)
 
     def _run(self, clip: Clip, destination: Path) -> None:
-        """Run every step on the clip's frames, then copy the final output to ``destination``."""
+        """Run every step on the clip's frames (as the scene :func:`megasam_scene_name`), offline, then copy the
+        final output to ``destination``."""
         self._check_checkout()
+        scene = megasam_scene_name(clip.key)
         with tempfile.TemporaryDirectory(prefix="megasam-", dir=self.work_dir) as tmp:
-            frames = Path(tmp).resolve() / clip.key
+            frames = Path(tmp).resolve() / scene
             write_frames(clip.frames, frames)
-            values = {"python": self.python, "checkout": str(self.checkout), "frames": str(frames), "scene": clip.key}
+            values = {"python": self.python, "checkout": str(self.checkout), "frames": str(frames), "scene": scene}
             quoted = {name: shlex.quote(value) for name, value in values.items()}
             for template in self.steps:
                 _run_step(template.format(**quoted), self.checkout)
-        produced = self.checkout / "outputs_cvd" / f"{clip.key}_sgd_cvd_hr.npz"
+        produced = self.checkout / "outputs_cvd" / f"{scene}_sgd_cvd_hr.npz"
         if not produced.is_file():
             raise InputError(produced, "the MegaSaM steps finished without writing this file; check the step templates")
         if produced != destination.resolve():
@@ -204,6 +218,14 @@ class MegaSaM(PoseEstimator):
         for relative, how in self.required_files.items():
             if not (self.checkout / relative).is_file():
                 raise InputError(self.checkout / relative, f"missing MegaSaM weights: {how}")
+        cache = hub_cache()
+        for model in self.hub_models:
+            if not list((cache / f"models--{model.replace('/', '--')}").glob("snapshots/*/config.json")):
+                raise InputError(
+                    cache,
+                    f"{model} is not in this Hugging Face cache, and the MegaSaM steps run offline; on a machine "
+                    f"online, with the same HF_HOME: huggingface-cli download {model}",
+                )
 
 
 def write_frames(frames: np.ndarray, directory: Path) -> None:
@@ -215,9 +237,21 @@ def write_frames(frames: np.ndarray, directory: Path) -> None:
             raise OSError(f"{path}: could not write the frame")
 
 
+def hub_cache() -> Path:
+    """The Hugging Face hub cache the steps will read (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``), read from the environment when called."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
 def _run_step(command: str, cwd: Path) -> None:
-    """Run one shell command in ``cwd``; ``RuntimeError`` with the command and the end of its output if it fails."""
-    result = subprocess.run(command, shell=True, check=False, cwd=cwd, capture_output=True, text=True, errors="replace")
+    """Run one shell command in ``cwd`` with the Hugging Face hub offline; ``RuntimeError`` with the command and the
+    end of its output if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        command, shell=True, check=False, cwd=cwd, env=env, capture_output=True, text=True, errors="replace"
+    )
     if result.returncode != 0:
         output = (result.stdout + result.stderr)[-_ERROR_TAIL_CHARS:]
         raise RuntimeError(f"megasam: step failed with exit code {result.returncode} in {cwd}:\n{command}\n{output}")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,7 +24,7 @@ import torch
 from annotation.clip import Clip
 from annotation.errors import InputError
 from annotation.estimators import make_depth_estimator, make_pose_estimator
-from annotation.estimators.depth import VDA_MODEL_CONFIGS, MetricDepthReference, VideoDepthAnything
+from annotation.estimators.depth import VDA_MODEL_CONFIGS, MetricDepthReference, VideoDepthAnything, megasam_scene_name
 from annotation.estimators.flow import DISFlow, forward_backward_flow, optical_flow
 from annotation.estimators.gt import GroundTruthDepth, GroundTruthPoses
 from annotation.estimators.poses import MegaSaM
@@ -30,15 +32,18 @@ from d4s.geometry import look_at
 from d4s.geometry.cameras import project_points
 
 SIZE = (90, 170)  # MegaSaM resizes this to 322x609 and crops to 320x608: the crop is not a plain resize
+REPO = Path(__file__).resolve().parents[2]
 
 
-def make_clip(num: int = 3, size: tuple[int, int] = SIZE, seed: int = 0, **fields) -> Clip:
+def make_clip(
+    num: int = 3, size: tuple[int, int] = SIZE, seed: int = 0, scene: str = "room 1/take a", **fields
+) -> Clip:
     rng = np.random.default_rng(seed)
     height, width = size
     K = np.array([[120.0, 0.0, 0.47 * width], [0.0, 118.0, 0.52 * height], [0.0, 0.0, 1.0]], dtype=np.float32)
     return Clip(
         dataset="toy4d",
-        scene="room 1/take a",
+        scene=scene,
         frame_indices=list(range(5, 5 + num)),
         fps=12.0,
         frames=rng.integers(0, 256, (num, height, width, 3), dtype=np.uint8),
@@ -272,6 +277,21 @@ def test_vda_missing_checkout_or_checkpoint_names_the_path(vda_checkout, tmp_pat
         VideoDepthAnything()
 
 
+def test_a_checkout_whose_code_needs_a_missing_package_is_refused_before_any_clip(tmp_path):
+    """Video Depth Anything's own code imports packages of its own (easydict, pinned here); one that is missing is
+    named when the estimator is built. In a child process: the official package imports once per process."""
+    root = tmp_path / "Video-Depth-Anything"
+    (root / "video_depth_anything").mkdir(parents=True)
+    (root / "video_depth_anything" / "__init__.py").write_text("")
+    (root / "video_depth_anything" / "video_depth.py").write_text("import a_package_nobody_installed\n")
+    code = f"from annotation.estimators.depth import VideoDepthAnything; VideoDepthAnything(checkout={str(root)!r})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "imports 'a_package_nobody_installed', which this environment lacks" in last, result.stderr[-2000:]
+    assert str(root / "video_depth_anything" / "video_depth.py") in last
+
+
 # ---------------------------------------------------------------- MegaSaM outputs
 
 
@@ -370,15 +390,18 @@ def test_megasam_bad_outputs_name_the_file(tmp_path):
 FAKE_MEGASAM_SCRIPTS = {
     "Depth-Anything/run_videos.py": """
         parser.add_argument("--img-path"); parser.add_argument("--outdir"); parser.add_argument("--encoder")
-        parser.add_argument("--load-from", required=True)
+        parser.add_argument("--load-from", required=True); parser.add_argument("--localhub", action="store_true")
         args = parser.parse_args()
         assert os.path.isfile(args.load_from)
+        # offline: DINOv2's code from the checkout's torchhub folder, as DPT_DINOv2(localhub=True) loads it
+        assert args.localhub and os.path.isfile("torchhub/facebookresearch_dinov2_main/hubconf.py")
         os.makedirs(args.outdir, exist_ok=True)
         for image in sorted(glob.glob(os.path.join(args.img_path, "*.png"))):
             np.save(os.path.join(args.outdir, os.path.basename(image)[:-4] + ".npy"), np.ones((4, 6), np.float32))
     """,
     "UniDepth/scripts/demo_mega-sam.py": """
         import unidepth  # importable only with <checkout>/UniDepth on PYTHONPATH, as the official script needs
+        assert os.environ.get("HF_HUB_OFFLINE") == "1"  # UniDepthV2.from_pretrained must read the local cache
         parser.add_argument("--img-path"); parser.add_argument("--outdir"); parser.add_argument("--scene-name")
         args = parser.parse_args()
         os.makedirs(os.path.join(args.outdir, args.scene_name), exist_ok=True)
@@ -398,6 +421,7 @@ FAKE_MEGASAM_SCRIPTS = {
         os.makedirs(os.path.join("reconstructions", args.scene_name), exist_ok=True)
         images = np.stack([cv2.imread(image) for image in images])
         np.save(os.path.join("reconstructions", args.scene_name, "images.npy"), images)
+        np.save(os.path.join("reconstructions", args.scene_name, "disps.npy"), np.ones((len(images), 4, 6)))
     """,
     "cvd_opt/preprocess_flow.py": """
         parser.add_argument("--datapath"); parser.add_argument("--model"); parser.add_argument("--scene_name")
@@ -414,6 +438,7 @@ FAKE_MEGASAM_SCRIPTS = {
         parser.add_argument("--w_normal", type=float); parser.add_argument("--output_dir", default="outputs_cvd")
         args = parser.parse_args()
         images = np.load(os.path.join("reconstructions", args.scene_name, "images.npy"))
+        np.load(os.path.join("reconstructions", args.scene_name.replace("_opt", ""), "disps.npy"))  # as upstream
         pairs = np.load(os.path.join("cache_flow", args.scene_name, "ii-jj.npy"))
         truth = dict(np.load("truth.npz"))
         assert len(images) == len(truth["cam_c2w"]) == pairs.shape[1] + 1
@@ -433,11 +458,13 @@ WEIGHTS = (
     "checkpoints/megasam_final.pth",
     "Depth-Anything/checkpoints/depth_anything_vitl14.pth",
     "cvd_opt/raft-things.pth",
+    "torchhub/facebookresearch_dinov2_main/hubconf.py",
 )
 
 
-def make_megasam_checkout(root, clip: Clip, truth) -> None:
-    """Fake checkout: the official scripts' paths and arguments; cvd_opt.py writes ``truth.npz`` as its result."""
+def make_megasam_checkout(root, clip: Clip, truth, monkeypatch) -> None:
+    """Fake checkout: the official scripts' paths and arguments; cvd_opt.py writes ``truth.npz`` as its result. A
+    Hugging Face cache beside it holds UniDepth's snapshot (``HF_HUB_CACHE``)."""
     for relative, body in FAKE_MEGASAM_SCRIPTS.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_text(FAKE_SCRIPT_HEADER + textwrap.dedent(body))
@@ -447,13 +474,18 @@ def make_megasam_checkout(root, clip: Clip, truth) -> None:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(b"weights")
     write_megasam_output(root / "truth.npz", clip, *truth)
+    cache = root.parent / "hf-cache"
+    snapshot = cache / "models--lpiccinelli--unidepth-v2-vitl14" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
 
 
-def test_megasam_runs_the_official_steps_and_caches_the_result(tmp_path):
+def test_megasam_runs_the_official_steps_offline_and_caches_the_result(tmp_path, monkeypatch):
     clip = make_clip()
     truth = megasam_truth(clip)
     checkout = tmp_path / "mega sam"  # a space in the path exercises the quoting of the templates
-    make_megasam_checkout(checkout, clip, truth)
+    make_megasam_checkout(checkout, clip, truth, monkeypatch)
     cache = tmp_path / "cache"
     options = {"checkout": checkout, "python": sys.executable, "work_dir": tmp_path}
     check_matches_truth(MegaSaM(outputs_dir=cache, **options).estimate(clip), clip, *truth)
@@ -479,17 +511,28 @@ def test_megasam_runs_the_official_steps_and_caches_the_result(tmp_path):
     assert len((checkout / "calls.jsonl").read_text().splitlines()) == 5  # both were cache hits
 
 
-def test_megasam_run_failures_are_loud(tmp_path):
+def test_megasam_run_failures_are_loud(tmp_path, monkeypatch):
     clip = make_clip()
     checkout = tmp_path / "mega-sam"
     with pytest.raises(InputError, match="not a MegaSaM checkout") as error:
         MegaSaM(checkout=checkout).estimate(clip)
     assert error.value.path == str(checkout)
-    make_megasam_checkout(checkout, clip, megasam_truth(clip))
+    make_megasam_checkout(checkout, clip, megasam_truth(clip), monkeypatch)
     (checkout / "cvd_opt" / "raft-things.pth").unlink()
     with pytest.raises(InputError, match="RAFT") as error:
         MegaSaM(checkout=checkout).estimate(clip)
     assert error.value.path == str(checkout / "cvd_opt" / "raft-things.pth")
+    (checkout / "cvd_opt" / "raft-things.pth").write_bytes(b"weights")
+    (checkout / "torchhub" / "facebookresearch_dinov2_main" / "hubconf.py").unlink()
+    with pytest.raises(InputError, match="git clone https://github.com/facebookresearch/dinov2"):
+        MegaSaM(checkout=checkout).estimate(clip)
+    (checkout / "torchhub" / "facebookresearch_dinov2_main" / "hubconf.py").write_text("")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty cache"))
+    with pytest.raises(
+        InputError, match="unidepth-v2-vitl14 is not in this Hugging Face cache.*huggingface-cli download"
+    ):
+        MegaSaM(checkout=checkout).estimate(clip)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
     steps = ["{python} -c 'import sys; sys.exit(3)'"]
     with pytest.raises(RuntimeError, match="exit code 3"):
@@ -499,6 +542,24 @@ def test_megasam_run_failures_are_loud(tmp_path):
     assert error.value.path == str(checkout / "outputs_cvd" / f"{clip.key}_sgd_cvd_hr.npz")
     with pytest.raises(ValueError, match="placeholders"):
         MegaSaM(checkout=checkout, steps=["{python} run.py --video {video}"])
+
+
+def test_a_clip_key_with_opt_runs_under_a_scene_name_megasam_keeps(tmp_path, monkeypatch):
+    """MegaSaM's cvd_opt.py deletes ``_opt`` from the scene name when it reads the disparities (the fake does too):
+    the clip runs under :func:`megasam_scene_name`, its output is cached under its own key, and the UniDepth outputs
+    of that run are found for it."""
+    clip = make_clip(scene="take_opt_1")
+    assert "_opt" in clip.key and "_opt" not in megasam_scene_name(clip.key)
+    assert megasam_scene_name("room_1") == "room_1" and megasam_scene_name("a_opt") != megasam_scene_name("a-opt")
+    truth = megasam_truth(clip)
+    checkout = tmp_path / "mega-sam"
+    make_megasam_checkout(checkout, clip, truth, monkeypatch)
+    check_matches_truth(
+        MegaSaM(checkout=checkout, python=sys.executable, work_dir=tmp_path).estimate(clip), clip, *truth
+    )
+    assert (checkout / "outputs_cvd" / f"{clip.key}_sgd_cvd_hr.npz").is_file()
+    reference = MetricDepthReference(checkout / "UniDepth" / "outputs").estimate(clip)
+    assert reference.values.shape == (clip.num_frames, *clip.size) and np.all(reference.values == 2.0)
 
 
 # ---------------------------------------------------------------- metric depth references (UniDepth)
