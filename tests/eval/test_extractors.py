@@ -275,6 +275,25 @@ def test_aesthetic_head_runs_the_laion_mlp_on_normalised_features(tmp_path):
         head.score(torch.randn(5, 13))
 
 
+def test_aesthetic_head_runs_the_relu_variant_with_its_relus(tmp_path):
+    """``ava+logos-l14-reluMSE.pth``'s MLP, as avaclipmlp_inf_wds-relu.py builds it: a ReLU after each hidden layer."""
+    torch.manual_seed(0)
+    a, b, c, d, e = 12, 10, 8, 6, 4
+    mlp = nn.Sequential(
+        nn.Linear(a, b), nn.ReLU(), nn.Dropout(0.2), nn.Linear(b, c), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(c, d), nn.ReLU(), nn.Dropout(0.1), nn.Linear(d, e), nn.ReLU(), nn.Linear(e, 1),
+    ).eval()  # fmt: skip
+    path = tmp_path / "ava+logos-l14-reluMSE.pth"
+    torch.save({f"layers.{key}": value for key, value in mlp.state_dict().items()}, path)
+    features = torch.randn(16, 12)
+    with torch.no_grad():
+        expected = mlp(F.normalize(features, dim=-1))[:, 0]
+        without_relus = _laion_mlp((a, b, c, d, e))
+        without_relus.load_state_dict(dict(zip(without_relus.state_dict(), mlp.state_dict().values())))
+        assert not torch.allclose(without_relus.eval()(F.normalize(features, dim=-1))[:, 0], expected)
+    torch.testing.assert_close(AestheticHead.load(path).score(features), expected)
+
+
 def test_aesthetic_head_reads_the_v1_linear_head(tmp_path):
     linear = nn.Linear(12, 1)
     path = tmp_path / "sa_0_4_vit_l_14_linear.pth"
@@ -294,6 +313,8 @@ def test_aesthetic_head_reads_the_v1_linear_head(tmp_path):
         ({"layers.0.weight": torch.zeros(3, 4), "layers.0.bias": torch.zeros(3),
           "layers.2.weight": torch.zeros(1, 5), "layers.2.bias": torch.zeros(1)}, "chain"),
         ({"layers.0.weight": torch.zeros(1, 4)}, "weight and a bias"),
+        ({"layers.0.weight": torch.zeros(3, 4), "layers.0.bias": torch.zeros(3),
+          "layers.5.weight": torch.zeros(1, 3), "layers.5.bias": torch.zeros(1)}, "neither LAION layout"),
     ],
 )  # fmt: skip
 def test_aesthetic_wrong_state_dicts_are_value_errors(tmp_path, state, match):
