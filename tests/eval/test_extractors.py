@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from d4s.eval.extractors import EXTRACTOR_NAMES, WEIGHTS, MissingWeights, load_extractor
@@ -459,6 +460,23 @@ def test_qalign_in_its_own_environment_runs_as_a_subprocess(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------- MASt3R
+
+
+@pytest.mark.parametrize(
+    ("size", "resized", "method", "box"),
+    [  # dust3r's load_images(size=512) worked out by hand: resize the long side to 512, crop to multiples of 16
+        ((90, 170), (512, 271), Image.Resampling.BICUBIC, (0, 7, 512, 263)),  # enlarged; 271 rows -> 256
+        ((64, 64), (512, 512), Image.Resampling.BICUBIC, (0, 64, 512, 448)),  # a square becomes 4:3
+        ((600, 1000), (512, 307), Image.Resampling.LANCZOS, (0, 1, 512, 305)),  # shrunk; 307 rows -> 304
+    ],
+)
+def test_mast3r_views_are_prepared_as_dust3r_load_images(size, resized, method, box):
+    stored = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    view = Mast3rMatcher._view(stored.float() / 255.0, 1)
+    picture = Image.fromarray(stored.permute(1, 2, 0).numpy()).resize(resized, method).crop(box)
+    expected = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    torch.testing.assert_close(view["img"], expected)
+    assert view["true_shape"].tolist() == [[box[3] - box[1], box[2] - box[0]]] and view["idx"] == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mast3r") is not None, reason="MASt3R is installed here")

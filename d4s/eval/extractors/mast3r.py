@@ -2,9 +2,13 @@
 
 Optional: MASt3R (Leroy et al. 2024) is under a non-commercial licence, so neither the package nor its checkpoint is
 a dependency. Install it yourself (``git clone --recursive https://github.com/naver/mast3r`` and put it and its
-``dust3r`` submodule on ``PYTHONPATH``) and point ``weights.mast3r`` (``configs/eval.yaml``) at the checkpoint. As MASt3R's demo: both
-images go in at 512 px on the long side, the descriptors are matched with ``fast_reciprocal_NNs`` (subsample 8,
-dot product), and matches within 3 px of a border are dropped.
+``dust3r`` submodule on ``PYTHONPATH``) and point ``weights.mast3r`` (``configs/eval.yaml``) at the checkpoint.
+
+As MASt3R's demo: each image is prepared as dust3r's ``load_images(size=512)`` does (``dust3r/utils/image.py``):
+8-bit RGB resized with PIL to 512 px on the long side (Lanczos when shrinking, bicubic when enlarging), then
+centre-cropped to multiples of 16, a square image to 4:3 (``square_ok=False``), and mapped to ``[-1, 1]``. The
+descriptors are matched with ``fast_reciprocal_NNs`` (subsample 8, dot product), and matches within 3 px of a border
+are dropped.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from d4s.eval.extractors._preprocess import check_frames
@@ -61,13 +66,21 @@ class Mast3rMatcher:
 
     @staticmethod
     def _view(image: Tensor, index: int) -> dict:
-        """A dust3r view dict of ``image [3, H, W]`` in ``[0, 1]``: long side 512, sides multiples of 16, ``[-1, 1]``."""
-        height, width = image.shape[-2:]
-        scale = LONG_SIDE / max(height, width)
-        size = (max(PATCH, round(height * scale) // PATCH * PATCH), max(PATCH, round(width * scale) // PATCH * PATCH))
-        pixels = F.interpolate(image[None], size=size, mode="bicubic", align_corners=False, antialias=True)
-        pixels = pixels.clamp(0.0, 1.0) * 2.0 - 1.0
-        true_shape = torch.tensor([size], dtype=torch.int32)
+        """A dust3r view dict of ``image [3, H, W]`` in ``[0, 1]``, prepared as ``load_images(size=512)`` (module
+        docstring): ``img [1, 3, h, w]`` in ``[-1, 1]`` and its ``true_shape [[h, w]]``."""
+        array = (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        picture = Image.fromarray(array)
+        longest = max(picture.size)
+        method = Image.Resampling.LANCZOS if longest > LONG_SIDE else Image.Resampling.BICUBIC
+        picture = picture.resize(tuple(round(side * LONG_SIDE / longest) for side in picture.size), method)
+        width, height = picture.size
+        cx, cy = width // 2, height // 2
+        half_w, half_h = (2 * cx) // PATCH * PATCH // 2, (2 * cy) // PATCH * PATCH // 2
+        if width == height:
+            half_h = 3 * half_w // 4
+        picture = picture.crop((cx - half_w, cy - half_h, cx + half_w, cy + half_h))
+        pixels = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)[None].float() / 255.0 * 2.0 - 1.0
+        true_shape = torch.tensor([[2 * half_h, 2 * half_w]], dtype=torch.int32)
         return {"img": pixels, "true_shape": true_shape, "idx": index, "instance": str(index)}
 
     @torch.no_grad()
