@@ -67,9 +67,10 @@ MEGASAM_WEIGHTS = {
         "torchhub/facebookresearch_dinov2_main (in the checkout)"
     ),
 }
-# Hugging Face models the default steps load by name (UniDepth/scripts/demo_mega-sam.py: UniDepthV2.from_pretrained);
-# the steps run with HF_HUB_OFFLINE=1, so each must be in the Hugging Face cache of this machine beforehand
-MEGASAM_HUB_MODELS = ("lpiccinelli/unidepth-v2-vitl14",)
+# Hugging Face models the default steps load by name, at the revision they pin (UniDepth/scripts/demo_mega-sam.py:
+# UniDepthV2.from_pretrained(..., revision=...)); the steps run with HF_HUB_OFFLINE=1, so each must be in the Hugging
+# Face cache of this machine beforehand, at that revision
+MEGASAM_HUB_MODELS = {"lpiccinelli/unidepth-v2-vitl14": "1d0d3c52f60b5164629d279bb9a7546458e6dcc4"}
 _PLACEHOLDERS = ("python", "checkout", "frames", "scene")
 _ERROR_TAIL_CHARS = 4000
 
@@ -155,7 +156,7 @@ class MegaSaM(PoseEstimator):
         python: str = "python",
         steps: Sequence[str] = MEGASAM_STEPS,
         required_files: Mapping[str, str] = MEGASAM_WEIGHTS,
-        hub_models: Sequence[str] = MEGASAM_HUB_MODELS,
+        hub_models: Mapping[str, str] = MEGASAM_HUB_MODELS,
         work_dir: str | Path | None = None,
     ):
         if outputs_dir is None and checkout is None:
@@ -173,7 +174,7 @@ class MegaSaM(PoseEstimator):
         self.python = python
         self.steps = tuple(steps)
         self.required_files = dict(required_files)
-        self.hub_models = tuple(hub_models)
+        self.hub_models = dict(hub_models)
         self.work_dir = None if work_dir is None else Path(work_dir)
 
     def output_path(self, clip: Clip) -> Path:
@@ -219,12 +220,13 @@ class MegaSaM(PoseEstimator):
             if not (self.checkout / relative).is_file():
                 raise InputError(self.checkout / relative, f"missing MegaSaM weights: {how}")
         cache = hub_cache()
-        for model in self.hub_models:
-            if not list((cache / f"models--{model.replace('/', '--')}").glob("snapshots/*/config.json")):
+        for model, revision in self.hub_models.items():
+            if not (cache / f"models--{model.replace('/', '--')}" / "snapshots" / revision / "config.json").is_file():
                 raise InputError(
                     cache,
-                    f"{model} is not in this Hugging Face cache, and the MegaSaM steps run offline; on a machine "
-                    f"online, with the same HF_HOME: huggingface-cli download {model}",
+                    f"{model} at revision {revision} is not in this Hugging Face cache, and the MegaSaM steps run "
+                    f"offline; on a machine online, with the same HF_HOME: huggingface-cli download {model} "
+                    f"--revision {revision}",
                 )
 
 

@@ -27,12 +27,13 @@ from annotation.estimators import make_depth_estimator, make_pose_estimator
 from annotation.estimators.depth import VDA_MODEL_CONFIGS, MetricDepthReference, VideoDepthAnything, megasam_scene_name
 from annotation.estimators.flow import DISFlow, forward_backward_flow, optical_flow
 from annotation.estimators.gt import GroundTruthDepth, GroundTruthPoses
-from annotation.estimators.poses import MegaSaM
+from annotation.estimators.poses import MEGASAM_HUB_MODELS, MegaSaM
 from d4s.geometry import look_at
 from d4s.geometry.cameras import project_points
 
 SIZE = (90, 170)  # MegaSaM resizes this to 322x609 and crops to 320x608: the crop is not a plain resize
 REPO = Path(__file__).resolve().parents[2]
+MEGASAM_UNIDEPTH_REVISION = "1d0d3c52f60b5164629d279bb9a7546458e6dcc4"  # the revision demo_mega-sam.py pins (c83e41b)
 
 
 def make_clip(
@@ -475,7 +476,7 @@ def make_megasam_checkout(root, clip: Clip, truth, monkeypatch) -> None:
         (root / relative).write_bytes(b"weights")
     write_megasam_output(root / "truth.npz", clip, *truth)
     cache = root.parent / "hf-cache"
-    snapshot = cache / "models--lpiccinelli--unidepth-v2-vitl14" / "snapshots" / "0123abc"
+    snapshot = cache / "models--lpiccinelli--unidepth-v2-vitl14" / "snapshots" / MEGASAM_UNIDEPTH_REVISION
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / "config.json").write_text("{}")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -488,6 +489,7 @@ def test_megasam_runs_the_official_steps_offline_and_caches_the_result(tmp_path,
     make_megasam_checkout(checkout, clip, truth, monkeypatch)
     cache = tmp_path / "cache"
     options = {"checkout": checkout, "python": sys.executable, "work_dir": tmp_path}
+    assert MEGASAM_HUB_MODELS == {"lpiccinelli/unidepth-v2-vitl14": MEGASAM_UNIDEPTH_REVISION}
     check_matches_truth(MegaSaM(outputs_dir=cache, **options).estimate(clip), clip, *truth)
 
     calls = [json.loads(line) for line in (checkout / "calls.jsonl").read_text().splitlines()]
@@ -527,9 +529,12 @@ def test_megasam_run_failures_are_loud(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="git clone https://github.com/facebookresearch/dinov2"):
         MegaSaM(checkout=checkout).estimate(clip)
     (checkout / "torchhub" / "facebookresearch_dinov2_main" / "hubconf.py").write_text("")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty cache"))
+    other = tmp_path / "other cache" / "models--lpiccinelli--unidepth-v2-vitl14" / "snapshots" / "0123abc"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")  # another revision than the one the step pins
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "other cache"))
     with pytest.raises(
-        InputError, match="unidepth-v2-vitl14 is not in this Hugging Face cache.*huggingface-cli download"
+        InputError, match=r"unidepth-v2-vitl14 at revision 1d0d3c5\w+ is not in this Hugging Face cache"
     ):
         MegaSaM(checkout=checkout).estimate(clip)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
