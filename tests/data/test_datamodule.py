@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from d4s.data.batch import Batch
 from d4s.data.clips import ClipConfig
@@ -35,11 +37,40 @@ def test_paper_stages_select_static_then_dynamic_data():
     assert [stages[n].splits["train"].motion for n in (1, 2, 3)] == ["static", "static", "dynamic"]
     assert {s.name for s in stages[3].splits["train"].sources} == {
         "pointodyssey",
-        "dynamicreplica",
+        "dynamic_replica",
         "spring",
         "vkitti2",
         "stereo4d",
     }
+
+
+ANNOTATED = {yaml.safe_load(p.read_text())["dataset"] for p in (REPO / "configs" / "annotate").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_paper_stage_data_reads_the_folders_make_annotate_writes(stage, toy4d_shards, tmp_path, monkeypatch):
+    """Every source of a stage reads ``data/<dataset>/index.json``, the folder ``make annotate DATASET=<dataset>``
+    writes (the Makefile's ``OUT``); on fixtures laid out that way (toy4d's shards in each dataset's folder) every
+    split of the stage yields clips."""
+    assert "OUT ?= data/$(DATASET)" in (REPO / "Makefile").read_text()
+    path = REPO / "configs" / "data" / f"stage{stage}.yaml"
+    config = yaml.safe_load(path.read_text())
+    for split in ("train", "val"):
+        for source in config[split]["sources"]:
+            assert source["name"] in ANNOTATED, source  # a dataset annotation knows
+            assert source["index"] == f"data/{source['name']}/index.json", source
+            folder = tmp_path / "data" / source["name"]
+            if not folder.exists():  # toy4d's shards as this dataset's, its train shards also as val (which has no
+                shutil.copytree(toy4d_shards, folder)  # dynamic clip in this fixture, and stage 3 reads dynamic ones)
+                index = json.loads((folder / "index.json").read_text())
+                index["dataset"], index["splits"]["val"] = source["name"], index["splits"]["train"]
+                (folder / "index.json").write_text(json.dumps(index))
+    monkeypatch.chdir(tmp_path)
+    small = {"num_frames": 5, "frame_step": 1, "max_frame_step": 2, "height": 32, "width": 32, "num_tracks": 8}
+    data = ClipDataModule.from_yaml(path, clip=small, num_workers=0)
+    for split in ("train", "val"):
+        sample = next(iter(data.build_dataset(split, rank=0, world_size=1)))
+        assert sample.video.shape[0] == 5
 
 
 def test_yaml_overrides_and_bad_values_are_reported():
