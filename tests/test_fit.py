@@ -81,6 +81,25 @@ def test_a_bad_value_is_one_line_naming_the_field_and_exit_status_2(override, me
     assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1, stderr
 
 
+def test_a_missing_file_is_one_line_naming_it_and_exit_status_2(toy4d_shards, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """A data index that is not there (no `make annotate` yet), then a --ckpt_path that is not there."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    args = ["--config", "configs/tiny/stage1.yaml", "--model.init_args.init_from=null", "--trainer.logger=false"]
+    assert run_cli(command, args) == 2
+    stderr = capsys.readouterr().err
+    assert (
+        stderr.startswith("error: source 'toy4d': cannot read the index data/toy4d/index.json")
+        and "make annotate" in stderr
+    )
+    assert stderr.count("\n") == 1, stderr
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "toy4d").symlink_to(toy4d_shards)  # as make annotate lays it out
+    assert run_cli(command, [*args, "--ckpt_path=nope.ckpt"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.splitlines()[-1] == "error: Checkpoint file not found: nope.ckpt", stderr
+
+
 @pytest.mark.parametrize("stage", [1, 3])
 def test_paper_scale_stages_instantiate_on_the_meta_device(stage, tmp_path):
     """The paper's model config with random weights (no files here), built without allocating memory."""
