@@ -82,8 +82,10 @@ class LPIPSConfig:
 @dataclass
 class OptimizerConfig:
     """AdamW with learning rate 1e-5 and weight decay 1e-4, cosine schedule (Sec. 4.1). The warm-up length and
-    the final learning rate (``min_lr_ratio`` x ``lr``) are not in the paper: our choices. The schedule spans the
-    trainer's ``max_steps``. ``fused``: PyTorch's fused AdamW kernel (CPU and CUDA), the same update in one pass
+    the final learning rate (``min_lr_ratio`` x ``lr``) are not in the paper: our choices. The schedule is
+    ``schedule_steps`` long and this stage starts ``schedule_start`` steps into it: one cosine over the paper's 100K
+    iterations continued across the stages (``configs/stage{1,2,3}.yaml``: starts 0, 40000, 80000 of 100000), or,
+    with ``schedule_steps`` unset, a warm-up and a cosine restarted in each stage over its ``max_steps``. ``fused``: PyTorch's fused AdamW kernel (CPU and CUDA), the same update in one pass
     over the weights (on the tiny CPU models about 6 times faster than the per-tensor loop); ``None``: fused
     unless the trainer runs mixed precision, where Lightning refuses gradient clipping with a fused optimiser
     (then the multi-tensor ``foreach`` loop)."""
@@ -94,6 +96,17 @@ class OptimizerConfig:
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0
     fused: bool | None = None
+    schedule_start: int = 0
+    schedule_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule_start < 0:
+            raise ValueError(f"optimizer.schedule_start: expected >= 0, got {self.schedule_start}")
+        if self.schedule_steps is not None and self.schedule_steps <= self.schedule_start:
+            raise ValueError(
+                f"optimizer.schedule_steps: expected more than schedule_start {self.schedule_start}, got "
+                f"{self.schedule_steps}"
+            )
 
 
 @dataclass
@@ -539,9 +552,10 @@ class Diff4SplatModule(L.LightningModule):
             raise ValueError(f"{type(self).__name__}: nothing to train (check recipe.dit and the stage)")
         o = self.optim
         optimizer = adamw(parameters, o, mixed_precision=str(self.trainer.precision).endswith("mixed"))
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        stage_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        total = o.schedule_steps or o.schedule_start + int(stage_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, o.warmup_steps, int(total), o.min_lr_ratio)
+            optimizer, lambda step: warmup_cosine(o.schedule_start + step, o.warmup_steps, total, o.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -20,6 +21,8 @@ from d4s.stages.base import OptimizerConfig, adamw, warmup_cosine
 from d4s.stages.checkpoint import AtomicCheckpointIO
 from d4s.stages.ema import ParameterEMA
 from tests.stages.conftest import RANDOM_LPIPS, tiny_data, tiny_module, tiny_trainer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def trainable(module) -> set[str]:
@@ -77,6 +80,30 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(60, 10, 110) == pytest.approx(0.5)  # half way through the cosine
     assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
     assert warmup_cosine(35, 10, 110, min_ratio=0.2) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_the_paper_schedule_is_one_cosine_continued_across_the_stages():
+    """configs/stage{1,2,3}.yaml: each stage starts where the previous one ended on one warm-up + cosine over the
+    paper's 100K iterations (Sec. 4.1); without schedule_steps the schedule restarts within the stage."""
+    module = tiny_module(StaticPretrain)
+    factors = {}
+    for n in (1, 2, 3):
+        config = yaml.safe_load((REPO / "configs" / f"stage{n}.yaml").read_text())
+        module.optim = OptimizerConfig(**config["model"]["init_args"]["optimizer"])
+        steps = config["trainer"]["max_steps"]
+        module._trainer = SimpleNamespace(max_steps=steps, precision="32-true")
+        schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+        factors[n] = (schedule.lr_lambdas[0](0), schedule.lr_lambdas[0](steps))
+    assert factors[1][0] == pytest.approx(1 / 1000)  # the warm-up's first step
+    assert factors[1][1] == pytest.approx(factors[2][0]) and factors[2][1] == pytest.approx(factors[3][0])
+    assert factors[2][0] == pytest.approx(0.5 * (1 + math.cos(math.pi * 39000 / 99000)))  # 40K into 100K, after warm-up
+    assert factors[3][1] == pytest.approx(0.0, abs=1e-12)  # the end of the 100K iterations
+    module.optim = OptimizerConfig(warmup_steps=10)  # the other reading: each stage its own warm-up and cosine
+    module._trainer = SimpleNamespace(max_steps=110, precision="32-true")
+    restarted = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert restarted(0) == pytest.approx(0.1) and restarted(60) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule_steps"):
+        OptimizerConfig(schedule_start=100, schedule_steps=100)
 
 
 def test_ema_averages_trainable_weights_and_swaps_back():
@@ -238,7 +265,7 @@ def test_squared_motion_option_still_logs_eq5(toy4d_shards):
 
 
 def test_motion_frames_all_supervises_every_frame_and_renders_the_same_views(toy4d_shards, monkeypatch):
-    import d4s.stages.base as base
+    from d4s.stages import base
 
     module = tiny_module(DynamicFinetune, recipe={"ldrm_input": "clean"})
     with torch.no_grad():
