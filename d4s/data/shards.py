@@ -60,6 +60,7 @@ class ShardPart:
     url: str
     part: int = 0
     parts: int = 1
+    samples: int | None = None  # the whole shard's, when the index gives it (what a skipped shard counts)
 
 
 def split_by_node(items: Sequence, rank: int, world_size: int) -> list:
@@ -102,29 +103,31 @@ def distributed_topology() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
-    """Raw samples (``__key__``, ``__url__``, member name -> bytes) of one tar shard.
+def read_shard(url: str, skipped: Counter, samples: int | None = None) -> Iterator[dict]:
+    """Raw samples (``__key__``, ``__url__``, member name -> bytes) of one tar shard of ``samples`` clips (when the
+    index says how many).
 
-    A shard that cannot be opened is logged and counted as ``unreadable shard``. Broken tar data, or a ``pipe:``
-    command that exits with a failure status, is counted once as ``broken tar``; the complete samples before the
-    damage are still yielded, and the sample being read when it struck is counted as ``truncated sample`` and
-    dropped. A pipe's status is known only once its output has ended, and a command that dies between two tar
-    members leaves a sample with members missing, so the last sample is held back until the stream has closed
-    cleanly: which samples come through does not depend on when the failure was noticed.
+    Skips are counted in clips. A shard that cannot be opened counts its ``samples`` as ``unreadable shard``. Broken
+    tar data, or a ``pipe:`` command that exits with a failure status, keeps the complete samples before the damage;
+    the sample being read when it struck is dropped as ``truncated sample``, and the clips the shard held after it
+    (``samples`` minus those read) count as ``broken tar``. A pipe's status is known only once its output has ended,
+    and a command that dies between two tar members leaves a sample with members missing, so the last sample is held
+    back until the stream has closed cleanly: which samples come through does not depend on when the failure was
+    noticed. Where the index does not give ``samples``, a failed shard counts one clip (at least that was lost).
     """
     try:
         stream = open_url(url)
     except Exception as error:  # noqa: BLE001 - any opener failure skips the shard, never the run
-        skipped["unreadable shard"] += 1
-        log.warning("skipped shard %s: cannot open (%s)", url, error)
+        skipped["unreadable shard"] += 1 if samples is None else samples
+        log.warning("skipped shard %s (%s clips): cannot open (%s)", url, "?" if samples is None else samples, error)
         return
 
     breaks = 0
+    read = 0  # samples read whole: yielded, or held back and then yielded or dropped
 
     def handler(error: Exception) -> bool:
         nonlocal breaks
-        if not breaks:  # webdataset reports one break at each level of its reader: count the shard once
-            skipped["broken tar"] += 1
+        if not breaks:  # webdataset reports one break at each level of its reader: log the shard once
             log.warning("shard %s: broken tar data skipped (%s)", url, error)
         breaks += 1
         return True
@@ -134,6 +137,11 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
             skipped["truncated sample"] += 1
             log.warning("skipped %s from %s: cut short by the broken tar", sample.get("__key__"), url)
 
+    def count_lost() -> None:
+        lost = 1 if samples is None else samples - read
+        if lost > 0:
+            skipped["broken tar"] += lost
+
     held = None  # the newest complete sample, yielded once the next one arrives or the stream closes cleanly
     try:
         seen_breaks = 0
@@ -142,18 +150,23 @@ def read_shard(url: str, skipped: Counter) -> Iterator[dict]:
         ):
             if breaks != seen_breaks:  # the sample being assembled when the tar broke: some members may be missing
                 seen_breaks = breaks
+                read += 1
                 drop(sample)
                 continue
             if held is not None:
                 yield held
             held = sample
+            read += 1
         try:
             stream.close()
         except Exception as error:  # noqa: BLE001 - e.g. a pipe: command's non-zero exit status
             if not breaks:  # the data ended cleanly, then the status said the command failed: the last sample is
                 handler(error)  # the one it may have left incomplete
                 drop(held)
+                count_lost()
                 return
+        if breaks:
+            count_lost()
         if held is not None:
             yield held
     finally:
@@ -300,9 +313,15 @@ class ClipDataset(IterableDataset):
         workers = self.streams_per_rank
         if any(count is None for count in counts):  # a single rank: set_distributed refuses several
             mine = split_by_node(shards, self.rank, self.world_size)
-            return [[ShardPart(s.url) for s in split_by_worker(mine, w, workers)] for w in range(workers)], None
+            streams = [
+                [ShardPart(s.url, samples=s.samples) for s in split_by_worker(mine, w, workers)] for w in range(workers)
+            ]
+            return streams, None
         numbered, loads = balanced_split(counts, self.world_size * workers)
-        streams = [[ShardPart(shards[int(p.url)].url, p.part, p.parts) for p in parts] for parts in numbered]
+        streams = [
+            [ShardPart(shards[int(p.url)].url, p.part, p.parts, shards[int(p.url)].samples) for p in parts]
+            for parts in numbered
+        ]
         return streams, loads
 
     def _keep(self, sample: dict, skipped: Counter) -> bool:
@@ -319,7 +338,7 @@ class ClipDataset(IterableDataset):
         for part in parts:
             # parts split the samples that pass the filter (the loads count those); only part 0 counts the skips
             counts = skipped if part.part == 0 else Counter()
-            kept = (sample for sample in read_shard(part.url, counts) if self._keep(sample, counts))
+            kept = (sample for sample in read_shard(part.url, counts, part.samples) if self._keep(sample, counts))
             for position, sample in enumerate(kept):
                 if position % part.parts == part.part:
                     yield sample
@@ -340,16 +359,16 @@ class ClipDataset(IterableDataset):
             probabilities = np.asarray(counts, np.float64) / sum(counts)
         empty_draws = 0
         while True:
-            url = shards[rng.choice(len(shards), p=probabilities)].url
+            shard = shards[rng.choice(len(shards), p=probabilities)]
             found = False
-            for sample in read_shard(url, skipped):
+            for sample in read_shard(shard.url, skipped, shard.samples):
                 if self._keep(sample, skipped):
                     found = True
                     yield sample
             empty_draws = 0 if found else empty_draws + 1
             if empty_draws >= MAX_EMPTY_DRAWS:
                 raise RuntimeError(
-                    f"{MAX_EMPTY_DRAWS} shard draws in a row (last: {url}) gave no readable {self.motion} clip; "
+                    f"{MAX_EMPTY_DRAWS} shard draws in a row (last: {shard.url}) gave no readable {self.motion} clip; "
                     "check the source's shards and the split's motion filter"
                 )
 

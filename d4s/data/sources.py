@@ -150,5 +150,7 @@ def resolve_source(source: ShardSource) -> list[ShardInfo]:
     missing = [s.url for s in shards if is_local(s.url) and not _local_path(s.url).is_file()]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise FileNotFoundError(f"source {source.name!r}: missing shards {missing[:3]}{more}")
+        raise FileNotFoundError(
+            f"source {source.name!r}: missing shards {missing[:3]}{more}; restore them, or annotate into a new folder"
+        )
     return shards

@@ -181,16 +181,18 @@ def test_a_truncated_shard_keeps_the_samples_before_the_damage(toy4d_shards, tmp
     damaged = [ShardInfo(str(truncated), 3), ShardInfo(str(tmp_path / "gone.tar"), 3)]
     totals, real = epoch_totals(lambda rank: make_dataset([damaged], rank=rank, world_size=2))
     assert real == 2  # the sample cut short is dropped, not passed on without its tracks
-    assert totals == {"broken tar": 1, "truncated sample": 1, "unreadable shard": 1}
+    assert totals == {"truncated sample": 1, "unreadable shard": 3}  # in clips: every one of the 6 is accounted for
 
 
 def test_a_failing_pipe_command_skips_the_shard(toy4d_shards):
     shards = resolve_source(toy4d_source(toy4d_shards, split="val"))
     failing = [ShardInfo(f"pipe:cat {shards[0].url}; exit 3", 2), ShardInfo("pipe:cat /nonexistent.tar", 2)]
     totals, real = epoch_totals(lambda rank: make_dataset([failing], rank=rank, world_size=2))
-    # the failure may be noticed at any read once the command has exited, but never before the last sample is out
-    # of the first shard's tar: that one is held back and dropped; both shards count once, the run goes on
-    assert real <= 1 and totals["broken tar"] == 2 and "unreadable shard" not in totals
+    # the failure may be noticed at any read once the command has exited (how much of the first shard comes through
+    # depends on when), but never before the last sample is out of the first shard's tar: that one is held back and
+    # dropped; the second shard's 2 clips never come. The run goes on, and each of the 4 clips is delivered or counted
+    assert real <= 1 and real + sum(totals.values()) == 4
+    assert totals["broken tar"] >= 2 and set(totals) <= {"broken tar", "truncated sample"}
 
 
 @pytest.mark.parametrize(

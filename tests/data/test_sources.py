@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -36,6 +38,15 @@ def test_patterns_lists_and_shard_list_files_name_the_same_shards(toy4d_shards, 
     listing.write_text("# train shards\n" + "\n".join(url.rsplit("/", 1)[1] for url in from_index) + "\n\n")
     resolved = resolve_source(ShardSource(shards=str(listing), samples_per_shard=3))
     assert [s.url for s in resolved] == from_index and {s.samples for s in resolved} == {3}
+
+
+def test_a_shard_the_index_lists_but_the_disk_lacks_stops_the_run_before_it_starts(toy4d_shards, tmp_path):
+    copy = tmp_path / "toy4d"
+    shutil.copytree(toy4d_shards, copy)
+    gone = Path(resolve_source(toy4d_source(copy))[1].url)
+    gone.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"missing shards \['{gone}'\]; restore them, or annotate into a new"):
+        resolve_source(toy4d_source(copy))
 
 
 def test_bad_sources_are_named(toy4d_shards):
