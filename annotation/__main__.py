@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from annotation.config import CONFIG_DIR, load_config
+from annotation.errors import InputError
 from annotation.manifest import build_manifest, default_manifest_path, read_manifest, write_manifest
 from annotation.pipeline import AbortRun, run, summary_table
 from annotation.readers import READERS, make_reader
@@ -158,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_file_log(args.out, args.dataset, rank)
     try:
         journal = run(config, reader, scenes, args.out, rank, world_size, progress=not args.no_progress)
-    except ValueError as error:  # a setup problem found at the start: configuration, resume state, estimators
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, InputError) as error:  # found at the start: configuration, resume state, estimators (a
+        print(f"error: {error}", file=sys.stderr)  # checkout or weights file they refuse before the first clip)
         return 2
     except AbortRun as error:
         print(f"error: {error}", file=sys.stderr)

@@ -134,6 +134,7 @@ class VideoDepthAnything(DepthEstimator):
         self._model: torch.nn.Module | None = None
         if self.checkout is not None:  # a checkout that cannot run is refused before any clip
             _import_official_model(self.checkout)
+            self._check_checkpoint()
 
     def saved_output(self, clip: Clip) -> Path | None:
         """Where this clip's saved output lives (``None`` without ``outputs_dir``)."""
@@ -184,16 +185,19 @@ class VideoDepthAnything(DepthEstimator):
         )
         return np.asarray(depths, dtype=np.float32)
 
+    def _check_checkpoint(self) -> None:
+        if not self.checkpoint.is_file():
+            raise InputError(
+                self.checkpoint,
+                f"checkpoint not found; download {self.checkpoint_name} (relative: video_depth_anything_"
+                "{vits,vitb,vitl}.pth, metric: metric_video_depth_anything_{vits,vitb,vitl}.pth) from the links "
+                f"in {VDA_REPO} and pass its path as checkpoint",
+            )
+
     def _load_model(self) -> torch.nn.Module:
         if self._model is None:
             model_class = _import_official_model(self.checkout)
-            if not self.checkpoint.is_file():
-                raise InputError(
-                    self.checkpoint,
-                    f"checkpoint not found; download {self.checkpoint_name} (relative: video_depth_anything_"
-                    "{vits,vitb,vitl}.pth, metric: metric_video_depth_anything_{vits,vitb,vitl}.pth) from the links "
-                    f"in {VDA_REPO} and pass its path as checkpoint",
-                )
+            self._check_checkpoint()
             model = model_class(**VDA_MODEL_CONFIGS[self.encoder], metric=self.metric)
             model.load_state_dict(torch.load(self.checkpoint, map_location="cpu", weights_only=True), strict=True)
             self._model = model.to(self.device).eval()

@@ -30,7 +30,8 @@ MEGASAM_REPO = "https://github.com/mega-sam/mega-sam"
 # The official demo scripts (mono_depth_scripts/run_mono-depth_demo.sh, tools/evaluate_demo.sh,
 # cvd_opt/cvd_opt_demo.sh) for one scene, run from the checkout's root. Placeholders: {python} (interpreter of
 # the MegaSaM environment), {checkout} (its absolute path), {frames} (folder of the clip's frames as PNG),
-# {scene} (the clip's key). Each is shell-quoted before substitution; commands run through /bin/sh.
+# {scene} (the clip's MegaSaM scene name: its key, unless that holds "_opt", see megasam_scene_name). Each is
+# shell-quoted before substitution; commands run through /bin/sh, with the Hugging Face hub offline.
 MEGASAM_STEPS = (
     (
         "{python} Depth-Anything/run_videos.py --encoder vitl"
@@ -139,12 +140,13 @@ class MegaSaM(PoseEstimator):
 
     With ``checkout`` (a clone of the official repository with its weights and compiled extensions) a missing
     output is produced by running ``steps`` (command templates, default :data:`MEGASAM_STEPS`, the official
-    demo pipeline) with the clip's frames written as PNG into a temporary folder named after ``clip.key`` (under
-    ``work_dir`` when given). The steps write their results inside the checkout, under the clip's key (UniDepth's
-    metric depth stays in ``<checkout>/UniDepth/outputs/<key>/``, see :class:`MetricDepthReference`); the final
-    file is copied to ``outputs_dir``, which defaults to the checkout itself. ``python`` is the interpreter of the
-    MegaSaM environment (one executable). ``required_files`` (relative to the checkout, with how to get each) are
-    checked before running.
+    demo pipeline) with the clip's frames written as PNG into a temporary folder named after the clip's scene name
+    (:func:`megasam_scene_name`; under ``work_dir`` when given). The steps write their results inside the checkout,
+    under that name (UniDepth's metric depth stays in ``<checkout>/UniDepth/outputs/<scene>/``, see
+    :class:`MetricDepthReference`); the final file is copied to ``outputs_dir`` under the clip's key, which defaults
+    to the checkout itself. ``python`` is the interpreter of the MegaSaM environment (one executable).
+    ``required_files`` (relative to the checkout, with how to get each) and ``hub_models`` (Hugging Face models at
+    the revisions the steps pin) are checked when the estimator is built, before any clip.
     """
 
     name = "megasam"
@@ -176,6 +178,8 @@ class MegaSaM(PoseEstimator):
         self.required_files = dict(required_files)
         self.hub_models = dict(hub_models)
         self.work_dir = None if work_dir is None else Path(work_dir)
+        if self.checkout is not None:  # a pipeline that cannot run offline is refused before the first clip
+            self._check_checkout()
 
     def output_path(self, clip: Clip) -> Path:
         """Where the clip's final MegaSaM output is read from (and cached to)."""
@@ -189,7 +193,8 @@ class MegaSaM(PoseEstimator):
                 raise InputError(
                     path,
                     f"no saved MegaSaM output; run the official pipeline ({MEGASAM_REPO}) on the clip's frames with "
-                    f"scene name {clip.key}, or set checkout to run it",
+                    f"scene name {megasam_scene_name(clip.key)} and save its result under this name, or set checkout "
+                    "to run it",
                 )
             self._run(clip, path)
         return load_megasam_output(path, clip)
@@ -197,7 +202,6 @@ class MegaSaM(PoseEstimator):
     def _run(self, clip: Clip, destination: Path) -> None:
         """Run every step on the clip's frames (as the scene :func:`megasam_scene_name`), offline, then copy the
         final output to ``destination``."""
-        self._check_checkout()
         scene = megasam_scene_name(clip.key)
         with tempfile.TemporaryDirectory(prefix="megasam-", dir=self.work_dir) as tmp:
             frames = Path(tmp).resolve() / scene

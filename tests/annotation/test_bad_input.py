@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from annotation.__main__ import main
+from annotation.estimators.poses import MEGASAM_REPO
 from d4s.utils.video import write_video
 from tests.annotation.conftest import cli_overrides
 from tests.annotation.test_pointodyssey import T, rewrite_anno, write_sequence
@@ -76,3 +77,13 @@ def test_run_where_nothing_can_be_written_exits_non_zero(tmp_path):
 def test_missing_root_is_a_usage_error(tmp_path, capsys):
     assert main(["--dataset", "pointodyssey", "--out", str(tmp_path / "out")]) == 2
     assert "--root" in capsys.readouterr().err
+
+
+def test_an_estimator_that_cannot_run_stops_the_run_before_the_first_clip(tmp_path, capsys):
+    """A MegaSaM checkout that is not one: one line naming it and how to get it, exit status 2, nothing written."""
+    args = ["--dataset", "toy4d", "--out", str(tmp_path / "out"), "--no-progress", "--manifest", "none"]
+    args += ["--set", "poses.name=megasam", "--set", f"poses.options.checkout={tmp_path / 'mega-sam'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'mega-sam'}: not a MegaSaM checkout; git clone --recursive {MEGASAM_REPO}"]
+    assert not list((tmp_path / "out").glob("**/*.tar"))

@@ -39,7 +39,7 @@ WEIGHTS: dict[str, WeightsInfo] = {
     ),
     "aesthetic": WeightsInfo(
         "CLIP-Aesthetic (LAION predictor head)",
-        "sac+logos+ava1-l14-linearMSE.pth",
+        "sac+logos+ava1-l14-linearMSE.pth (or its ReLU variant ava+logos-l14-reluMSE.pth, or the v1 linear head)",
         "the LAION ViT-L/14 MLP head of github.com/christophschuhmann/improved-aesthetic-predictor",
     ),
     "dino": WeightsInfo(

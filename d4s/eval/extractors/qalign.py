@@ -145,7 +145,8 @@ class QAlign:
         options = {"trust_remote_code": True, "local_files_only": True}
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, **options)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **options)
+            # torch_dtype: the keyword of the transformers 4.3x this runs under (4.56 renamed it dtype)
+            model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype, **options)
         except (OSError, ValueError, ImportError, RuntimeError) as err:
             raise ValueError(f"Q-Align: {folder}: cannot load the one-align model or tokenizer: {err}") from err
         size, mean, std = _processor_settings(folder)
