@@ -4,7 +4,9 @@
     python -m d4s.models --config configs/model/paper.yaml --cache-captions captions.txt --out captions.pt
 
 ``--summary`` builds every model on the meta device (random layout, no weights read) and prints parameter counts
-per part. ``--cache-captions`` encodes one caption per line with the config's local T5 encoder and saves the
+per part, then the size of the Gaussian field the LDRM outputs for one 49-frame 512² scene (its shapes from a
+meta-device forward pass, in float32): with this config's ``gaussian_stride`` and ``sh_degree``, and with the
+paper's one Gaussian per pixel at SH degree 0 and 3. ``--cache-captions`` encodes one caption per line with the config's local T5 encoder and saves the
 ``{caption: [L, D]}`` file that ``text: {mode: cache, path: ...}`` reads (the paper's generic prompt included).
 """
 
@@ -25,9 +27,34 @@ from d4s.models.text import TextEncoder
 from d4s.models.video_dit import VideoDiT
 from d4s.utils.fileio import atomic_output
 
+FIELD_FRAMES, FIELD_SIZE = 49, 512  # the paper's scenes (Sec. 4.1)
+
+
+def field_size(config: ModelConfig, frames: int = FIELD_FRAMES, size: int = FIELD_SIZE) -> dict[str, int]:
+    """What the LDRM outputs for one ``frames`` x ``size``² scene, from a meta-device forward pass (no memory):
+    ``gaussians``, ``canonical_bytes`` (means, rotations, scales, opacities and SH coefficients, float32) and
+    ``bytes_per_time`` (the deformation ``dmu, dq, ds`` to one target time)."""
+    c = config.ldrm
+    latent = size // c.spatial_compression
+    with torch.device("meta"), torch.no_grad():
+        ldrm = LatentDynamicReconstructionModel(c).eval()
+        out = ldrm(
+            torch.empty(1, (frames - 1) // 4 + 1, c.latent_channels, latent, latent),
+            torch.empty(1, frames, 6, size, size),
+            torch.empty(1, frames, 3, 3),
+            torch.empty(1, frames, 4, 4),
+            torch.empty(1, 1),
+        )
+    canonical = (out.means, out.quats, out.log_scales, out.opacity_logits, out.sh)
+    return {
+        "gaussians": out.means.shape[1],
+        "canonical_bytes": 4 * sum(t.numel() for t in canonical),
+        "bytes_per_time": 4 * sum(t.numel() for t in (out.dmu, out.dq, out.ds)),
+    }
+
 
 def summary(config: ModelConfig) -> str:
-    """A table of parameter counts (millions) per model part."""
+    """A table of parameter counts (millions) per model part, then the Gaussian field of one paper-sized scene."""
     with torch.device("meta"):
         dit = VideoDiT.from_config(dataclasses.replace(config.video_dit, random_init=True))
         ldrm = LatentDynamicReconstructionModel(config.ldrm)
@@ -41,7 +68,21 @@ def summary(config: ModelConfig) -> str:
         *((f"LDRM: {name}", parameter_count(part)) for name, part in ldrm.named_children()),
         ("LDRM total", parameter_count(ldrm)),
     ]
-    return "\n".join(f"{name:32s} {count / 1e6:12.2f} M" for name, count in rows)
+    lines = [f"{name:32s} {count / 1e6:12.2f} M" for name, count in rows]
+    lines += ["", f"Gaussian field of one {FIELD_FRAMES}-frame {FIELD_SIZE}² scene (float32):"]
+    lines.append(f"{'':32s} {'Gaussians':>12s} {'canonical':>12s} {'per time':>12s}")
+    c = config.ldrm
+    settings = [("this config", c.gaussian_stride, c.sh_degree), ("per pixel, SH 0", 1, 0), ("per pixel, SH 3", 1, 3)]
+    for name, stride, degree in settings:
+        size = field_size(
+            dataclasses.replace(config, ldrm=dataclasses.replace(c, gaussian_stride=stride, sh_degree=degree))
+        )
+        label = f"{name} (stride {stride}, SH {degree})"
+        lines.append(
+            f"{label:32s} {size['gaussians'] / 1e6:10.2f} M {size['canonical_bytes'] / 2**20:9.0f} MiB "
+            f"{size['bytes_per_time'] / 2**20:9.0f} MiB"
+        )
+    return "\n".join(lines)
 
 
 def cache_captions(config: ModelConfig, captions: Path, out: Path, batch_size: int = 8) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from d4s.data.schema import GENERIC_PROMPT
-from d4s.models.__main__ import main
+from d4s.models.__main__ import field_size, main
+from d4s.models.config import ModelConfig
 from d4s.models.text import TextEncoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,8 +109,24 @@ def test_a_cogvideox_tokenizer_folder_with_only_spiece_model_loads_as_sentencepi
         TextEncoder("t5", str(root / "text_encoder"))
 
 
+@pytest.mark.parametrize(("stride", "degree"), [(2, 0), (1, 0), (1, 3)])
+def test_the_field_size_of_a_paper_scene_is_the_closed_form(stride, degree):
+    """One Gaussian per stride x stride pixels of each of the 49 frames at 512²: 11 floats (means 3, rotation 4,
+    scales 3, opacity 1) plus 3 (degree + 1)² SH coefficients, and 10 (dmu 3, dq 4, ds 3) per target time."""
+    config = ModelConfig.from_yaml(REPO / "configs" / "model" / "paper.yaml")
+    ldrm = dataclasses.replace(config.ldrm, gaussian_stride=stride, sh_degree=degree)
+    size = field_size(dataclasses.replace(config, ldrm=ldrm))
+    gaussians = 49 * (512 // stride) ** 2
+    assert size == {
+        "gaussians": gaussians,
+        "canonical_bytes": 4 * gaussians * (11 + 3 * (degree + 1) ** 2),
+        "bytes_per_time": 4 * gaussians * 10,
+    }
+
+
 def test_summary_counts_parameters(capsys):
     assert main(["--config", str(REPO / "configs" / "model" / "paper.yaml"), "--summary"]) == 0
     table = capsys.readouterr().out
     transformer = float(table.splitlines()[0].split()[-2])
     assert 5500 < transformer < 5700 and "LDRM total" in table  # CogVideoX-5B, in millions
+    assert "this config (stride 2, SH 0)           3.21 M" in table
