@@ -37,8 +37,7 @@ from d4s.geometry.plucker import plucker_embedding
 from d4s.geometry.trajectories import make_trajectory
 from d4s.models.config import ModelConfig
 from d4s.models.video_dit import Conditioning, VideoDiT
-from d4s.render import render
-from d4s.render import torch_backend
+from d4s.render import render, torch_backend
 from d4s.stages.base import OptimizerConfig, adamw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +143,11 @@ def guidance_case(repeats: int) -> dict:
     with torch.no_grad():
         batched = median_ms(lambda: dit.sample(noise, condition, 1, guidance), repeats)
         separate = median_ms(lambda: euler_sample(velocity, noise, 1, guidance), repeats)
-    return {"case": f"one guided Euler step, tiny DiT, {frames} frames at {size}²", "plain_ms": separate, "d4s_ms": batched}
+    return {
+        "case": f"one guided Euler step, tiny DiT, {frames} frames at {size}²",
+        "plain_ms": separate,
+        "d4s_ms": batched,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- AdamW
