@@ -9,6 +9,7 @@ d4s's own renderer, whose cameras are known.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from d4s.eval.extractors.dino import DINO
 from d4s.eval.extractors.i3d import I3D
 from d4s.eval.extractors.mast3r import Mast3rMatcher
 from d4s.eval.extractors.qalign import IMAGE_TOKEN_INDEX, PROMPT, QAlign, rating_token_ids
+from d4s.eval.extractors.qalign import main as qalign_worker
 from d4s.eval.metrics import qalign_score
 from tests.helpers import textured_room_field
 
@@ -424,14 +426,20 @@ def test_qalign_load_errors(tmp_path):
 
 FAKE_WORKER = """
 import sys
+from pathlib import Path
 import numpy as np
 import d4s  # this checkout is on the worker's PYTHONPATH
-args = dict(zip(sys.argv[1::2], sys.argv[2::2]))  # -m <module> --model <folder> --frames <in> --out <out> ...
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))  # -m <module> --model <folder> --device <device>
 assert args["-m"] == "d4s.eval.extractors.qalign" and args["--model"].endswith("one-align"), args
 if "fail" in args["--model"]:
     sys.exit("NameError: name 'Cache' is not defined")  # what one-align's remote code raises under transformers 5
-frames = np.load(args["--frames"])
-np.save(args["--out"], frames.mean(axis=(1, 2, 3))[:, None] * np.arange(1.0, 6.0))  # logits [N, 5]
+loads = Path(args["--model"]) / "loads"  # the model is loaded once per worker
+loads.write_text(str(int(loads.read_text()) + 1 if loads.exists() else 1))
+for line in sys.stdin:
+    given, returned = line.rstrip("\\n").split("\\t")
+    frames = np.load(given)
+    np.save(returned, frames.mean(axis=(1, 2, 3))[:, None] * np.arange(1.0, 6.0))  # logits [N, 5]
+    print("ok", flush=True)
 """
 
 
@@ -444,17 +452,45 @@ def fake_python(folder: Path) -> Path:
     return python
 
 
+def test_the_qalign_worker_loads_once_and_answers_each_line(tmp_path, monkeypatch, capsys):
+    """The worker side (``python -m d4s.eval.extractors.qalign``) with a stand-in scorer: one load, one ``ok`` and one
+    logits file per request line."""
+    loads = []
+
+    class Scorer:
+        def rating_logits(self, frames):
+            return frames.mean((1, 2, 3))[:, None] * torch.arange(1.0, 6.0)
+
+    monkeypatch.setattr(QAlign, "load", classmethod(lambda cls, *args, **kwargs: loads.append(args) or Scorer()))
+    requests = []
+    for index in range(2):
+        frames = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(index))
+        np.save(tmp_path / f"in{index}.npy", frames.numpy())
+        requests.append(f"{tmp_path / f'in{index}.npy'}\t{tmp_path / f'out{index}.npy'}\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(requests)))
+    assert qalign_worker(["--model", str(tmp_path)]) == 0
+    assert len(loads) == 1 and capsys.readouterr().out.split() == ["ok", "ok"]
+    for index in range(2):
+        frames = torch.from_numpy(np.load(tmp_path / f"in{index}.npy"))
+        expected = frames.mean((1, 2, 3))[:, None] * torch.arange(1.0, 6.0)
+        torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / f"out{index}.npy")), expected)
+
+
 def test_qalign_in_its_own_environment_runs_as_a_subprocess(tmp_path):
     python, model = fake_python(tmp_path), tmp_path / "one-align"
     model.mkdir()
     qalign = load_extractor("qalign", {"qalign": str(model), "qalign_python": str(python)})
-    frames = torch.rand(3, 3, 8, 10, generator=torch.Generator().manual_seed(0))
-    logits = frames.mean((1, 2, 3))[:, None].double() * torch.arange(1.0, 6.0, dtype=torch.float64)
-    torch.testing.assert_close(qalign.score(frames), qalign_score(logits))
+    for seed in range(2):  # two calls, one worker: the model loads once
+        frames = torch.rand(3, 3, 8, 10, generator=torch.Generator().manual_seed(seed))
+        logits = frames.mean((1, 2, 3))[:, None].double() * torch.arange(1.0, 6.0, dtype=torch.float64)
+        torch.testing.assert_close(qalign.score(frames), qalign_score(logits))
+    assert (model / "loads").read_text() == "1"
     broken = tmp_path / "fail-one-align"
     broken.mkdir()
-    with pytest.raises(RuntimeError, match=r"^Q-Align in .*python: NameError: name 'Cache' is not defined$"):
-        load_extractor("qalign", {"qalign": str(broken), "qalign_python": str(python)}).score(frames)
+    failing = load_extractor("qalign", {"qalign": str(broken), "qalign_python": str(python)})
+    for _ in range(2):  # the failure is remembered: no second worker
+        with pytest.raises(RuntimeError, match=r"^Q-Align in .*python: NameError: name 'Cache' is not defined$"):
+            failing.score(frames)
     with pytest.raises(FileNotFoundError, match="weights.qalign_python: .*nope is not an executable Python"):
         load_extractor("qalign", {"qalign": str(model), "qalign_python": str(tmp_path / "nope")})
 

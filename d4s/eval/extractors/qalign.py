@@ -12,8 +12,9 @@ Its own environment: one-align's remote code was written for transformers 4.3x a
 transformers 5 d4s pins (it needs ``icecream`` and helpers transformers 5 removed). :meth:`QAlign.load` therefore
 refuses under transformers 5, and the evaluation runs Q-Align in a subprocess instead (:class:`QAlignProcess`) when
 ``weights.qalign_python`` names the Python of an environment with one-align's requirements: that interpreter runs
-this module (``python -m d4s.eval.extractors.qalign --model DIR --frames IN.npy --out OUT.npy``, with this checkout on
-its ``PYTHONPATH``) and returns the rating logits. Its remote code also asks the Hub for its tokenizer by name inside
+this module (``python -m d4s.eval.extractors.qalign --model DIR``, with this checkout on its ``PYTHONPATH``), which
+loads the model once and then, for each line ``IN.npy<TAB>OUT.npy`` on its standard input, writes the rating logits
+of those frames and answers ``ok``. Its remote code also asks the Hub for its tokenizer by name inside
 ``__init__``; offline that works only when the snapshot is in that environment's Hugging Face cache
 (``HF_HUB_OFFLINE=1`` with the cache populated). See ``docs/evaluation.md``, "Q-Align".
 """
@@ -182,8 +183,10 @@ class QAlign:
 
 
 class QAlignProcess:
-    """:class:`QAlign` run by another interpreter (``python``: one with one-align's requirements), as a subprocess
-    per call of :meth:`score`; the same scores, through this module's command line (module docstring)."""
+    """:class:`QAlign` run by another interpreter (``python``: one with one-align's requirements): one worker
+    process, started at the first :meth:`score` and kept, loads the model once and scores each call's frames (the
+    protocol is in the module docstring). A worker that fails is reported with the last line it wrote to its log,
+    and every later call raises the same error without starting another."""
 
     def __init__(self, python: str | Path, folder: str | Path, device: str | torch.device = "cpu"):
         self.python, self.folder, self.device = Path(python), require_path("qalign", folder, folder=True), str(device)
@@ -192,35 +195,71 @@ class QAlignProcess:
                 f"weights.qalign_python: {self.python} is not an executable Python; point it at the interpreter of "
                 "an environment with one-align's requirements (docs/evaluation.md, 'Q-Align')"
             )
+        self._work = tempfile.TemporaryDirectory(prefix="d4s-qalign-")  # frames, logits and the worker's log
+        self._process: subprocess.Popen | None = None
+        self._failure: RuntimeError | None = None
+        self._calls = 0
+
+    def _worker(self) -> subprocess.Popen:
+        if self._process is None:
+            checkout = str(Path(__file__).resolve().parents[3])  # the folder that holds the d4s package
+            path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
+            command = [str(self.python), "-m", __name__, "--model", str(self.folder), "--device", self.device]
+            with open(Path(self._work.name) / "worker.log", "w") as log:  # the child keeps its own handle
+                self._process = subprocess.Popen(
+                    command, env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=log, text=True,
+                )  # fmt: skip
+        return self._process
+
+    def _fail(self) -> RuntimeError:
+        """The worker's end: its last log line (it has exited, or is made to)."""
+        process = self._worker()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        lines = (Path(self._work.name) / "worker.log").read_text(errors="replace").strip().splitlines()
+        self._failure = RuntimeError(f"Q-Align in {self.python}: {lines[-1] if lines else process.returncode}")
+        return self._failure
 
     def score(self, frames: Tensor) -> Tensor:
         """``frames [N, 3, H, W]`` in ``[0, 1]`` -> Q-Align quality ``[N]`` in ``[1, 5]``."""
         frames = check_frames(frames)
-        checkout = str(Path(__file__).resolve().parents[3])  # the folder that holds the d4s package
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
-        with tempfile.TemporaryDirectory(prefix="d4s-qalign-") as work:
-            given, returned = Path(work) / "frames.npy", Path(work) / "logits.npy"
-            np.save(given, frames.float().cpu().numpy())
-            command = [str(self.python), "-m", __name__, "--model", str(self.folder), "--frames", str(given)]
-            command += ["--out", str(returned), "--device", self.device]
-            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            if result.returncode != 0 or not returned.is_file():
-                lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit status {result.returncode}"]
-                raise RuntimeError(f"Q-Align in {self.python}: {lines[-1]}")
-            return qalign_score(torch.from_numpy(np.load(returned)))
+        if self._failure is not None:
+            raise self._failure
+        self._calls += 1
+        given = Path(self._work.name) / f"frames-{self._calls}.npy"
+        returned = given.with_name(f"logits-{self._calls}.npy")
+        np.save(given, frames.float().cpu().numpy())
+        worker = self._worker()
+        try:
+            worker.stdin.write(f"{given}\t{returned}\n")
+            worker.stdin.flush()
+            reply = worker.stdout.readline().strip()
+        except OSError:  # the worker is gone (a broken pipe)
+            reply = ""
+        finally:
+            given.unlink()
+        if reply != "ok" or not returned.is_file():
+            raise self._fail()
+        logits = torch.from_numpy(np.load(returned))
+        returned.unlink()
+        return qalign_score(logits)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The subprocess side of :class:`QAlignProcess`: the rating logits ``[N, 5]`` of ``--frames`` into ``--out``."""
+    """The worker side of :class:`QAlignProcess`: load the model once, then for each line ``IN.npy<TAB>OUT.npy`` on
+    standard input write the rating logits ``[N, 5]`` of the frames in ``IN.npy`` to ``OUT.npy`` and answer ``ok``."""
     parser = argparse.ArgumentParser(prog="python -m d4s.eval.extractors.qalign", description=main.__doc__)
     parser.add_argument("--model", required=True, help="the q-future/one-align folder")
-    parser.add_argument("--frames", required=True, help=".npy of frames [N, 3, H, W] in [0, 1]")
-    parser.add_argument("--out", required=True, help=".npy to write the logits [N, 5] to")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     scorer = QAlign.load(args.model, dtype=dtype, device=args.device)
-    np.save(args.out, scorer.rating_logits(torch.from_numpy(np.load(args.frames))).numpy())
+    for line in sys.stdin:
+        given, returned = line.rstrip("\n").split("\t")
+        np.save(returned, scorer.rating_logits(torch.from_numpy(np.load(given))).numpy())
+        print("ok", flush=True)
     return 0
 
 
