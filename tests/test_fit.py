@@ -52,6 +52,9 @@ def test_stage_configs_parse(config, capsys, monkeypatch):
         assert optimizer["lr"] == 1e-5 and optimizer["weight_decay"] == 1e-4  # Sec. 4.1
         assert printed["model"]["init_args"]["losses"]["lpips"] == 0.5
         assert printed["model"]["init_args"]["losses"]["motion"] == (2.0 if stage == 3 else None)  # lambda_m
+        # Sec. 3.4: the LDRM alone on static scenes, then "the entire model" in stage 3
+        recipe = printed["model"]["init_args"]["recipe"]
+        assert (recipe["dit"], recipe["ldrm_input"]) == (("full", "one_step") if stage == 3 else ("frozen", "clean"))
 
 
 @pytest.mark.parametrize(
@@ -79,6 +82,19 @@ def test_a_bad_value_is_one_line_naming_the_field_and_exit_status_2(override, me
     assert run_cli(command, ["--config", "configs/tiny/stage1.yaml", override]) == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1, stderr
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_the_joint_reading_of_the_static_stages_is_the_documented_override(stage, capsys, monkeypatch):
+    """Each static stage file names the flags of the other reading (the DiT trained jointly from stage 1)."""
+    monkeypatch.chdir(ROOT)
+    path = ROOT / "configs" / f"stage{stage}.yaml"
+    flags = ["--model.init_args.recipe.dit=full", "--model.init_args.recipe.ldrm_input=one_step"]
+    assert " ".join(flags) in path.read_text()
+    with pytest.raises(SystemExit):
+        main(["--config", str(path.relative_to(ROOT)), *flags, "--print_config"])
+    recipe = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["recipe"]
+    assert (recipe["dit"], recipe["ldrm_input"]) == ("full", "one_step")
 
 
 def test_a_missing_file_is_one_line_naming_it_and_exit_status_2(toy4d_shards, tmp_path, capsys, monkeypatch):  # noqa: F811
