@@ -156,15 +156,12 @@ def generate(plan: DemoPlan, checkpoint: Path, folder: Path, scenes, ply: bool =
     """What ``python -m d4s.generate`` makes (:func:`d4s.generation.generate_scene`) from each held-out first frame
     (with its caption) along its real cameras (the clip's ``cameras.json``), plus a novel spiral and a bullet-time
     orbit: videos, depth and, with ``ply``, ``.ply`` per time; the sampling of ``make eval``'s tiny config."""
-    from d4s.diffusion.sampler import SamplingConfig
     from d4s.generation import DTYPES, GenerationSettings, Job, generate_scene
     from d4s.geometry.trajectories import save_camera_path
     from d4s.pipeline import Diff4SplatPipeline
 
     config = eval_config(plan, checkpoint, TRAINED).generation
-    sampling = SamplingConfig(
-        config.steps, config.guidance, config.guidance_schedule, config.guidance_skip_below, plan.seed
-    )
+    sampling = config.sampling(plan.seed)
     pipeline = Diff4SplatPipeline.from_checkpoint(checkpoint, device="cpu", dtype=DTYPES[config.dtype])
     for scene in scenes:
         inputs = folder / "inputs" / scene.name

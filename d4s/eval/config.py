@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from d4s.diffusion.sampler import GuidanceSchedule
+from d4s.diffusion.sampler import GuidanceSchedule, SamplingConfig
 from d4s.eval.metrics import DepthAlignment
 from d4s.eval.poses import PoseAlignment
 from d4s.generation import DTypeName
@@ -70,6 +70,10 @@ class GenerationConfig:
     backend: Backend = "auto"
     dtype: DTypeName = "auto"
     video_crf: int = 12
+
+    def sampling(self, seed: int) -> SamplingConfig:
+        """The sampling settings of one sample drawn with noise ``seed``."""
+        return SamplingConfig(self.steps, self.guidance, self.guidance_schedule, self.guidance_skip_below, seed)
 
 
 @dataclass

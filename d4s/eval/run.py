@@ -21,14 +21,13 @@ from d4s.utils.fileio import write_json
 
 def generate_sample(pipeline, sample: Sample, scene: Scene, config: EvalConfig, settings: dict, lpips=None) -> dict:
     """Generate, render and score one sample; writes its folder (module docstring) and returns its ``metrics.json``."""
-    from d4s.diffusion.sampler import SamplingConfig
     from d4s.export import follow_times, render_sequence
     from d4s.geometry.trajectories import save_camera_path
     from d4s.utils.video import write_video
 
     g = config.generation
     c2w, K, _ = sample_cameras(sample, scene, config)
-    sampling = SamplingConfig(g.steps, g.guidance, g.guidance_schedule, g.guidance_skip_below, sample.seed)
+    sampling = g.sampling(sample.seed)
     if sample.trajectory == LATENTS:
         result = pipeline.reconstruct(scene.video.float() / 255.0, c2w, K, sample.seed)
     else:
