@@ -93,6 +93,11 @@ def checkpoint_weights(checkpoint: dict[str, Any], use_ema: bool = True) -> dict
     return weights
 
 
+def checkpoint_recipe(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The stage's ``recipe`` as the checkpoint stores it (plain values; ``{}`` when it stores none)."""
+    return checkpoint.get("hyper_parameters", {}).get("recipe") or {}
+
+
 def _mismatch_report(weights: dict[str, Tensor], own: dict[str, Tensor], optional: tuple[str, ...]) -> str:
     """What keeps ``weights`` from loading into ``own`` ('' when they fit); keys under ``optional`` may be absent."""
     missing = sorted(k for k in own.keys() - weights.keys() if not k.startswith(optional))
@@ -209,7 +214,7 @@ class Diff4SplatPipeline:
             source = "the config stored in the checkpoint"
         else:
             raise ValueError(f"{path}: no model config stored in the checkpoint; pass the model YAML with --config")
-        recipe = checkpoint.get("hyper_parameters", {}).get("recipe") or {}
+        recipe = checkpoint_recipe(checkpoint)
         video_dit = VideoDiT.from_config(model_config.video_dit)
         if recipe.get("dit") == "lora":
             add_lora(video_dit.transformer, DEFAULT_TARGETS, recipe.get("lora_rank", 64))

@@ -49,7 +49,7 @@ from d4s.models.lora import DEFAULT_TARGETS, add_lora, lora_parameters
 from d4s.models.perceptual import LPIPS
 from d4s.models.text import TextEncoder
 from d4s.models.video_dit import Conditioning, VideoDiT
-from d4s.pipeline import checkpoint_weights
+from d4s.pipeline import checkpoint_recipe, checkpoint_weights
 from d4s.render import Backend, render
 from d4s.stages.ema import ParameterEMA
 from d4s.stages.objective import (
@@ -282,7 +282,7 @@ class Diff4SplatModule(L.LightningModule):
         """A frozen DiT keeps the flow time shift it was trained with: the sampled LDRM input and the pipeline (which
         reads the last stage's recipe) sample with ``recipe.flow_matching.shift``, so a stage config that states
         another one than its ``init_from`` checkpoint is an error, not a silent change."""
-        stored = (checkpoint.get("hyper_parameters", {}).get("recipe") or {}).get("flow_matching") or {}
+        stored = checkpoint_recipe(checkpoint).get("flow_matching") or {}
         trained = stored.get("shift")
         ours = self.recipe.flow_matching.shift
         if self.recipe.dit == "frozen" and trained is not None and trained != ours:
