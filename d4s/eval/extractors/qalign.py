@@ -214,7 +214,7 @@ class QAlignProcess:
 
     def _fail(self) -> RuntimeError:
         """The worker's end: its last log line (it has exited, or is made to)."""
-        process = self._worker()
+        process = self._process
         if process.poll() is None:
             process.kill()
         process.wait()
