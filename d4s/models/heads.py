@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
 from d4s.gaussians.sh import SH_C0, num_sh_bases
@@ -177,7 +178,8 @@ class DeformationHead(nn.Module):
 
     def is_identity(self) -> bool:
         """Whether the head outputs the identity deformation for every input (its initial state)."""
-        return bool((self.out.weight == 0).all()) and torch.equal(self.out.bias.detach().cpu(), IDENTITY)
+        weight, bias = (p.full_tensor() if isinstance(p, DTensor) else p for p in (self.out.weight, self.out.bias))
+        return bool((weight == 0).all()) and torch.equal(bias.detach().cpu(), IDENTITY)  # sharded: gathered first
 
     def forward(self, features: list[Tensor], times: Tensor) -> Tensor:
         """Raw deformations ``[B, T_target, T, H/s, W/s, 10]``, ``T = 4 T' - 3`` source frames.

@@ -30,6 +30,7 @@ import hashlib
 import math
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,8 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from d4s.data.batch import Batch
 from d4s.diffusion.flow_matching import FlowMatching
@@ -61,6 +64,7 @@ from d4s.stages.objective import (
     total_loss,
     usable_terms,
 )
+from d4s.stages.sharding import ShardedStrategy, is_sharded, shard_networks
 from d4s.stages.visuals import comparison_grid, comparison_rows, log_video
 from d4s.utils.checks import check_choice
 
@@ -251,6 +255,11 @@ class Diff4SplatModule(L.LightningModule):
         checkpoint["hyper_parameters"] = {k: asdict(v) if is_dataclass(v) else v for k, v in hyper.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put this module's frozen weights read from files back into a checkpoint that left them out, for the strict
+        load that follows; a sharded strategy (:class:`~d4s.stages.sharding.ShardedStrategy`) has loaded the weights
+        itself by now and passes the checkpoint without them."""
+        if "state_dict" not in checkpoint:
+            return
         own = self.state_dict()
         prefixes = self._frozen_pretrained_prefixes()
         checkpoint["state_dict"].update({k: v for k, v in own.items() if k.startswith(prefixes)})
@@ -265,18 +274,24 @@ class Diff4SplatModule(L.LightningModule):
         self._check_frozen_dit_shift(checkpoint, path)
         state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(("ema.", "lpips."))}
         state.update(checkpoint_weights(checkpoint, use_ema=True))
-        own = self.state_dict()
-        state.update({k: v for k, v in own.items() if k.startswith(self._frozen_pretrained_prefixes() + ("lpips.",))})
-        if self.ema is not None:
-            state.update({k: v for k, v in own.items() if k.startswith("ema.")})
-        result = self.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"init_from {path}: does not fit this model (missing {result.missing_keys[:4]}, unexpected "
-                f"{result.unexpected_keys[:4]}); was it trained with another model_config or recipe.dit?"
-            )
+        if is_sharded(self):  # each rank keeps its shard of the whole weights
+            result = set_model_state_dict(self, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            result = self.load_state_dict(state, strict=False)
+        kept = self._frozen_pretrained_prefixes() + ("lpips.", "ema.")  # this module's own: from files, or its EMA
+        missing = [k for k in result.missing_keys if not k.startswith(kept)]
+        if missing or result.unexpected_keys:
+            raise _misfit("init_from", path, missing, result.unexpected_keys)
         if self.ema is not None:
             self.ema = ParameterEMA(self.networks, self.recipe.ema_decay).to(self.device)
+
+    def check_checkpoint_keys(self, keys: Iterable[str], path: Path) -> None:
+        """``ValueError`` unless a checkpoint whose state dict holds ``keys`` is one of this module: every key of its
+        own state dict but the frozen weights read from files (:meth:`on_save_checkpoint` leaves those out)."""
+        expected = {k for k in self.state_dict() if not k.startswith(self._frozen_pretrained_prefixes())}
+        keys = set(keys)
+        if keys != expected:
+            raise _misfit("--ckpt_path", path, sorted(expected - keys), sorted(keys - expected))
 
     def _check_frozen_dit_shift(self, checkpoint: dict[str, Any], path: Path) -> None:
         """A frozen DiT keeps the flow time shift it was trained with: the sampled LDRM input and the pipeline (which
@@ -482,9 +497,11 @@ class Diff4SplatModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms, pictures = self.compute_losses(batch, train=False)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch), sync_dist=True)
-        if batch_idx == 0 and self.global_rank == 0 and pictures:
-            self._log_images("val/views", pictures)
-            self._log_clip_video(batch.prepare())
+        if batch_idx == 0 and pictures:
+            if self.global_rank == 0:
+                self._log_images("val/views", pictures)
+            if self.global_rank == 0 or is_sharded(self):  # sharded networks compute on every rank together
+                self._log_clip_video(batch.prepare())
 
     def on_validation_epoch_start(self) -> None:
         if self.ema is not None:
@@ -541,9 +558,10 @@ class Diff4SplatModule(L.LightningModule):
         rendered = self.render_frames(output, first, frames)
         if rendered is None:
             return
-        rgb, depth = rendered
-        rows = comparison_rows(rgb[0], first.video[0].float(), depth[0], first.depth[0])
-        log_video(writer, "val/video", rows, self.global_step)
+        if self.global_rank == 0:
+            rgb, depth = rendered
+            rows = comparison_rows(rgb[0], first.video[0].float(), depth[0], first.depth[0])
+            log_video(writer, "val/video", rows, self.global_step)
 
     # ------------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict[str, Any]:
@@ -560,8 +578,28 @@ class Diff4SplatModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
-        if self.ema is not None and "FSDP" in type(self.trainer.strategy).__name__:
-            raise ValueError("recipe.ema_decay: the EMA of weights is not available under FSDP; use DDP or no EMA")
+        if self.ema is not None and isinstance(self.trainer.strategy, ShardedStrategy):
+            raise ValueError(
+                "recipe.ema_decay: the EMA of weights is not available under the sharded strategy; use DDP or no EMA"
+            )
+
+    def configure_model(self) -> None:
+        """Under :class:`~d4s.stages.sharding.ShardedStrategy` (which gives the module a device mesh), shard the
+        networks: each transformer block of the DiT, the LDRM and T5 is a unit, then the rest of each network. Every
+        trained weight must end up sharded (an unsharded one would not be averaged across ranks)."""
+        mesh = self.device_mesh
+        if mesh is None or is_sharded(self):
+            return
+        units = [*self.video_dit.transformer.transformer_blocks, *self.ldrm.blocks]
+        networks: list[nn.Module] = [self.video_dit.transformer, self.video_dit.plucker, self.ldrm]
+        if self.text.encoder is not None:
+            units += list(self.text.encoder.encoder.block)
+            networks.append(self.text.encoder)
+        strategy = self.trainer.strategy
+        shard_networks(units, networks, mesh["data_parallel"], strategy.reshard_after_forward)
+        whole = [name for name, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if whole:
+            raise ValueError(f"{type(self).__name__}: trained weights outside the sharded networks: {whole[:4]}")
 
     def on_fit_start(self) -> None:
         """Load ``init_from`` (unless resuming with ``--ckpt_path``) and check the frozen head is the identity."""
@@ -579,6 +617,13 @@ class Diff4SplatModule(L.LightningModule):
                 f"{type(self).__name__}: the deformation head is frozen in this stage, so it must be the identity "
                 "(its initial state), but the loaded weights hold a trained one; static stages render static scenes"
             )
+
+
+def _misfit(what: str, path: Path, missing: list[str], unexpected: list[str]) -> ValueError:
+    return ValueError(
+        f"{what} {path}: does not fit this model (missing {missing[:4]}, unexpected {unexpected[:4]}); was it "
+        "trained with another model_config or recipe.dit?"
+    )
 
 
 def _config(cls, value):

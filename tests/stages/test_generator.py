@@ -11,6 +11,7 @@ generate at all: the earlier tiny DiT (patch 2, two heads of 16, two layers) fai
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -36,6 +37,7 @@ def two_clips(shards) -> object:
     return next(iter(data.train_dataloader())).prepare()
 
 
+@pytest.mark.slow  # half a minute on 2 cores: the slow tier (make test-slow)
 def test_the_tiny_dit_memorises_two_clips_and_regenerates_them_from_their_first_frames(shards, tmp_path):
     batch = two_clips(shards)
     module = tiny_module(VideoPretrain, lr=1e-3)

@@ -85,6 +85,7 @@ def only_moving_tracks(batch: Batch) -> Batch:
     return dataclasses.replace(batch, track_valid=batch.track_valid & moved)
 
 
+@pytest.mark.slow  # about a minute on 2 cores: the slow tier (make test-slow)
 def test_stage3_after_stage2_learns_motion(stage1, toy4d_shards, tmp_path):
     # stage 2: higher resolution from the stage-1 weights, head still frozen
     refine = tiny_module(HiResRefine, recipe=LDRM_ONLY, init_from=str(stage1.checkpoint))
