@@ -49,9 +49,11 @@ def fit(index: Path, out: Path, strategy: str, steps: int, *extra: str) -> list[
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={out}",
         f"--trainer.logger.init_args.save_dir={out}",
-        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true, "
-        "every_n_train_steps: 2, save_top_k: -1}}, {class_path: tests.stages.recording.RecordSteps, init_args: "
-        f"{{folder: {out / 'record'}}}}}]",
+        (
+            "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: "
+            "true, every_n_train_steps: 2, save_top_k: -1}}, {class_path: tests.stages.recording.RecordSteps, "
+            f"init_args: {{folder: {out / 'record'}}}}}]"
+        ),
         f"--data.train.sources=[{{name: toy4d, index: {index}}}]",
         f"--data.val.sources=[{{name: toy4d, index: {index}, split: val}}]",
         "--data.num_workers=0",
