@@ -33,7 +33,7 @@ install: $(STAMP)  ## create the virtualenv and install the pinned stack (runs o
 test: $(STAMP)  ## the test suite without its slow tier (CPU, under 15 minutes on 2 cores; includes a smoke run of the demo)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)  ## the slow tier: the fast demo's learning checks (about 8 minutes on 2 cores; CI runs it after make test)
+test-slow: $(STAMP)  ## the slow tier: the fast demo's learning checks, stage-3 motion, DiT memorisation (about 7 minutes on 2 cores; CI runs it after make test)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP)  ## the main job on a CPU: annotate toy4d, train the generator and 3 tiny stages, generate, evaluate -> runs/demo/SUMMARY.md (DEMO_FAST=1: ~7 min)
