@@ -62,7 +62,7 @@ def summary(config: ModelConfig) -> str:
         ("video DiT: transformer", parameter_count(dit.transformer)),
         (
             "  of which camera adapter",
-            parameter_count(dit.plucker) + parameter_count(dit.transformer.patch_embed.proj.camera),
+            parameter_count(dit.plucker) + parameter_count(dit.camera_adapter),
         ),
         ("video DiT: VAE (frozen)", parameter_count(dit.vae)),
         *((f"LDRM: {name}", parameter_count(part)) for name, part in ldrm.named_children()),

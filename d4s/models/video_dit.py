@@ -30,32 +30,32 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
-from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from d4s.diffusion.ddpm import DDPMSchedule, flow_to_vp, v_to_flow_velocity, vp_scales
 from d4s.diffusion.sampler import Guidance, euler_sample
+from d4s.models.backbones import BACKBONES, BackboneName, cogvideox_rotary_embedding
 from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.heads import TEMPORAL_STRIDE
 from d4s.utils.checks import check_choice
 
 ADAPTER_FILE = "camera_adapter.safetensors"
-ADAPTER_KEY = "transformer.patch_embed.proj.camera."
 KIND_FILE = "d4s_video_dit.json"  # what the saved transformer predicts: {"prediction": ..., "scheduler": {...}}
 SCHEDULER_FILE = Path("scheduler") / "scheduler_config.json"  # a diffusers folder's scheduler settings
 
 Posterior = Literal["sample", "mean"]
 Codec = Literal["vae", "space_to_depth"]
 Prediction = Literal["flow", "v_prediction"]
+#: where each backbone's weights come from (a local diffusers folder; nothing is downloaded)
+WEIGHTS = {"cogvideox": "CogVideoX-5b-I2V", "wan2.2-ti2v": "Wan2.2-TI2V-5B-Diffusers"}
 
 
 @dataclass
 class VideoDiTConfig:
-    """Where the video DiT comes from. ``path``: a local directory with ``transformer/`` and ``vae/`` (diffusers
-    ``save_pretrained`` layout, e.g. CogVideoX-5b-I2V). ``random_init``: build from ``transformer`` and ``vae``
+    """Where the video DiT comes from. ``backbone``: ``cogvideox`` (CogVideoX I2V, the paper's) or ``wan2.2-ti2v``
+    (Wan2.2-TI2V-5B; :mod:`d4s.models.backbones`). ``path``: a local directory with ``transformer/`` and ``vae/``
+    (diffusers ``save_pretrained`` layout, e.g. CogVideoX-5b-I2V or Wan2.2-TI2V-5B-Diffusers). ``random_init``: build from ``transformer`` and ``vae``
     (diffusers config dicts) with random weights, which must be asked for explicitly. ``camera_channels``: width of
     the Plücker features appended to the transformer input. ``gradient_checkpointing``: recompute the transformer
     blocks' activations in the backward pass (diffusers' own switch; needed to train the 5B model at 49 frames).
@@ -72,6 +72,7 @@ class VideoDiTConfig:
     defaults: CogVideoX-5b-I2V's); its ``num_train_timesteps`` is the timestep range of both kinds. A ``path`` whose
     folder states its kind (``d4s_video_dit.json``, else ``scheduler/scheduler_config.json``) must agree with these."""
 
+    backbone: BackboneName = "cogvideox"
     path: str | None = None
     random_init: bool = False
     transformer: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +86,7 @@ class VideoDiTConfig:
     scheduler: dict[str, Any] = field(default_factory=lambda: asdict(DDPMSchedule()))
 
     def __post_init__(self) -> None:
+        check_choice(self.backbone, "video_dit.backbone", BackboneName)
         check_choice(self.posterior, "video_dit.posterior", Posterior)
         check_choice(self.codec, "video_dit.codec", Codec)
         check_choice(self.prediction, "video_dit.prediction", Prediction)
@@ -139,45 +141,6 @@ def check_folder_kind(path: Path, prediction: str, schedule: DDPMSchedule) -> No
             )
 
 
-class CameraPatchEmbed(nn.Module):
-    """The transformer's patch projection (a ``Conv2d`` over channels), widened:
-    ``proj(x[:, :C]) + camera(x[:, C:])`` with ``camera`` zero-initialised."""
-
-    def __init__(self, proj: nn.Conv2d, camera_channels: int):
-        super().__init__()
-        self.proj, self.split = proj, proj.in_channels
-        self.camera = nn.Conv2d(camera_channels, proj.out_channels, proj.kernel_size, proj.stride, bias=False)
-        nn.init.zeros_(self.camera.weight)
-        self.camera.to(device=proj.weight.device, dtype=proj.weight.dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        latent, camera = x.split([self.split, x.shape[1] - self.split], dim=1)
-        return self.proj(latent) + self.camera(camera)
-
-
-def interpolate_learned_positions(patch_embed: nn.Module) -> None:
-    """Let a patch embedding with learned positions (CogVideoX-5b-I2V: 480x720, 49 frames) take any latent size.
-
-    diffusers refuses other sizes for such models. We resample the learned video positions trilinearly (time,
-    rows, columns) to the requested grid, and keep the learned text positions; at the trained size the learned
-    table is used unchanged. Training at 256 or 512 px (paper Sec. 3.4) then starts from the pretrained positions.
-    """
-    learned = patch_embed.pos_embedding
-    text_length, p = patch_embed.max_text_seq_length, patch_embed.patch_size
-    frames = (patch_embed.sample_frames - 1) // patch_embed.temporal_compression_ratio + 1
-    grid = (frames, patch_embed.sample_height // p, patch_embed.sample_width // p)
-
-    def positions(height: int, width: int, num_frames: int, device=None) -> Tensor:
-        target = ((num_frames - 1) // patch_embed.temporal_compression_ratio + 1, height // p, width // p)
-        video = learned[:, text_length:].reshape(1, *grid, -1).permute(0, 4, 1, 2, 3).float()
-        video = nn.functional.interpolate(video, size=target, mode="trilinear", align_corners=False)
-        video = video.permute(0, 2, 3, 4, 1).flatten(1, 3).to(learned.dtype)
-        return torch.cat([learned[:, :text_length], video], dim=1).to(device or learned.device)
-
-    patch_embed._get_positional_embeddings = positions
-    patch_embed.use_learned_positional_embeddings, patch_embed.use_positional_embeddings = False, True
-
-
 class PluckerPatchifier(nn.Module):
     """Plücker maps ``[B, T, 6, H, W]`` -> camera features ``[B, T', C, H/8, W/8]`` on the latent grid, causally."""
 
@@ -222,42 +185,39 @@ class Conditioning:
 
 
 class VideoDiT(nn.Module):
-    """CogVideoX I2V + camera adapter. ``forward`` predicts the flow velocity (see ``d4s.diffusion``) from a
-    transformer of either kind: ``prediction`` ``flow`` or ``v_prediction`` with its DDPM ``schedule`` (default:
-    CogVideoX-5b-I2V's; its ``num_train_timesteps`` also scales a ``flow`` transformer's timestep)."""
+    """A video backbone (:mod:`d4s.models.backbones`: CogVideoX I2V or Wan2.2 TI2V) + camera adapter. ``forward``
+    predicts the flow velocity (see ``d4s.diffusion``) from a transformer of either kind: ``prediction`` ``flow`` or
+    ``v_prediction`` with its DDPM ``schedule`` (default: CogVideoX-5b-I2V's; its ``num_train_timesteps`` also scales
+    a ``flow`` transformer's timestep)."""
 
     def __init__(
         self,
-        transformer: CogVideoXTransformer3DModel,
-        vae: AutoencoderKLCogVideoX | SpaceToDepthCodec,
+        transformer: nn.Module,
+        vae: nn.Module,
         camera_channels: int,
         posterior: Posterior = "sample",
         prediction: Prediction = "flow",
         schedule: DDPMSchedule | None = None,
+        backbone: BackboneName = "cogvideox",
     ):
         super().__init__()
         check_choice(prediction, "video DiT prediction", Prediction)
+        check_choice(backbone, "video DiT backbone", BackboneName)
+        self.backbone = BACKBONES[backbone]
         self.transformer, self.vae = transformer, vae.requires_grad_(False).eval()  # the VAE stays frozen
         self.posterior, self.prediction, self.schedule = posterior, prediction, schedule or DDPMSchedule()
-        c = transformer.config
-        if c.patch_size_t is not None:
-            raise ValueError(
-                "video DiT: CogVideoX 1.5 layouts (patch_size_t) are not supported yet (they need even latent frame "
-                "counts and inverted latent scaling); use a CogVideoX 1.0 I2V model such as CogVideoX-5b-I2V"
-            )
-        if c.use_learned_positional_embeddings:
-            interpolate_learned_positions(transformer.patch_embed)
         if isinstance(vae, SpaceToDepthCodec):
             self.latent_channels, spatial = vae.latent_channels, vae.spatial_compression
         else:
-            self.latent_channels, spatial = vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1)
-        if c.in_channels != 2 * self.latent_channels:
-            raise ValueError(
-                f"transformer in_channels {c.in_channels} != 2 x VAE latent channels {self.latent_channels}"
-            )
+            self.latent_channels, spatial = self.backbone.latent_layout(vae)
+        self.backbone.check(transformer, self.latent_channels)
         self.plucker = PluckerPatchifier(camera_channels, spatial)
-        embed = transformer.patch_embed
-        embed.proj = CameraPatchEmbed(embed.proj, camera_channels)
+        self.backbone.add_camera_adapter(transformer, camera_channels)
+
+    @property
+    def camera_adapter(self) -> nn.Module:
+        """The zero-initialised camera projection in the transformer's patch embedding (trained with ``plucker``)."""
+        return self.backbone.camera_adapter(self.transformer).camera
 
     def train(self, mode: bool = True) -> VideoDiT:
         """Set the transformer's mode; the frozen VAE stays in eval mode."""
@@ -269,14 +229,27 @@ class VideoDiT(nn.Module):
     def from_config(cls, config: VideoDiTConfig) -> VideoDiT:
         """Load from ``config.path`` or, when ``config.random_init``, build random weights from the config dicts."""
         codec = SpaceToDepthCodec(**config.space_to_depth) if config.codec == "space_to_depth" else None
+        backbone = BACKBONES[config.backbone]
         if config.random_init:
-            transformer = CogVideoXTransformer3DModel(**config.transformer)
-            vae = codec or AutoencoderKLCogVideoX(**config.vae)
-            model = cls(transformer, vae, config.camera_channels, config.posterior, config.prediction, config.schedule)
+            transformer = backbone.transformer_class(**config.transformer)
+            vae = codec or backbone.vae_class(**config.vae)
+            model = cls(
+                transformer,
+                vae,
+                config.camera_channels,
+                config.posterior,
+                config.prediction,
+                config.schedule,
+                config.backbone,
+            )
         elif config.path is None:
-            raise ValueError("video DiT: give path (a local CogVideoX I2V directory) or set random_init: true")
+            raise ValueError(
+                f"video DiT: give path (a local {WEIGHTS[config.backbone]} directory) or set random_init: true"
+            )
         else:
-            model = cls.from_pretrained(config.path, config.camera_channels, codec, config.prediction, config.schedule)
+            model = cls.from_pretrained(
+                config.path, config.camera_channels, codec, config.prediction, config.schedule, config.backbone
+            )
             model.posterior = config.posterior
         if config.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
@@ -290,8 +263,9 @@ class VideoDiT(nn.Module):
         codec: SpaceToDepthCodec | None = None,
         prediction: Prediction | None = None,
         schedule: DDPMSchedule | None = None,
+        backbone: BackboneName = "cogvideox",
     ) -> VideoDiT:
-        """Load ``path/transformer``, ``path/vae`` (unless a ``codec`` replaces the VAE) and, when present,
+        """Load ``backbone``'s ``path/transformer``, ``path/vae`` (unless a ``codec`` replaces the VAE) and, when present,
         ``path/camera_adapter.safetensors``.
 
         The transformer's kind: ``prediction`` and ``schedule`` when ``prediction`` is given (``schedule`` ``None``:
@@ -306,24 +280,33 @@ class VideoDiT(nn.Module):
             schedule = schedule_from_dict(stated.get("scheduler", {}), f"{path / KIND_FILE}: scheduler")
         prediction, schedule = prediction or "flow", schedule or DDPMSchedule()
         check_folder_kind(path, prediction, schedule)
+        if (path / KIND_FILE).is_file():
+            saved = json.loads((path / KIND_FILE).read_text()).get("backbone", "cogvideox")
+            if saved != backbone:
+                raise ValueError(
+                    f"{path / KIND_FILE}: backbone is {saved!r} there, but video_dit.backbone is {backbone!r}; set "
+                    f"video_dit.backbone: {saved}"
+                )
         needed = [path / "transformer" / "config.json"] + ([] if codec else [path / "vae" / "config.json"])
         missing = [p for p in needed if not p.is_file()]
         if missing:
             raise FileNotFoundError(
-                f"video DiT weights: {path} lacks {[str(p) for p in missing]}; expected a diffusers CogVideoX I2V "
-                "directory (transformer/ and vae/ with config.json and *.safetensors), e.g. a local copy of "
-                "CogVideoX-5b-I2V"
+                f"video DiT weights: {path} lacks {[str(p) for p in missing]}; expected a diffusers {backbone} "
+                f"directory (transformer/ and vae/ with config.json and *.safetensors), e.g. a local copy of "
+                f"{WEIGHTS[backbone]} (docs/training.md, 'The models')"
             )
+        family = BACKBONES[backbone]
         model = cls(
-            CogVideoXTransformer3DModel.from_pretrained(path / "transformer"),
-            codec or AutoencoderKLCogVideoX.from_pretrained(path / "vae"),
+            family.transformer_class.from_pretrained(path / "transformer"),
+            codec or family.vae_class.from_pretrained(path / "vae"),
             camera_channels,
             prediction=prediction,
             schedule=schedule,
+            backbone=backbone,
         )
         if (path / ADAPTER_FILE).is_file():
             result = model.load_state_dict(load_file(path / ADAPTER_FILE), strict=False)
-            missing = [k for k in result.missing_keys if k.startswith(("plucker.", ADAPTER_KEY))]
+            missing = [k for k in result.missing_keys if k.startswith(("plucker.", model.backbone.adapter_prefix()))]
             if result.unexpected_keys or missing:
                 raise ValueError(
                     f"{path / ADAPTER_FILE}: does not fit camera_channels={camera_channels} (unexpected "
@@ -335,18 +318,20 @@ class VideoDiT(nn.Module):
         """Write the ``from_pretrained`` layout: diffusers folders, the camera adapter's weights and the
         transformer's kind (``d4s_video_dit.json``: ``prediction`` and ``scheduler``)."""
         path = Path(path)
-        embed = self.transformer.patch_embed
-        adapter = embed.proj
-        embed.proj = adapter.proj  # diffusers' own layout on disk, loadable without d4s
+        owner, name = self.backbone.owner(self.transformer), self.backbone.projection[1]
+        adapter = getattr(owner, name)
+        setattr(owner, name, adapter.proj)  # diffusers' own layout on disk, loadable without d4s
         try:
             self.transformer.save_pretrained(path / "transformer")
         finally:
-            embed.proj = adapter
+            setattr(owner, name, adapter)
         if not isinstance(self.vae, SpaceToDepthCodec):  # the codec has no weights
             self.vae.save_pretrained(path / "vae")
-        camera = {k: v for k, v in self.state_dict().items() if k.startswith(("plucker.", ADAPTER_KEY))}
+        camera = {
+            k: v for k, v in self.state_dict().items() if k.startswith(("plucker.", self.backbone.adapter_prefix()))
+        }
         save_file(camera, path / ADAPTER_FILE)
-        kind = {"prediction": self.prediction, "scheduler": asdict(self.schedule)}
+        kind = {"backbone": self.backbone.name, "prediction": self.prediction, "scheduler": asdict(self.schedule)}
         (path / KIND_FILE).write_text(json.dumps(kind, indent=2) + "\n")
 
     @torch.no_grad()
@@ -358,7 +343,7 @@ class VideoDiT(nn.Module):
             return self.vae(video)
         posterior = self.vae.encode(video.transpose(1, 2).to(self.vae.dtype) * 2.0 - 1.0).latent_dist
         latents = posterior.mode() if self.posterior == "mean" else posterior.sample(generator=generator)
-        return (latents * self.vae.config.scaling_factor).transpose(1, 2)
+        return self.backbone.normalise(self.vae, latents).transpose(1, 2)
 
     def image_latents(self, image: Tensor, latent_frames: int, generator: torch.Generator | None = None) -> Tensor:
         """The condition image ``[B, 3, H, W]`` encoded as a one-frame video, zero-padded to ``latent_frames``."""
@@ -379,15 +364,6 @@ class VideoDiT(nn.Module):
         caption embeddings ``text`` and ``null`` (:class:`~d4s.models.text.TextEncoder`)."""
         return Conditioning(self.image_latents(image, latent_frames, generator), camera, text, null)
 
-    def rotary_embedding(self, latent_frames: int, height: int, width: int, device) -> tuple[Tensor, Tensor] | None:
-        """RoPE ``(cos, sin)`` for a latent grid, as diffusers' I2V pipeline computes it (``None`` when unused)."""
-        c = self.transformer.config
-        if not c.use_rotary_positional_embeddings:
-            return None
-        grid = (height // c.patch_size, width // c.patch_size)
-        crops = get_resize_crop_region_for_grid(grid, c.sample_width // c.patch_size, c.sample_height // c.patch_size)
-        return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, latent_frames, device=device)
-
     def forward(self, noisy: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, t: Tensor) -> Tensor:
         """Flow velocity ``[B, T', C, h, w]`` (``dz_t/dt`` of Eq. 2, ``noisy``'s dtype) at flow time ``t``.
 
@@ -399,12 +375,21 @@ class VideoDiT(nn.Module):
                 wider (:mod:`d4s.diffusion.ddpm`).
         """
         if self.prediction == "flow":
-            return self._transformer_output(noisy, image_latents, plucker, text, t * self.schedule.num_train_timesteps)
-        dtype = torch.promote_types(noisy.dtype, torch.float32)  # bf16 would round the conversion's cancellations
-        a, sigma = vp_scales(t.to(dtype))
-        x = flow_to_vp(noisy.to(dtype), a, sigma)
-        v = self._transformer_output(x.to(noisy.dtype), image_latents, plucker, text, self.schedule.timestep(a**2))
-        return v_to_flow_velocity(x, v.to(dtype), a, sigma).to(noisy.dtype)
+            velocity = self._transformer_output(
+                noisy, image_latents, plucker, text, t * self.schedule.num_train_timesteps
+            )
+        else:
+            dtype = torch.promote_types(noisy.dtype, torch.float32)  # bf16 would round the conversion's cancellations
+            a, sigma = vp_scales(t.to(dtype))
+            x = flow_to_vp(noisy.to(dtype), a, sigma)
+            v = self._transformer_output(x.to(noisy.dtype), image_latents, plucker, text, self.schedule.timestep(a**2))
+            velocity = v_to_flow_velocity(x, v.to(dtype), a, sigma).to(noisy.dtype)
+        if self.backbone.clean_first_frame:
+            # the given first frame is not generated: its velocity carries z_t straight to the image latent,
+            # (z_t - image) / t, so Euler ends on it and the one-step estimate z_t - t v equals it
+            first = (noisy[:, :1] - image_latents[:, :1]) / t.reshape(-1, 1, 1, 1, 1).to(noisy.dtype)
+            velocity = torch.cat([first.to(velocity.dtype), velocity[:, 1:]], dim=1)
+        return velocity
 
     @torch.no_grad()
     def sample(
@@ -447,12 +432,9 @@ class VideoDiT(nn.Module):
     ) -> Tensor:
         """The transformer's own output ``[B, T', C, h, w]`` on ``[x, image latents, camera features]`` at
         transformer timesteps ``timestep [B]`` (as diffusers' CogVideoX I2V pipeline calls it)."""
-        Tl, _, h, w = x.shape[1:]
-        hidden = torch.cat([x, image_latents, self.plucker(plucker).to(x.dtype)], dim=2)
-        return self.transformer(
-            hidden_states=hidden,
-            encoder_hidden_states=text,
-            timestep=timestep,
-            image_rotary_emb=self.rotary_embedding(Tl, h, w, x.device),
-            return_dict=False,
-        )[0]
+        camera = self.plucker(plucker).to(x.dtype)
+        return self.backbone.run(self.transformer, x, image_latents, camera, text, timestep)
+
+    def rotary_embedding(self, latent_frames: int, height: int, width: int, device) -> tuple[Tensor, Tensor] | None:
+        """CogVideoX's RoPE ``(cos, sin)`` for a latent grid, as diffusers' I2V pipeline computes it."""
+        return cogvideox_rotary_embedding(self.transformer, latent_frames, height, width, device)

@@ -236,7 +236,7 @@ class Diff4SplatModule(L.LightningModule):
                 parameter.requires_grad_(True)
         if dit in ("full", "camera", "lora"):
             self.video_dit.plucker.requires_grad_(True)
-            self.video_dit.transformer.patch_embed.proj.camera.requires_grad_(True)
+            self.video_dit.camera_adapter.requires_grad_(True)
         self.video_dit.vae.requires_grad_(False)
 
     def _frozen_pretrained_prefixes(self) -> tuple[str, ...]:
@@ -590,7 +590,7 @@ class Diff4SplatModule(L.LightningModule):
         mesh = self.device_mesh
         if mesh is None or is_sharded(self):
             return
-        units = [*self.video_dit.transformer.transformer_blocks, *self.ldrm.blocks]
+        units = [*self.video_dit.backbone.blocks(self.video_dit.transformer), *self.ldrm.blocks]
         networks: list[nn.Module] = [self.video_dit.transformer, self.video_dit.plucker, self.ldrm]
         if self.text.encoder is not None:
             units += list(self.text.encoder.encoder.block)

@@ -293,7 +293,7 @@ def memory_plan(config: Path) -> tuple[list[Row], StagePlan]:
             rows.append(Row(name, count, trained, 4 * count / split, 4 * trained / split, 8 * trained / split))
     trained = sum(row.trained for row in rows)
     if plan.sharded:
-        units = [*module.video_dit.transformer.transformer_blocks, *module.ldrm.blocks]
+        units = [*module.video_dit.backbone.blocks(module.video_dit.transformer), *module.ldrm.blocks]
         units += list(t5.encoder.block) if t5 is not None else []
         rows.append(Row("gathered units (2 x the largest)", weights=2 * 4 * max(parameter_count(u) for u in units)))
     else:

@@ -96,7 +96,7 @@ def test_the_kind_round_trips_through_save_and_load(tmp_path):
         model.transformer.patch_embed.proj.camera.weight.normal_()
     model.save_pretrained(tmp_path / "tiny")
     stated = json.loads((tmp_path / "tiny" / "d4s_video_dit.json").read_text())
-    assert stated == {"prediction": "v_prediction", "scheduler": dataclasses.asdict(schedule)}
+    assert stated == {"backbone": "cogvideox", "prediction": "v_prediction", "scheduler": dataclasses.asdict(schedule)}
     loaded = VideoDiT.from_pretrained(tmp_path / "tiny", camera_channels=TINY.video_dit.camera_channels)
     assert (loaded.prediction, loaded.schedule) == ("v_prediction", schedule)
     inputs = tiny_inputs()
