@@ -4,7 +4,7 @@
     python -m d4s.models --config configs/model/paper.yaml --cache-captions captions.txt --out captions.pt
 
 ``--summary`` builds every model on the meta device (random layout, no weights read) and prints parameter counts
-per part, then the size of the Gaussian field the LDRM outputs for one 49-frame 512² scene (its shapes from a
+per part, the latent tokens and FLOPs of one video DiT pass over a 49-frame 512² clip (``FlopCounterMode``), then the size of the Gaussian field the LDRM outputs for one 49-frame 512² scene (its shapes from a
 meta-device forward pass, in float32): with this config's ``gaussian_stride`` and ``sh_degree``, and with the
 paper's one Gaussian per pixel at SH degree 0 and 3. ``--cache-captions`` encodes one caption per line with the config's local T5 encoder and saves the
 ``{caption: [L, D]}`` file that ``text: {mode: cache, path: ...}`` reads (the paper's generic prompt included).
@@ -53,6 +53,26 @@ def field_size(config: ModelConfig, frames: int = FIELD_FRAMES, size: int = FIEL
     }
 
 
+def dit_pass(config: ModelConfig, frames: int = FIELD_FRAMES, size: int = FIELD_SIZE) -> dict[str, float]:
+    """One video DiT pass over a ``frames`` x ``size``² clip (batch 1, its text at the config's length), on the meta
+    device: ``tokens`` (the video's, after patching) and ``flops`` counted by PyTorch's ``FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        dit = VideoDiT.from_config(dataclasses.replace(config.video_dit, random_init=True)).eval()
+        s = dit.plucker.conv.stride[1]
+        latents = torch.empty(1, (frames - 1) // 4 + 1, dit.latent_channels, size // s, size // s)
+        plucker = torch.empty(1, frames, 6, size, size)
+        text = torch.empty(1, config.text.get("max_length", 226), config.text.get("dim", 4096))
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            dit(latents, latents, plucker, text, torch.full((1,), 0.5))
+    patch = dit.transformer.config.patch_size
+    ph, pw = (patch[1], patch[2]) if isinstance(patch, (list, tuple)) else (patch, patch)
+    tokens = latents.shape[1] * (latents.shape[3] // ph) * (latents.shape[4] // pw)
+    return {"tokens": tokens, "flops": float(counter.get_total_flops())}
+
+
 def summary(config: ModelConfig) -> str:
     """A table of parameter counts (millions) per model part, then the Gaussian field of one paper-sized scene."""
     with torch.device("meta"):
@@ -69,6 +89,12 @@ def summary(config: ModelConfig) -> str:
         ("LDRM total", parameter_count(ldrm)),
     ]
     lines = [f"{name:32s} {count / 1e6:12.2f} M" for name, count in rows]
+    one_pass = dit_pass(config)
+    lines += [
+        "",
+        f"video DiT ({config.video_dit.backbone}), one pass over a {FIELD_FRAMES}-frame {FIELD_SIZE}² clip: "
+        f"{one_pass['tokens']} latent tokens, {one_pass['flops'] / 1e12:.1f} TFLOP",
+    ]
     lines += ["", f"Gaussian field of one {FIELD_FRAMES}-frame {FIELD_SIZE}² scene (float32):"]
     lines.append(f"{'':32s} {'Gaussians':>12s} {'canonical':>12s} {'per time':>12s}")
     c = config.ldrm

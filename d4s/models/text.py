@@ -2,7 +2,9 @@
 
 Three modes, chosen in the config:
 
-- ``t5``: a local T5 encoder directory (``transformers`` format: ``config.json``, weights, tokenizer files);
+- ``t5``: a local T5 encoder directory (``transformers`` format: ``config.json``, weights, tokenizer files): T5 for
+  CogVideoX (no attention mask), or UMT5 for Wan2.2 (``model_type: umt5``: attention mask, zeros past the caption,
+  as Wan's pipeline encodes);
 - ``cache``: a file of precomputed embeddings, ``torch.save({caption: [L, D] tensor})`` (training on a fixed caption
   set without holding an 11 GB encoder in memory); a caption missing from the cache is an error;
 - ``null``: zeros, the "no text" condition.
@@ -60,6 +62,7 @@ class TextEncoder(nn.Module):
         self.mode, self.max_length, self.dim = mode, max_length, dim
         self.cache: dict[str, Tensor] = {}
         self.tokenizer = self.encoder = None
+        self.padded_with_zeros = False
         if mode == "null":
             return
         if path is None or not Path(path).exists():
@@ -68,13 +71,16 @@ class TextEncoder(nn.Module):
         if mode == "cache":
             self.cache = torch.load(path, map_location="cpu", weights_only=True)
             return
-        from transformers import T5EncoderModel
+        from transformers import AutoConfig, T5EncoderModel, UMT5EncoderModel
 
         if tokenizer_path is None:  # CogVideoX keeps the tokenizer in a sibling folder of text_encoder/
             sibling = Path(path).parent / "tokenizer"
             tokenizer_path = str(sibling) if sibling.is_dir() else path
         self.tokenizer = load_t5_tokenizer(Path(tokenizer_path))
-        self.encoder = T5EncoderModel.from_pretrained(path).eval().requires_grad_(False)
+        # T5 (CogVideoX) or UMT5 (Wan2.2), by the folder's model_type; Wan zeroes the embeddings past each caption
+        self.padded_with_zeros = AutoConfig.from_pretrained(path).model_type == "umt5"
+        model_class = UMT5EncoderModel if self.padded_with_zeros else T5EncoderModel
+        self.encoder = model_class.from_pretrained(path).eval().requires_grad_(False)
         if len(self.tokenizer) < self.encoder.config.vocab_size // 2:  # transformers builds a blank one silently
             raise ValueError(
                 f"text encoder: the tokenizer at {tokenizer_path} has {len(self.tokenizer)} tokens for a model of "
@@ -102,7 +108,10 @@ class TextEncoder(nn.Module):
         tokens = self.tokenizer(
             captions, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).to(device)
-        return self.encoder(tokens.input_ids).last_hidden_state  # no attention mask, as CogVideoX was trained
+        if not self.padded_with_zeros:
+            return self.encoder(tokens.input_ids).last_hidden_state  # no attention mask, as CogVideoX was trained
+        mask = tokens.attention_mask  # as Wan's pipeline: the caption's tokens attended, zeros after them
+        return self.encoder(tokens.input_ids, mask).last_hidden_state * mask[..., None]
 
     @torch.no_grad()
     def null(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:

@@ -10,7 +10,7 @@ import sentencepiece as spm
 import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
 from d4s.data.schema import GENERIC_PROMPT
 from d4s.models.__main__ import field_size, main
@@ -57,6 +57,28 @@ def test_t5_embeddings_and_the_caption_cache_agree(tiny_t5, tmp_path):
     unconditional = encoder.null(2)
     assert unconditional.abs().sum() > 0 and torch.equal(unconditional[0], encoder.embed([""])[0])
     torch.testing.assert_close(cached.null(2), unconditional)
+
+
+def test_a_umt5_encoder_is_read_as_wans_pipeline_encodes(tiny_t5, tmp_path):
+    """Wan2.2's text encoder (UMT5): the caption's tokens attended, zeros past them (WanPipeline._get_t5_prompt_embeds:
+    the encoder with the attention mask, each embedding cut at its length and padded with zeros)."""
+    folder = tmp_path / "umt5"
+    PreTrainedTokenizerFast.from_pretrained(tiny_t5).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = UMT5Config(vocab_size=40, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    UMT5EncoderModel(config).save_pretrained(folder)
+    encoder = TextEncoder("t5", str(folder), max_length=6)
+    ours = encoder.embed(["a red box", ""])
+    reference_model = UMT5EncoderModel.from_pretrained(folder).eval()
+    tokens = encoder.tokenizer(
+        ["a red box", ""], padding="max_length", max_length=6, truncation=True, return_tensors="pt"
+    )
+    lengths = tokens.attention_mask.sum(1)
+    with torch.no_grad():
+        hidden = reference_model(tokens.input_ids, tokens.attention_mask).last_hidden_state
+    reference = torch.stack([torch.cat([u[:n], u.new_zeros(6 - n, 8)]) for u, n in zip(hidden, lengths)])
+    torch.testing.assert_close(ours, reference)
+    assert lengths.tolist() == [3, 0] and ours[0, 3:].abs().sum() == 0 and ours[0, :3].abs().sum() > 0
 
 
 def test_the_tokenizer_is_found_beside_the_encoder_and_a_blank_one_is_refused(tiny_t5, tmp_path):
