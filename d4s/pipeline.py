@@ -241,7 +241,8 @@ class Diff4SplatPipeline:
         """Frame height and width must be multiples of this: the VAE's spatial compression times the patch size
         of the DiT and of the LDRM."""
         c = self.ldrm.config
-        return c.spatial_compression * math.lcm(c.latent_patch, self.video_dit.transformer.config.patch_size)
+        dit_patch = self.video_dit.backbone.spatial_patch(self.video_dit.transformer)
+        return c.spatial_compression * math.lcm(c.latent_patch, dit_patch)
 
     def check_inputs(self, image: Tensor, c2w: Tensor, K: Tensor) -> Tensor:
         """Validate one generation's inputs (see :meth:`__call__`); returns ``K`` as ``[T, 3, 3]``."""

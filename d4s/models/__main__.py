@@ -67,9 +67,8 @@ def dit_pass(config: ModelConfig, frames: int = FIELD_FRAMES, size: int = FIELD_
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             dit(latents, latents, plucker, text, torch.full((1,), 0.5))
-    patch = dit.transformer.config.patch_size
-    ph, pw = (patch[1], patch[2]) if isinstance(patch, (list, tuple)) else (patch, patch)
-    tokens = latents.shape[1] * (latents.shape[3] // ph) * (latents.shape[4] // pw)
+    p = dit.backbone.spatial_patch(dit.transformer)
+    tokens = latents.shape[1] * (latents.shape[3] // p) * (latents.shape[4] // p)
     return {"tokens": tokens, "flops": float(counter.get_total_flops())}
 
 

@@ -100,6 +100,11 @@ class Backbone:
         path = ".".join(part for part in ("transformer", *self.projection) if part)
         return f"{path}.camera."
 
+    def spatial_patch(self, transformer: nn.Module) -> int:
+        """Latent cells per token along height and width (CogVideoX: ``patch_size``; Wan: ``patch_size[1:]``)."""
+        patch = transformer.config.patch_size
+        return patch if self.name == "cogvideox" else patch[1]
+
     def blocks(self, transformer: nn.Module) -> nn.ModuleList:
         """The transformer blocks (FSDP units, LoRA targets)."""
         return transformer.transformer_blocks if self.name == "cogvideox" else transformer.blocks
@@ -149,9 +154,9 @@ class Backbone:
                 return_dict=False,
             )[0]
         x = torch.cat([image[:, :1], x[:, 1:]], dim=1)  # the first latent frame: the clean image
-        _, p_h, p_w = transformer.config.patch_size
+        p = self.spatial_patch(transformer)
         Tl, _, h, w = x.shape[1:]
-        per_frame = torch.ones(Tl, h // p_h, w // p_w, device=x.device, dtype=timestep.dtype)
+        per_frame = torch.ones(Tl, h // p, w // p, device=x.device, dtype=timestep.dtype)
         per_frame[0] = 0  # its tokens at timestep 0 (WanImageToVideoPipeline, expand_timesteps)
         timesteps = timestep[:, None] * per_frame.flatten()[None]  # [B, tokens]
         hidden = torch.cat([x, camera], dim=2).transpose(1, 2)  # [B, C, T', h, w]

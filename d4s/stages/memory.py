@@ -61,6 +61,8 @@ GIB = 2**30
 RENDER_BYTES_PER_GAUSSIAN_VIEW = 88
 #: tile intersections per Gaussian and view (16 x 16 tiles), 12 bytes each (tile id int64, flatten id int32)
 TILES_PER_GAUSSIAN = 4
+#: UMT5-XXL's vocabulary (Wan2.2's text encoder has T5 XXL's layers over it)
+UMT5_XXL_VOCABULARY = 256384
 #: CogVideoX-5b-I2V's text encoder (T5 v1.1 XXL), used when the config's folder holds no config.json
 T5_XXL = {
     "d_model": 4096,
@@ -136,8 +138,9 @@ def read_stage(config: Path) -> StagePlan:
 
 def meta_module(plan: StagePlan, folder: Path) -> tuple[Diff4SplatModule, nn.Module | None]:
     """The stage's module on the meta device with random weights (its model config with ``random_init``), and T5 (built
-    from its ``config.json`` when the folder is there, else CogVideoX's T5 XXL sizes; ``None`` without T5)."""
-    from transformers import T5Config, T5EncoderModel
+    from its ``config.json`` when the folder is there, else CogVideoX's T5 XXL or Wan2.2's UMT5 XXL sizes; ``None``
+    without T5)."""
+    from transformers import AutoConfig, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     model = yaml.safe_load(plan.model_config.read_text())
     model["video_dit"]["random_init"] = True
@@ -151,8 +154,14 @@ def meta_module(plan: StagePlan, folder: Path) -> tuple[Diff4SplatModule, nn.Mod
         t5 = None
         if text.get("mode") == "t5":
             stored = Path(text.get("path", "")) / "config.json"
-            t5_config = T5Config.from_pretrained(stored.parent) if stored.is_file() else T5Config(**T5_XXL)
-            t5 = T5EncoderModel(t5_config).requires_grad_(False)
+            if stored.is_file():
+                t5_config = AutoConfig.from_pretrained(stored.parent)
+            elif model["video_dit"].get("backbone") == "wan2.2-ti2v":  # Wan2.2's UMT5-XXL: T5 XXL's layers
+                t5_config = UMT5Config(**T5_XXL | {"vocab_size": UMT5_XXL_VOCABULARY})
+            else:
+                t5_config = T5Config(**T5_XXL)
+            encoder_class = UMT5EncoderModel if t5_config.model_type == "umt5" else T5EncoderModel
+            t5 = encoder_class(t5_config).requires_grad_(False)
     return module, t5
 
 
@@ -178,8 +187,8 @@ def flash_attention_memory() -> Iterator[None]:
     """Route ``F.scaled_dot_product_attention`` through :class:`_FlashAttentionMemory` (see there)."""
     original = F.scaled_dot_product_attention
 
-    def attention(q, k, v, *args, **kwargs):
-        return _FlashAttentionMemory.apply(q, k, v)
+    def attention(query, key, value, *args, **kwargs):  # diffusers passes them by name
+        return _FlashAttentionMemory.apply(query, key, value)
 
     F.scaled_dot_product_attention = attention
     try:
@@ -281,7 +290,7 @@ def memory_plan(config: Path) -> tuple[list[Row], StagePlan]:
     parts: list[tuple[str, list[nn.Module], int]] = [
         ("video DiT (+ camera adapter)", [module.video_dit.transformer, module.video_dit.plucker], shards),
         ("VAE", [module.video_dit.vae], 1),
-        ("T5 text encoder", [t5] if t5 is not None else [], shards),
+        ("text encoder (T5 or UMT5)", [t5] if t5 is not None else [], shards),
         ("LDRM", [module.ldrm], shards),
         ("LPIPS", [module.lpips] if module.lpips is not None else [], 1),
     ]
