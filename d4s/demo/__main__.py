@@ -11,6 +11,7 @@ examples:
   python -m d4s.demo --fast                # the small variant -> runs/demo-fast/SUMMARY.md
   python -m d4s.demo --restart             # start over (deletes the run folder, keeps data/toy4d)
   python -m d4s.demo --fast --check        # exit 1 unless every learning check passes
+  python -m d4s.demo --fast --model-config configs/tiny/model_wan.yaml --out runs/demo-fast-wan   # on Wan2.2's twin
 """
 
 from __future__ import annotations
@@ -40,12 +41,20 @@ def main(argv: list[str] | None = None) -> int:
         "--restart", action="store_true", help="delete the run folder first (and the data with it if it lies inside)"
     )
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a learning check fails")
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        help="other tiny models for every stage (default: configs/tiny/model.yaml, the CogVideoX twin; "
+        "configs/tiny/model_wan.yaml: the Wan2.2-TI2V twin)",
+    )
     args = parser.parse_args(argv)
     plan = FAST if args.fast else FULL
     if args.out is not None:
         plan = dataclasses.replace(plan, out=args.out)
     if args.data is not None:
         plan = dataclasses.replace(plan, data=args.data)
+    if args.model_config is not None:  # its own run: a folder of the other models is refused, not resumed
+        plan = dataclasses.replace(plan, model_config=args.model_config, name=f"{plan.name}, {args.model_config.stem}")
     from d4s.demo.run import DemoError, run_demo
 
     try:

@@ -49,7 +49,8 @@ class LearningChecks:
 @dataclass(frozen=True)
 class DemoPlan:
     """One demo size. ``steps``/``checkpoint_every``: per training stage (0 to 3); ``annotate``: ``--set`` overrides of
-    ``configs/annotate/toy4d.yaml``; ``data``: the annotation folder (``None``: inside the run folder)."""
+    ``configs/annotate/toy4d.yaml``; ``data``: the annotation folder (``None``: inside the run folder);
+    ``model_config``: other tiny models for every stage, e.g. ``configs/tiny/model_wan.yaml`` (the Wan2.2 twin)."""
 
     name: str
     out: Path
@@ -60,6 +61,7 @@ class DemoPlan:
     checks: LearningChecks
     contact_sheet_scenes: int = 3
     seed: int = 0
+    model_config: Path | None = None  # the tiny models (None: each stage config's, configs/tiny/model.yaml)
 
     @property
     def data_dir(self) -> Path:
@@ -121,7 +123,7 @@ def stage_config(plan: DemoPlan, stage: int, tiny: Path = TINY_CONFIGS) -> dict[
     for callback in trainer["callbacks"]:
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback["init_args"]["every_n_train_steps"] = plan.checkpoint_every[stage]
-    model["model_config"] = str(Path(model["model_config"]).resolve())
+    model["model_config"] = str(Path(plan.model_config or model["model_config"]).resolve())
     model["recipe"] = {**model.get("recipe", {}), "seed": plan.seed}
     if stage > STAGES[0]:
         model["init_from"] = str(plan.last_checkpoint(stage - 1))

@@ -52,3 +52,19 @@ def test_written_stage_config_parses_with_the_training_cli(tmp_path):
     parsed = yaml.safe_load(printed.read_text())
     assert parsed["trainer"]["max_steps"] == plan.steps[3]
     assert parsed["model"]["init_args"]["init_from"] == str(plan.last_checkpoint(2))
+
+
+def test_the_demo_runs_on_other_tiny_models_in_every_stage(tmp_path, capsys):
+    """``--model-config configs/tiny/model_wan.yaml``: the Wan2.2 twin in every stage, a run of its own name (a run
+    folder of the other models is refused, not resumed)."""
+    from d4s.demo.__main__ import main
+    from d4s.utils.cli import run_cli
+
+    wan = Path("configs/tiny/model_wan.yaml")
+    plan = dataclasses.replace(FAST, out=tmp_path / "run", model_config=wan)
+    for stage in STAGES:
+        assert stage_config(plan, stage)["model"]["init_args"]["model_config"] == str(wan.resolve())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "demo.json").write_text('{"plan": "fast", "phases": {}}')
+    assert run_cli(main, ["--fast", "--out", str(tmp_path / "run"), "--model-config", str(wan)]) == 2
+    assert "holds a 'fast' demo, not 'fast, model_wan'" in capsys.readouterr().err

@@ -140,3 +140,22 @@ def test_the_ldrm_reads_either_latent_layout_at_the_same_density(channels, compr
         out = ldrm(latents, torch.randn(1, T, 6, H, H), K, c2w, torch.tensor([[0.0, 1.0]]))
     assert out.means.shape == (1, T * (H // 2) ** 2, 3)  # one Gaussian per 2 x 2 pixels of every frame
     assert out.dmu.shape[:2] == (1, 2) and torch.isfinite(out.means).all()
+
+
+def test_a_missing_wan_folder_is_named_with_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"lacks .*transformer/config\.json.*Wan2\.2-TI2V-5B-Diffusers"):
+        VideoDiT.from_pretrained(tmp_path, backbone="wan2.2-ti2v")
+
+
+def test_a_folder_saved_for_one_backbone_is_refused_for_the_other(wan, tmp_path):
+    _, dit = wan
+    dit.save_pretrained(tmp_path / "wan")
+    with pytest.raises(ValueError, match=r"backbone is 'wan2.2-ti2v' there, but video_dit.backbone is 'cogvideox'"):
+        VideoDiT.from_pretrained(tmp_path / "wan", camera_channels=4, codec=SpaceToDepthCodec(16, 4))
+    loaded = VideoDiT.from_pretrained(tmp_path / "wan", 4, SpaceToDepthCodec(16, 4), backbone="wan2.2-ti2v")
+    latents, image, plucker, text = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.eval()(latents, image, plucker, text, torch.tensor([0.5, 0.5])),
+            dit(latents, image, plucker, text, torch.tensor([0.5, 0.5])),
+        )
