@@ -1,10 +1,12 @@
 """The paper-scale suite in one run: renderer parity with gsplat, and the speed and memory of the whole chain.
 
     bench/gpu_suite.sh [--out bench/results/gpu_suite.json]   # on the GPU machine (installs carried wheels first)
+    bench/gpu_suite.sh --model configs/model/wan22_ti2v.yaml --out bench/results/gpu_suite_wan.json   # Wan2.2
     python bench/gpu_suite.py --small                         # CPU: every section with the tiny models
 
 Compute does not depend on weight values, so paper-scale models with random weights measure it honestly
-(``configs/model/paper.yaml``: CogVideoX-5B-I2V sizes, bf16). Sections, all in one table and one JSON:
+(``configs/model/paper.yaml``: CogVideoX-5B-I2V sizes, bf16; ``--model configs/model/wan22_ti2v.yaml``: the
+Wan2.2-TI2V-5B backbone; run both to compare them). Sections, all in one table and one JSON:
 
 - ``parity``: our torch renderer against gsplat on random scenes (forward rgb, depth, alpha; gradients with
   respect to means, quats, scales, opacities and colours), judged elementwise as ``tests/render/test_gsplat_parity.py``
@@ -37,12 +39,11 @@ import torch
 import yaml
 from common import machine_info
 from generate import random_pipeline, scene_rows, viewer_row
-from models import scene_inputs
 from render import bench_field, gpu_parity
-from torch.utils.flop_counter import FlopCounterMode
 from train import run_in_fresh_process
 
-from d4s.models import ModelConfig, VideoDiT
+from d4s.models import ModelConfig
+from d4s.models.__main__ import dit_pass
 from d4s.render import gsplat_available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,26 +117,9 @@ def training(scale: Scale, device: torch.device, work: Path) -> list[dict]:
 
 
 def dit_flops(scale: Scale) -> dict:
-    """FLOPs of one DiT forward on one scene at the scene's size, counted on the meta device."""
-    config = ModelConfig.from_yaml(scale.model)
-    meta = torch.device("meta")
-    with meta:
-        dit = VideoDiT.from_config(dataclasses.replace(config.video_dit, random_init=True)).eval()
-    transformer = config.video_dit.transformer
-    latent_frames, latent_size = (scale.frames - 1) // 4 + 1, scale.size // 8
-    _, _, plucker, text = scene_inputs(
-        scale.frames,
-        scale.size,
-        scale.size,
-        config.text["max_length"],
-        transformer["text_embed_dim"],
-        "cpu",
-        torch.float32,
-    )  # cameras are checked on real tensors; the forward pass runs on meta ones
-    latents = torch.empty(1, latent_frames, transformer["out_channels"], latent_size, latent_size, device=meta)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        dit(latents, torch.empty_like(latents), plucker.to(meta), text.to(meta), torch.full((1,), 0.5, device=meta))
-    return {"dit_forward_tflop": counter.get_total_flops() / 1e12, "latents": list(latents.shape)}
+    """FLOPs of one DiT forward on one scene at the scene's size, counted on the meta device (``dit_pass``)."""
+    one_pass = dit_pass(ModelConfig.from_yaml(scale.model), scale.frames, scale.size)
+    return {"dit_forward_tflop": one_pass["flops"] / 1e12, "latent_tokens": one_pass["tokens"]}
 
 
 def achieved_fraction(flops: dict, scene: dict) -> dict:
@@ -227,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-dit", choices=("full", "camera", "lora", "frozen"), default=None,
                         help="recipe.dit of the training rows (default: lora at paper scale, which fits an H100; "
                         "full needs ~90 GB: an H200)")  # fmt: skip
+    parser.add_argument("--model", type=Path, default=None,
+                        help="the model config (default: configs/model/paper.yaml, CogVideoX; --small: "
+                        "configs/tiny/model.yaml); the second backbone: configs/model/wan22_ti2v.yaml "
+                        "(configs/tiny/model_wan.yaml with --small)")  # fmt: skip
     args = parser.parse_args(argv)
     scale = SMALL if args.small else PAPER
+    if args.model:
+        scale = dataclasses.replace(scale, model=args.model.resolve())
     if args.train_dit:
         scale = dataclasses.replace(scale, train_dit=args.train_dit)
     device = torch.device(args.device or ("cpu" if args.small else "cuda"))

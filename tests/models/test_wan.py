@@ -159,3 +159,21 @@ def test_a_folder_saved_for_one_backbone_is_refused_for_the_other(wan, tmp_path)
             loaded.eval()(latents, image, plucker, text, torch.tensor([0.5, 0.5])),
             dit(latents, image, plucker, text, torch.tensor([0.5, 0.5])),
         )
+
+
+def test_the_meta_device_flops_of_a_wan_pass_match_a_real_forward():
+    """``python -m d4s.models --summary``'s count (``dit_pass``) on the tiny Wan twin equals a real CPU forward's with
+    attention as explicit matrix products (the fused CPU kernel is not counted by the FLOP counter)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from d4s.models.__main__ import dit_pass
+
+    config = ModelConfig.from_yaml(ROOT / "configs/tiny/model_wan.yaml")
+    torch.manual_seed(0)
+    dit = VideoDiT.from_config(config.video_dit).eval()
+    latents = torch.randn(1, 3, 48, 4, 4)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        dit(latents, torch.randn_like(latents), torch.randn(1, 9, 6, 64, 64), torch.randn(1, 8, 32), torch.ones(1) / 2)
+    counted = dit_pass(config, frames=9, size=64)
+    assert counted["tokens"] == 3 * 4 * 4 and counted["flops"] == pytest.approx(counter.get_total_flops())
