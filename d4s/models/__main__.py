@@ -4,7 +4,8 @@
     python -m d4s.models --config configs/model/paper.yaml --cache-captions captions.txt --out captions.pt
 
 ``--summary`` builds every model on the meta device (random layout, no weights read) and prints parameter counts
-per part, the latent tokens and FLOPs of one video DiT pass over a 49-frame 512² clip (``FlopCounterMode``), then the size of the Gaussian field the LDRM outputs for one 49-frame 512² scene (its shapes from a
+per part, the latent tokens and FLOPs of one video DiT pass over a 49-frame 512² clip (``FlopCounterMode``), then
+the size of the Gaussian field the LDRM outputs for one 49-frame 512² scene (its shapes from a
 meta-device forward pass, in float32): with this config's ``gaussian_stride`` and ``sh_degree``, and with the
 paper's one Gaussian per pixel at SH degree 0 and 3. ``--cache-captions`` encodes one caption per line with the config's local T5 encoder and saves the
 ``{caption: [L, D]}`` file that ``text: {mode: cache, path: ...}`` reads (the paper's generic prompt included).
@@ -89,11 +90,9 @@ def summary(config: ModelConfig) -> str:
     ]
     lines = [f"{name:32s} {count / 1e6:12.2f} M" for name, count in rows]
     one_pass = dit_pass(config)
-    lines += [
-        "",
-        f"video DiT ({config.video_dit.backbone}), one pass over a {FIELD_FRAMES}-frame {FIELD_SIZE}² clip: "
-        f"{one_pass['tokens']} latent tokens, {one_pass['flops'] / 1e12:.1f} TFLOP",
-    ]
+    backbone = config.video_dit.backbone
+    lines += ["", f"video DiT ({backbone}), one pass over a {FIELD_FRAMES}-frame {FIELD_SIZE}² clip:"]
+    lines.append(f"{'':32s} {one_pass['tokens']} latent tokens, {one_pass['flops'] / 1e12:.1f} TFLOP")
     lines += ["", f"Gaussian field of one {FIELD_FRAMES}-frame {FIELD_SIZE}² scene (float32):"]
     lines.append(f"{'':32s} {'Gaussians':>12s} {'canonical':>12s} {'per time':>12s}")
     c = config.ldrm

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -214,3 +216,19 @@ def test_the_heads_are_chosen_by_config_from_their_registries(monkeypatch):
     for key in ("gaussian_head", "deformation_head"):
         with pytest.raises(ValueError, match=rf"^ldrm\.{key}: .* is not one of \["):
             LDRMConfig(**{**vars(TINY), key: "nonexistent"})
+
+
+@pytest.mark.parametrize(("channels", "compression", "patch"), [(16, 8, 2), (48, 16, 1)])
+def test_the_ldrm_reads_either_backbones_latents_at_the_same_density(channels, compression, patch):
+    """CogVideoX's latents (16 channels, 8x) and Wan2.2's (48 channels, 16x): one Gaussian per 2 x 2 pixels."""
+    config = dataclasses.replace(TINY, latent_channels=channels, spatial_compression=compression, latent_patch=patch)
+    torch.manual_seed(0)
+    ldrm = LatentDynamicReconstructionModel(config).eval()
+    T, H = 5, 64
+    latents = torch.randn(1, 2, channels, H // compression, H // compression)
+    K = torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]]).expand(1, T, 3, 3)
+    c2w = torch.eye(4).expand(1, T, 4, 4)
+    with torch.no_grad():
+        out = ldrm(latents, torch.randn(1, T, 6, H, H), K, c2w, torch.tensor([[0.0, 1.0]]))
+    assert out.means.shape == (1, T * (H // 2) ** 2, 3)
+    assert out.dmu.shape[:2] == (1, 2) and torch.isfinite(out.means).all()
