@@ -89,7 +89,7 @@ CHOICE_FIELDS = {
     DDPMSchedule: {"beta_schedule"},
     Guidance: {"schedule", "direction"},
     SamplingConfig: {"guidance_schedule"},
-    VideoDiTConfig: {"posterior", "codec", "prediction"},
+    VideoDiTConfig: {"backbone", "posterior", "codec", "prediction"},
     LDRMConfig: {"deformation_time"},
     ClipConfig: {"video_backend"},
     SplitConfig: {"motion"},
