@@ -13,8 +13,11 @@ and LPIPS are frozen, small and called outside ``forward``: they stay whole on e
 
 Checkpoints are one file, gathered on rank 0 (Lightning's ``save_distributed_checkpoint=False``), the same file DDP
 writes: the next stage's ``init_from``, ``--ckpt_path``, ``python -m d4s.generate`` and the evaluation read it as
-they read a DDP one, and a run may change strategy between stages. The EMA of weights (``recipe.ema_decay``) is not
-available. It runs on CPU with gloo (``tests/stages/test_sharding.py``) as on CUDA with NCCL.
+they read a DDP one, and a run may change strategy between stages. Lightning restores a sharded run after the
+module's ``on_fit_start``, so a resumed run (``--ckpt_path``) reads its stage's ``init_from`` before the checkpoint
+replaces it: if that file is gone, resume with ``--model.init_args.init_from=null``. The EMA of weights
+(``recipe.ema_decay``) is not available. It runs on CPU with gloo (``tests/stages/test_sharding.py``) as on CUDA
+with NCCL.
 """
 
 from __future__ import annotations
