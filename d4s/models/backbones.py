@@ -17,7 +17,6 @@ transformer computes exactly what it did before the adapter was added.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -68,15 +67,17 @@ def interpolate_learned_positions(patch_embed: nn.Module) -> None:
     patch_embed.use_learned_positional_embeddings, patch_embed.use_positional_embeddings = False, True
 
 
-@dataclass(frozen=True)
 class Backbone:
     """One backbone family; the methods take its diffusers modules. Latents are ``[B, T', C, h, w]`` everywhere in
-    d4s; :meth:`run` converts to and from the transformer's own layout."""
+    d4s; :meth:`run` converts to and from the transformer's own layout. Subclasses: :class:`CogVideoX`,
+    :class:`WanTI2V`."""
 
     name: BackboneName
+    #: the diffusers release whose local copy ``video_dit.path`` points at (nothing is downloaded)
+    release: str
     transformer_class: type[nn.Module]
     vae_class: type[nn.Module]
-    #: where the patch projection lives: ``(attribute path of its owner, attribute name)``
+    #: where the patch projection lives: ``(attribute path of its owner, "" for the transformer; attribute name)``
     projection: tuple[str, str]
     #: the first latent frame is the clean image latent at timestep 0 (Wan2.2 TI2V), not extra input channels
     clean_first_frame: bool
@@ -89,8 +90,6 @@ class Backbone:
         """Widen the patch projection by ``camera_channels`` zero-initialised input channels."""
         owner, name = self.owner(transformer), self.projection[1]
         setattr(owner, name, CameraPatchEmbed(getattr(owner, name), camera_channels))
-        if self.name == "cogvideox" and transformer.config.use_learned_positional_embeddings:
-            interpolate_learned_positions(transformer.patch_embed)
 
     def camera_adapter(self, transformer: nn.Module) -> CameraPatchEmbed:
         return getattr(self.owner(transformer), self.projection[1])
@@ -100,59 +99,101 @@ class Backbone:
         path = ".".join(part for part in ("transformer", *self.projection) if part)
         return f"{path}.camera."
 
-    def spatial_patch(self, transformer: nn.Module) -> int:
-        """Latent cells per token along height and width (CogVideoX: ``patch_size``; Wan: ``patch_size[1:]``)."""
-        patch = transformer.config.patch_size
-        return patch if self.name == "cogvideox" else patch[1]
-
-    def blocks(self, transformer: nn.Module) -> nn.ModuleList:
-        """The transformer blocks (FSDP units, LoRA targets)."""
-        return transformer.transformer_blocks if self.name == "cogvideox" else transformer.blocks
-
     def check(self, transformer: nn.Module, latent_channels: int) -> None:
         """Refuse a transformer whose input does not match the VAE's latents."""
-        c = transformer.config
-        if self.name == "cogvideox" and c.patch_size_t is not None:
-            raise ValueError(
-                "video DiT: CogVideoX 1.5 layouts (patch_size_t) are not supported yet (they need even latent frame "
-                "counts and inverted latent scaling); use a CogVideoX 1.0 I2V model such as CogVideoX-5b-I2V"
-            )
+        in_channels = transformer.config.in_channels
         expected = latent_channels if self.clean_first_frame else 2 * latent_channels
-        if c.in_channels != expected:
+        if in_channels != expected:
             raise ValueError(
-                f"video DiT ({self.name}): transformer in_channels {c.in_channels}, expected {expected} for "
+                f"video DiT ({self.name}): transformer in_channels {in_channels}, expected {expected} for "
                 f"{latent_channels}-channel latents"
             )
 
+    def spatial_patch(self, transformer: nn.Module) -> int:
+        """Latent cells per token along height and width."""
+        raise NotImplementedError
+
+    def blocks(self, transformer: nn.Module) -> nn.ModuleList:
+        """The transformer blocks (FSDP units, LoRA targets)."""
+        raise NotImplementedError
+
     def latent_layout(self, vae: nn.Module) -> tuple[int, int]:
         """``(channels, spatial compression)`` of the VAE's latents."""
-        if self.name == "cogvideox":
-            return vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1)
-        return vae.config.z_dim, vae.config.scale_factor_spatial
+        raise NotImplementedError
 
     def normalise(self, vae: nn.Module, latents: Tensor) -> Tensor:
         """The VAE's raw latents ``[B, C, T', h, w]`` -> what the transformer reads, same layout."""
-        c = vae.config
-        if self.name == "cogvideox":
-            return latents * c.scaling_factor
-        shape = (1, -1, 1, 1, 1)
-        mean = torch.tensor(c.latents_mean, device=latents.device, dtype=latents.dtype).view(shape)
-        std = torch.tensor(c.latents_std, device=latents.device, dtype=latents.dtype).view(shape)
-        return (latents - mean) / std
+        raise NotImplementedError
 
     def run(self, transformer: nn.Module, x: Tensor, image: Tensor, camera: Tensor, text: Tensor, timestep: Tensor):
         """The transformer's output ``[B, T', C, h, w]`` on latents ``x`` (``[B, T', C, h, w]``), the image latents
         (same shape; Wan reads only their first frame), camera features ``[B, T', Cc, h, w]``, text ``[B, L, D]`` at
         transformer timesteps ``timestep [B]``, as the backbone's diffusers image-to-video pipeline calls it."""
-        if self.name == "cogvideox":
-            Tl, _, h, w = x.shape[1:]
-            return transformer(
-                hidden_states=torch.cat([x, image, camera], dim=2),
-                encoder_hidden_states=text,
-                timestep=timestep,
-                image_rotary_emb=cogvideox_rotary_embedding(transformer, Tl, h, w, x.device),
-                return_dict=False,
-            )[0]
+        raise NotImplementedError
+
+
+class CogVideoX(Backbone):
+    name, release = "cogvideox", "CogVideoX-5b-I2V"
+    transformer_class, vae_class = CogVideoXTransformer3DModel, AutoencoderKLCogVideoX
+    projection, clean_first_frame = ("patch_embed", "proj"), False
+
+    def add_camera_adapter(self, transformer: nn.Module, camera_channels: int) -> None:
+        super().add_camera_adapter(transformer, camera_channels)
+        if transformer.config.use_learned_positional_embeddings:
+            interpolate_learned_positions(transformer.patch_embed)
+
+    def check(self, transformer: nn.Module, latent_channels: int) -> None:
+        if transformer.config.patch_size_t is not None:
+            raise ValueError(
+                "video DiT: CogVideoX 1.5 layouts (patch_size_t) are not supported yet (they need even latent frame "
+                "counts and inverted latent scaling); use a CogVideoX 1.0 I2V model such as CogVideoX-5b-I2V"
+            )
+        super().check(transformer, latent_channels)
+
+    def spatial_patch(self, transformer: nn.Module) -> int:
+        return transformer.config.patch_size
+
+    def blocks(self, transformer: nn.Module) -> nn.ModuleList:
+        return transformer.transformer_blocks
+
+    def latent_layout(self, vae: nn.Module) -> tuple[int, int]:
+        return vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def normalise(self, vae: nn.Module, latents: Tensor) -> Tensor:
+        return latents * vae.config.scaling_factor
+
+    def run(self, transformer: nn.Module, x: Tensor, image: Tensor, camera: Tensor, text: Tensor, timestep: Tensor):
+        Tl, _, h, w = x.shape[1:]
+        return transformer(
+            hidden_states=torch.cat([x, image, camera], dim=2),
+            encoder_hidden_states=text,
+            timestep=timestep,
+            image_rotary_emb=cogvideox_rotary_embedding(transformer, Tl, h, w, x.device),
+            return_dict=False,
+        )[0]
+
+
+class WanTI2V(Backbone):
+    name, release = "wan2.2-ti2v", "Wan2.2-TI2V-5B-Diffusers"
+    transformer_class, vae_class = WanTransformer3DModel, AutoencoderKLWan
+    projection, clean_first_frame = ("", "patch_embedding"), True
+
+    def spatial_patch(self, transformer: nn.Module) -> int:
+        return transformer.config.patch_size[1]  # (time, height, width)
+
+    def blocks(self, transformer: nn.Module) -> nn.ModuleList:
+        return transformer.blocks
+
+    def latent_layout(self, vae: nn.Module) -> tuple[int, int]:
+        return vae.config.z_dim, vae.config.scale_factor_spatial
+
+    def normalise(self, vae: nn.Module, latents: Tensor) -> Tensor:
+        c, shape = vae.config, (1, -1, 1, 1, 1)
+        mean = torch.tensor(c.latents_mean, device=latents.device, dtype=latents.dtype).view(shape)
+        std = torch.tensor(c.latents_std, device=latents.device, dtype=latents.dtype).view(shape)
+        return (latents - mean) / std
+
+    def run(self, transformer: nn.Module, x: Tensor, image: Tensor, camera: Tensor, text: Tensor, timestep: Tensor):
         x = torch.cat([image[:, :1], x[:, 1:]], dim=1)  # the first latent frame: the clean image
         p = self.spatial_patch(transformer)
         Tl, _, h, w = x.shape[1:]
@@ -174,9 +215,4 @@ def cogvideox_rotary_embedding(transformer: nn.Module, latent_frames: int, heigh
     return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, latent_frames, device=device)
 
 
-BACKBONES: dict[str, Backbone] = {
-    "cogvideox": Backbone(
-        "cogvideox", CogVideoXTransformer3DModel, AutoencoderKLCogVideoX, ("patch_embed", "proj"), False
-    ),
-    "wan2.2-ti2v": Backbone("wan2.2-ti2v", WanTransformer3DModel, AutoencoderKLWan, ("", "patch_embedding"), True),
-}
+BACKBONES: dict[str, Backbone] = {backbone.name: backbone() for backbone in (CogVideoX, WanTI2V)}

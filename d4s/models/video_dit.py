@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from d4s.diffusion.ddpm import DDPMSchedule, flow_to_vp, v_to_flow_velocity, vp_scales
 from d4s.diffusion.sampler import Guidance, euler_sample
-from d4s.models.backbones import BACKBONES, BackboneName, cogvideox_rotary_embedding
+from d4s.models.backbones import BACKBONES, BackboneName
 from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.heads import TEMPORAL_STRIDE
 from d4s.utils.checks import check_choice
@@ -47,8 +47,6 @@ SCHEDULER_FILE = Path("scheduler") / "scheduler_config.json"  # a diffusers fold
 Posterior = Literal["sample", "mean"]
 Codec = Literal["vae", "space_to_depth"]
 Prediction = Literal["flow", "v_prediction"]
-#: where each backbone's weights come from (a local diffusers folder; nothing is downloaded)
-WEIGHTS = {"cogvideox": "CogVideoX-5b-I2V", "wan2.2-ti2v": "Wan2.2-TI2V-5B-Diffusers"}
 
 
 @dataclass
@@ -244,7 +242,7 @@ class VideoDiT(nn.Module):
             )
         elif config.path is None:
             raise ValueError(
-                f"video DiT: give path (a local {WEIGHTS[config.backbone]} directory) or set random_init: true"
+                f"video DiT: give path (a local {BACKBONES[config.backbone].release} directory) or set random_init: true"
             )
         else:
             model = cls.from_pretrained(
@@ -293,7 +291,7 @@ class VideoDiT(nn.Module):
             raise FileNotFoundError(
                 f"video DiT weights: {path} lacks {[str(p) for p in missing]}; expected a diffusers {backbone} "
                 f"directory (transformer/ and vae/ with config.json and *.safetensors), e.g. a local copy of "
-                f"{WEIGHTS[backbone]} (docs/training.md, 'The models')"
+                f"{BACKBONES[backbone].release} (docs/training.md, 'The models')"
             )
         family = BACKBONES[backbone]
         model = cls(
@@ -430,11 +428,7 @@ class VideoDiT(nn.Module):
     def _transformer_output(
         self, x: Tensor, image_latents: Tensor, plucker: Tensor, text: Tensor, timestep: Tensor
     ) -> Tensor:
-        """The transformer's own output ``[B, T', C, h, w]`` on ``[x, image latents, camera features]`` at
-        transformer timesteps ``timestep [B]`` (as diffusers' CogVideoX I2V pipeline calls it)."""
+        """The transformer's own output ``[B, T', C, h, w]`` on ``x``, the image latents and the camera features at
+        transformer timesteps ``timestep [B]``, as the backbone's diffusers I2V pipeline calls it (``Backbone.run``)."""
         camera = self.plucker(plucker).to(x.dtype)
         return self.backbone.run(self.transformer, x, image_latents, camera, text, timestep)
-
-    def rotary_embedding(self, latent_frames: int, height: int, width: int, device) -> tuple[Tensor, Tensor] | None:
-        """CogVideoX's RoPE ``(cos, sin)`` for a latent grid, as diffusers' I2V pipeline computes it."""
-        return cogvideox_rotary_embedding(self.transformer, latent_frames, height, width, device)

@@ -13,6 +13,7 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 from d4s.diffusion import DDPMSchedule, euler_sample
 from d4s.diffusion.ddpm import flow_to_vp, v_to_flow_velocity, vp_scales
 from d4s.models import video_dit
+from d4s.models.backbones import cogvideox_rotary_embedding
 from d4s.models.codec import SpaceToDepthCodec
 from d4s.models.video_dit import VideoDiT
 
@@ -150,7 +151,9 @@ def test_euler_on_the_converted_velocity_samples_what_diffusers_ddim_samples(one
     extrapolations of both agree to 6e-4), on latents of std 1.3; treating v as a flow velocity at ``t * 1000``
     (the reading before the conversion) misses by 0.69."""
     raw, dit, noise, image, text = tiny_v_prediction()
-    reference = diffusers_ddim(raw, noise, image, text, dit.rotary_embedding(2, 4, 4, "cpu"), num_steps=1000)
+    reference = diffusers_ddim(
+        raw, noise, image, text, cogvideox_rotary_embedding(dit.transformer, 2, 4, 4, "cpu"), num_steps=1000
+    )
     plucker = torch.zeros(1, 5, 6, 32, 32, dtype=noise.dtype)  # no camera: the zero-initialised adapter adds 0
 
     def sample(model, num_steps):

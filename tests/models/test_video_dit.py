@@ -13,6 +13,7 @@ import torch
 
 from d4s.data.schema import GENERIC_PROMPT
 from d4s.diffusion import DDPMSchedule, Guidance, euler_sample
+from d4s.models.backbones import cogvideox_rotary_embedding
 from d4s.models.config import ModelConfig
 from d4s.models.ldrm import LatentDynamicReconstructionModel, parameter_count
 from d4s.models.text import TextEncoder
@@ -39,7 +40,7 @@ def test_zero_initialised_camera_adapter_leaves_a_pretrained_model_unchanged():
     pretrained = copy.deepcopy(model.transformer)
     pretrained.patch_embed.proj = pretrained.patch_embed.proj.proj  # the model as diffusers built it
     noisy, image, plucker, text, t = tiny_inputs()
-    rope = model.rotary_embedding(3, 8, 8, "cpu")
+    rope = cogvideox_rotary_embedding(model.transformer, 3, 8, 8, "cpu")
     before = pretrained(torch.cat([noisy, image], 2), text, t * 1000, image_rotary_emb=rope, return_dict=False)[0]
     after = model(noisy, image, plucker, text, t)
     assert torch.equal(before, after)  # exactly: the camera projection adds zeros
