@@ -43,7 +43,7 @@ from render import bench_field, gpu_parity
 from train import run_in_fresh_process
 
 from d4s.models import ModelConfig
-from d4s.models.__main__ import dit_pass
+from d4s.models.cost import dit_pass
 from d4s.render import gsplat_available
 
 REPO = Path(__file__).resolve().parents[1]

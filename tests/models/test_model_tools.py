@@ -13,8 +13,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
 from d4s.data.schema import GENERIC_PROMPT
-from d4s.models.__main__ import field_size, main
+from d4s.models.__main__ import main
 from d4s.models.config import ModelConfig
+from d4s.models.cost import field_size
 from d4s.models.text import TextEncoder
 
 REPO = Path(__file__).resolve().parents[2]

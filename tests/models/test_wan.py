@@ -134,7 +134,7 @@ def test_the_meta_device_flops_of_a_wan_pass_match_a_real_forward():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from d4s.models.__main__ import dit_pass
+    from d4s.models.cost import dit_pass
 
     config = ModelConfig.from_yaml(ROOT / "configs/tiny/model_wan.yaml")
     torch.manual_seed(0)
